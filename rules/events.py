@@ -1,0 +1,436 @@
+"""Typed input events and their validation (CONTRACT §1).
+
+Everything here is pure: bytes in, a typed event or a `Rejection` out. Money becomes integer
+fen, minutes integer seconds, times integer UTC epoch milliseconds, so that sums never drift
+and the rest of the core never parses again.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Final, Literal, Union
+
+import orjson
+
+MAX_MESSAGE_BYTES: Final = 64 * 1024
+FUTURE_LIMIT_MS: Final = 24 * 3600 * 1000
+MSISDN_RE: Final = re.compile(r"^\+?[0-9]{5,20}$")
+BIRTHDAY_RE: Final = re.compile(r"^(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")
+MONTH_RE: Final = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+
+USAGE: Final = "usage.events"
+BILLING: Final = "billing.events"
+PROFILES: Final = "subscriber.profiles"
+LIFECYCLE: Final = "lifecycle.events"
+OUTCOMES: Final = "retention.outcomes"
+INPUT_TOPICS: Final = (USAGE, BILLING, PROFILES, LIFECYCLE, OUTCOMES)
+
+# The closed set of dead-letter reason codes; also the `error` label of the metric.
+ERRORS: Final = (
+    "too_large",
+    "invalid_json",
+    "not_object",
+    "missing_field",
+    "wrong_type",
+    "bad_value",
+    "bad_unit",
+    "key_mismatch",
+    "bad_time",
+    "too_far_ahead",
+)
+
+UsageType = Literal["voice", "sms", "data"]
+BillingType = Literal["fee", "adjustment", "topup", "balance"]
+LifecycleType = Literal[
+    "deactivated",
+    "ported_out",
+    "reactivated",
+    "port_out_request",
+    "port_out_cancelled",
+    "contract_signed",
+    "vas_trial_ending",
+    "complaint",
+]
+Channel = Literal["callcentre", "sms"]
+OutcomeStatus = Literal["reached", "accepted", "declined", "unreachable", "delivered", "failed"]
+
+LIFECYCLE_TYPES: Final = frozenset(LifecycleType.__args__)  # type: ignore[attr-defined]
+OUTCOME_STATUSES: Final = frozenset(OutcomeStatus.__args__)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class Contract:
+    ends_on: date
+    committed_fen: int
+    spent_fen: int = 0
+    starts_on: date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Photo:
+    month: str
+    arpu_fen: int
+    mou_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    event_id: str
+    msisdn: str
+    ts_ms: int
+    type: UsageType
+    direction: Literal["out", "in"] | None
+    seconds: int
+    charge_fen: int
+
+
+@dataclass(frozen=True, slots=True)
+class Billing:
+    event_id: str
+    msisdn: str
+    ts_ms: int
+    type: BillingType
+    amount_fen: int | None
+    balance_fen: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    msisdn: str
+    region: str
+    brand: str
+    segment: str | None = None
+    activated_on: date | None = None
+    birthday: str | None = None  # "MM-DD"
+    prepaid: bool = False
+    contract: Contract | None = None
+    photo: Photo | None = None
+    updated_at_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileDeleted:
+    msisdn: str
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    event_id: str
+    msisdn: str
+    ts_ms: int
+    type: LifecycleType
+    contract: Contract | None = None
+    service: str | None = None
+    ends_on: date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    task_id: str
+    msisdn: str
+    ts_ms: int
+    channel: Channel
+    status: OutcomeStatus
+
+
+Event = Union[Usage, Billing, Profile, ProfileDeleted, Lifecycle, Outcome]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    error: str  # one of ERRORS
+    detail: str
+
+
+class _Reject(Exception):
+    def __init__(self, error: str, detail: str) -> None:
+        self.error = error
+        self.detail = detail
+
+
+def event_time_ms(event: Event) -> int | None:
+    """Return the event time of `event`, or None for events that carry none."""
+    if isinstance(event, ProfileDeleted):
+        return None
+    if isinstance(event, Profile):
+        return event.updated_at_ms
+    return event.ts_ms
+
+
+def decode(
+    topic: str, key: bytes | None, value: bytes | None, watermark_ms: int | None = None
+) -> Event | Rejection:
+    """Validate one raw message of input `topic` (without prefix) against CONTRACT §1."""
+    try:
+        return _decode(topic, key, value, watermark_ms)
+    except _Reject as r:
+        return Rejection(r.error, r.detail)
+    except Exception as exc:  # validation must never raise, whatever the bytes are
+        return Rejection("bad_value", f"{type(exc).__name__}")
+
+
+def _decode(topic: str, key: bytes | None, value: bytes | None, watermark_ms: int | None) -> Event:
+    if value is not None and len(value) > MAX_MESSAGE_BYTES:
+        raise _Reject("too_large", f"{len(value)} bytes")
+    if value is None or value == b"":
+        if topic == PROFILES and key:
+            msisdn = _msisdn_of_key(key)
+            return ProfileDeleted(msisdn)
+        raise _Reject("invalid_json", "empty value")
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise _Reject("invalid_json", "not JSON") from None
+    if not isinstance(doc, dict):
+        raise _Reject("not_object", type(doc).__name__)
+    msisdn = _msisdn(doc)
+    if key is None or key.decode("utf-8", "replace") != msisdn:
+        raise _Reject("key_mismatch", "key differs from msisdn")
+    event: Event
+    if topic == USAGE:
+        event = _usage(doc, msisdn)
+    elif topic == BILLING:
+        event = _billing(doc, msisdn)
+    elif topic == PROFILES:
+        event = _profile(doc, msisdn)
+    elif topic == LIFECYCLE:
+        event = _lifecycle(doc, msisdn)
+    elif topic == OUTCOMES:
+        event = _outcome(doc, msisdn)
+    else:
+        raise ValueError(f"unknown input topic {topic!r}")
+    ts = event_time_ms(event)
+    if ts is not None and watermark_ms is not None and ts > watermark_ms + FUTURE_LIMIT_MS:
+        raise _Reject("too_far_ahead", "more than 1 day ahead of the watermark")
+    return event
+
+
+def _msisdn_of_key(key: bytes) -> str:
+    text = key.decode("utf-8", "replace")
+    if not MSISDN_RE.match(text):
+        raise _Reject("bad_value", "msisdn")
+    return text
+
+
+def _field(doc: dict[str, Any], name: str) -> Any:
+    if name not in doc or doc[name] is None:
+        raise _Reject("missing_field", name)
+    return doc[name]
+
+
+def _str(doc: dict[str, Any], name: str, required: bool = True) -> str | None:
+    if not required and doc.get(name) is None:
+        return None
+    value = _field(doc, name)
+    if not isinstance(value, str):
+        raise _Reject("wrong_type", name)
+    if not value:
+        raise _Reject("bad_value", name)
+    return value
+
+
+def _req_str(doc: dict[str, Any], name: str) -> str:
+    value = _str(doc, name)
+    assert value is not None
+    return value
+
+
+def _msisdn(doc: dict[str, Any]) -> str:
+    value = _req_str(doc, "msisdn")
+    if not MSISDN_RE.match(value):
+        raise _Reject("bad_value", "msisdn")
+    return value
+
+
+def _number(doc: dict[str, Any], name: str, required: bool = True) -> float | None:
+    if not required and doc.get(name) is None:
+        return None
+    value = _field(doc, name)
+    # bool is an int subclass; a JSON true is not a number.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Reject("wrong_type", name)
+    if not math.isfinite(value):
+        raise _Reject("bad_value", name)
+    return float(value)
+
+
+def _fen(value: float) -> int:
+    return int(round(value * 100))
+
+
+def _time_ms(doc: dict[str, Any], name: str, required: bool = True) -> int | None:
+    if not required and doc.get(name) is None:
+        return None
+    value = _field(doc, name)
+    if not isinstance(value, str):
+        raise _Reject("wrong_type", name)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise _Reject("bad_time", name) from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise _Reject("bad_time", f"{name} has no UTC offset")
+    return int(parsed.timestamp() * 1000)
+
+
+def _date(value: Any, name: str) -> date:
+    if not isinstance(value, str):
+        raise _Reject("wrong_type", name)
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise _Reject("bad_value", name) from None
+
+
+def _choice(doc: dict[str, Any], name: str, allowed: frozenset[str] | tuple[str, ...]) -> str:
+    value = _req_str(doc, name)
+    if value not in allowed:
+        raise _Reject("bad_value", name)
+    return value
+
+
+def _usage(doc: dict[str, Any], msisdn: str) -> Usage:
+    event_id = _req_str(doc, "event_id")
+    ts_ms = _time_ms(doc, "ts")
+    assert ts_ms is not None
+    kind = _choice(doc, "type", ("voice", "sms", "data"))
+    direction = None
+    if kind in ("voice", "sms"):
+        direction = _choice(doc, "direction", ("out", "in"))
+    elif doc.get("direction") is not None:
+        raise _Reject("bad_unit", "direction on data")
+    charge = _number(doc, "charge")
+    assert charge is not None
+    if charge < 0:
+        raise _Reject("bad_value", "charge")
+    seconds = 0
+    if kind == "voice":
+        minutes = _number(doc, "minutes")
+        assert minutes is not None
+        if minutes < 0:
+            raise _Reject("bad_value", "minutes")
+        seconds = int(round(minutes * 60))
+    elif doc.get("minutes") is not None:
+        raise _Reject("bad_unit", f"minutes on {kind}")
+    if kind == "data":
+        mb = _number(doc, "mb", required=False)
+        if mb is not None and mb < 0:
+            raise _Reject("bad_value", "mb")
+    elif doc.get("mb") is not None:
+        raise _Reject("bad_unit", f"mb on {kind}")
+    return Usage(event_id, msisdn, ts_ms, kind, direction, seconds, _fen(charge))  # type: ignore[arg-type]
+
+
+def _billing(doc: dict[str, Any], msisdn: str) -> Billing:
+    event_id = _req_str(doc, "event_id")
+    ts_ms = _time_ms(doc, "ts")
+    assert ts_ms is not None
+    kind = _choice(doc, "type", ("fee", "adjustment", "topup", "balance"))
+    amount = _number(doc, "amount", required=kind != "balance")
+    if amount is not None:
+        if kind == "fee" and amount < 0:
+            raise _Reject("bad_value", "amount")
+        if kind == "topup" and amount <= 0:
+            raise _Reject("bad_value", "amount")
+    balance = _number(doc, "balance", required=kind == "balance")
+    return Billing(
+        event_id,
+        msisdn,
+        ts_ms,
+        kind,  # type: ignore[arg-type]
+        None if amount is None else _fen(amount),
+        None if balance is None else _fen(balance),
+    )
+
+
+def _contract(value: Any, name: str = "contract") -> Contract | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _Reject("wrong_type", name)
+    ends_on = _date(_field(value, "ends_on"), f"{name}.ends_on")
+    starts_on = None if value.get("starts_on") is None else _date(value["starts_on"], f"{name}.starts_on")
+    committed = _number(value, "committed")
+    assert committed is not None
+    spent = _number(value, "spent", required=False) or 0.0
+    if committed < 0 or spent < 0:
+        raise _Reject("bad_value", name)
+    return Contract(ends_on, _fen(committed), _fen(spent), starts_on)
+
+
+def _photo(value: Any) -> Photo | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _Reject("wrong_type", "photo")
+    month = _req_str(value, "month")
+    if not MONTH_RE.match(month):
+        raise _Reject("bad_value", "photo.month")
+    arpu = _number(value, "arpu")
+    mou = _number(value, "mou")
+    assert arpu is not None and mou is not None
+    if arpu < 0 or mou < 0:
+        raise _Reject("bad_value", "photo")
+    return Photo(month, _fen(arpu), int(round(mou * 60)))
+
+
+def _profile(doc: dict[str, Any], msisdn: str) -> Profile:
+    region = _req_str(doc, "region")
+    brand = _req_str(doc, "brand")
+    segment = _str(doc, "segment", required=False)
+    activated_on = None if doc.get("activated_on") is None else _date(doc["activated_on"], "activated_on")
+    birthday = _str(doc, "birthday", required=False)
+    if birthday is not None and not BIRTHDAY_RE.match(birthday):
+        raise _Reject("bad_value", "birthday")
+    prepaid = doc.get("prepaid", False)
+    if prepaid is None:
+        prepaid = False
+    if not isinstance(prepaid, bool):
+        raise _Reject("wrong_type", "prepaid")
+    return Profile(
+        msisdn,
+        region,
+        brand,
+        segment,
+        activated_on,
+        birthday,
+        prepaid,
+        _contract(doc.get("contract")),
+        _photo(doc.get("photo")),
+        _time_ms(doc, "updated_at", required=False),
+    )
+
+
+def _lifecycle(doc: dict[str, Any], msisdn: str) -> Lifecycle:
+    event_id = _req_str(doc, "event_id")
+    ts_ms = _time_ms(doc, "ts")
+    assert ts_ms is not None
+    kind = _choice(doc, "type", LIFECYCLE_TYPES)
+    contract = None
+    service = None
+    ends_on = None
+    if kind == "contract_signed":
+        contract = _contract(_field(doc, "contract"))
+    elif kind == "vas_trial_ending":
+        service = _req_str(doc, "service")
+        ends_on = _date(_field(doc, "ends_on"), "ends_on")
+    return Lifecycle(event_id, msisdn, ts_ms, kind, contract, service, ends_on)  # type: ignore[arg-type]
+
+
+def _outcome(doc: dict[str, Any], msisdn: str) -> Outcome:
+    task_id = _req_str(doc, "task_id")
+    ts_ms = _time_ms(doc, "ts")
+    assert ts_ms is not None
+    channel = _choice(doc, "channel", ("callcentre", "sms"))
+    status = _choice(doc, "status", OUTCOME_STATUSES)
+    return Outcome(task_id, msisdn, ts_ms, channel, status)  # type: ignore[arg-type]
+
+
+def mask(msisdn: str) -> str:
+    """Mask an msisdn for logs: 13800000001 -> 138****0001."""
+    if len(msisdn) <= 7:
+        return msisdn[:2] + "*" * max(len(msisdn) - 2, 0)
+    return msisdn[:3] + "****" + msisdn[-4:]

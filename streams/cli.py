@@ -1,0 +1,199 @@
+"""The `churnlight` command line (CONTRACT §8)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from streams.embedded import EmbeddedStack
+from streams.settings import Settings, SettingsError, load_settings
+from streams.topics import StartupError
+
+console = Console(stderr=True)
+log = logging.getLogger("churnlight")
+
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=LOG_LEVELS[level],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # librdkafka and aiokafka are chatty at info about reconnects we already handle.
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        console.print(f"[red]churnlight: {exc}[/red]")
+        raise SystemExit(2) from None
+
+
+@contextmanager
+def connected(settings: Settings, *, kafka: bool = True, redis: bool = True) -> Iterator[Settings]:
+    """Yield settings with Kafka and Redis resolved, starting embedded servers for what is unset."""
+    need_kafka = kafka and settings.kafka is None
+    need_redis = redis and settings.redis is None
+    if not (need_kafka or need_redis):
+        yield settings
+        return
+    stack = EmbeddedStack(settings.data_dir, kafka=need_kafka, redis=need_redis)
+    try:
+        stack.start()
+        update: dict[str, object] = {}
+        if need_kafka:
+            update["kafka"] = stack.kafka
+        if need_redis:
+            from pydantic import SecretStr
+
+            update["redis"] = SecretStr(stack.redis or "")
+        yield settings.model_copy(update=update)
+    finally:
+        stack.stop()
+
+
+@click.group()
+def main() -> None:
+    """churnlight: churn early warning for mobile operators."""
+
+
+@main.command()
+def worker() -> None:
+    """Run the processor against the configured (or embedded) Kafka and Redis."""
+    settings = _settings()
+    setup_logging(settings.log_level)
+    from streams.worker import run_worker
+
+    with connected(settings) as resolved:
+        try:
+            run_worker(resolved)
+        except StartupError as exc:
+            console.print(f"[red]churnlight worker: {exc}[/red]")
+            raise SystemExit(1) from None
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def replay(file: Path) -> None:
+    """Produce a JSON-lines event history FILE into the input topics."""
+    settings = _settings()
+    setup_logging("warn")
+    from streams.replay import iter_file, replay as run_replay
+    from streams.topics import ensure_topics
+
+    total = sum(1 for _ in iter_file(file))
+    with connected(settings, redis=False) as resolved:
+        try:
+            ensure_topics(resolved)
+        except StartupError as exc:
+            console.print(f"[red]churnlight replay: {exc}[/red]")
+            raise SystemExit(1) from None
+        with _progress() as progress:
+            task = progress.add_task(f"replaying {file.name}", total=total)
+            report = run_replay(resolved, iter_file(file), progress=lambda n: progress.update(task, completed=n))
+    table = Table(title=f"replayed {file}")
+    table.add_column("topic")
+    table.add_column("messages", justify="right")
+    for topic, count in sorted(report.per_topic.items()):
+        table.add_row(resolved.topic(topic), str(count))
+    Console().print(table)
+    for number, why in report.unreadable[:20]:
+        console.print(f"[yellow]line {number} not sent: {why}[/yellow]")
+    if len(report.unreadable) > 20:
+        console.print(f"[yellow]... and {len(report.unreadable) - 20} more unreadable lines[/yellow]")
+    for error, count in report.failed.items():
+        console.print(f"[red]{count} message(s) not delivered: {error}[/red]")
+    if not report.ok:
+        raise SystemExit(1)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    )
+
+
+@main.group()
+def consent() -> None:
+    """Add or remove msisdns in the opt-out / do-not-call sets."""
+
+
+def _numbers(numbers: tuple[str, ...], file: Path | None) -> list[str]:
+    found = list(numbers)
+    if file is not None:
+        found.extend(line.strip() for line in file.read_text().splitlines() if line.strip() and not line.startswith("#"))
+    if not found:
+        raise click.UsageError("give msisdns as arguments or with --file")
+    return found
+
+
+SET_CHOICE = click.Choice(["sms-optout", "dnc"])
+
+
+@consent.command("add")
+@click.argument("which", type=SET_CHOICE)
+@click.argument("numbers", nargs=-1)
+@click.option("--file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="one msisdn a line")
+def consent_add(which: str, numbers: tuple[str, ...], file: Path | None) -> None:
+    """Add msisdns to WHICH set (sms-optout: no SMS; dnc: no call)."""
+    _consent("add", which, _numbers(numbers, file))
+
+
+@consent.command("remove")
+@click.argument("which", type=SET_CHOICE)
+@click.argument("numbers", nargs=-1)
+@click.option("--file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="one msisdn a line")
+def consent_remove(which: str, numbers: tuple[str, ...], file: Path | None) -> None:
+    """Remove msisdns from WHICH set."""
+    _consent("remove", which, _numbers(numbers, file))
+
+
+@consent.command("list")
+@click.argument("which", type=SET_CHOICE)
+def consent_list(which: str) -> None:
+    """Print the members of WHICH set, one a line."""
+    _consent("list", which, [])
+
+
+def _consent(action: str, which: str, numbers: list[str]) -> None:
+    import redis as redis_lib
+
+    from sinks import consent as store
+
+    settings = _settings()
+    setup_logging("warn")
+    with connected(settings, kafka=False) as resolved:
+        assert resolved.redis is not None
+        client = redis_lib.Redis.from_url(resolved.redis.get_secret_value())
+        try:
+            if action == "list":
+                for number in store.members(client, which):  # type: ignore[arg-type]
+                    click.echo(number)
+                return
+            fn = store.add if action == "add" else store.remove
+            changed = fn(client, which, numbers)  # type: ignore[arg-type]
+        except store.InvalidMsisdn as exc:
+            console.print(f"[red]churnlight consent: {exc}[/red]")
+            raise SystemExit(2) from None
+        except redis_lib.RedisError as exc:
+            console.print(f"[red]churnlight consent: Redis unreachable: {type(exc).__name__}[/red]")
+            raise SystemExit(1) from None
+        verb = "added to" if action == "add" else "removed from"
+        click.echo(f"{changed} of {len(numbers)} msisdn(s) {verb} {store.KEYS[which]}")
+
+
+if __name__ == "__main__":
+    main()

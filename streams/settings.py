@@ -1,0 +1,114 @@
+"""The one settings object (CONTRACT §7), read once at start-up."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_HOSTPORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5}$")
+
+
+class SettingsError(ValueError):
+    """An invalid setting; the message names the variable and what is accepted."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHURNLIGHT_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    kafka: str | None = Field(None, description="bootstrap servers host:port[,host:port]; unset = embedded")
+    kafka_security: Literal["plaintext", "sasl_ssl"] = "plaintext"
+    kafka_user: str | None = None
+    kafka_password: SecretStr | None = None
+    kafka_ca: Path | None = None
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    # A Redis URL may carry a password: keep it out of logs and reprs.
+    redis: SecretStr | None = None
+    topic_prefix: str = ""
+    partitions: int = Field(8, ge=1, le=1024)
+    rules: str = "cmcc-2010"
+    tz: str = "Asia/Shanghai"
+    holdout_salt: str = "churnlight"
+    web_port: int = Field(6066, ge=1, le=65535)
+    # The host name other workers use to reach this one's HTTP routes (table routing).
+    web_host: str = Field(default_factory=socket.gethostname)
+    data_dir: Path = Path("./churnlight-data")
+    # Not in the contract: operational knobs with defaults that work on the embedded broker.
+    app_id: str = "churnlight"
+    store: Literal["rocksdb", "memory"] = "rocksdb"
+    session_timeout_s: float = Field(6.0, gt=0)
+    rebalance_timeout_s: float = Field(3.0, gt=0)
+    batch_max: int = Field(2000, ge=1)
+    batch_within_s: float = Field(0.05, gt=0)
+    log_level: Literal["debug", "info", "warn", "error"] = "info"
+
+    @field_validator("kafka")
+    @classmethod
+    def _bootstrap(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        for part in value.split(","):
+            if not _HOSTPORT.match(part.strip()):
+                raise ValueError("expected host:port[,host:port]")
+        return value
+
+    @field_validator("tz")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("expected an IANA time zone such as Asia/Shanghai") from None
+        return value
+
+    @field_validator("redis")
+    @classmethod
+    def _redis(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a redis:// or rediss:// URL")
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if value and not re.match(r"^[A-Za-z0-9._\-]+$", value):
+            raise ValueError("expected letters, digits, '.', '_' or '-'")
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.tz)
+
+    def topic(self, base: str) -> str:
+        """Return the full name of topic `base` with the configured prefix."""
+        return f"{self.topic_prefix}{base}"
+
+    def check_security(self) -> None:
+        if self.kafka_security == "sasl_ssl" and not (self.kafka_user and self.kafka_password):
+            raise SettingsError(
+                "CHURNLIGHT_KAFKA_SECURITY=sasl_ssl needs CHURNLIGHT_KAFKA_USER and CHURNLIGHT_KAFKA_PASSWORD"
+            )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings from the environment (and .env); raise SettingsError naming the variable."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = "CHURNLIGHT_" + "_".join(str(p) for p in err["loc"]).upper()
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{name}: {msg} (got {err.get('input')!r})" if name != "CHURNLIGHT_REDIS" else f"{name}: {msg}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+    settings.check_security()
+    return settings

@@ -1,0 +1,27 @@
+"""Run one churnlight worker: topics, app, Faust worker loop."""
+
+from __future__ import annotations
+
+import logging
+
+from faust.worker import Worker
+
+from streams.app import create_app
+from streams.metrics import Metrics
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings) -> None:
+    """Create the topics, check co-partitioning, and run the Faust worker until stopped."""
+    ensure_topics(settings)
+    metrics = Metrics()
+    app, _pipeline = create_app(settings, metrics)
+    log.info(
+        "churnlight worker %s: kafka %s, rules %s, tz %s, HTTP on :%d",
+        app.conf.id, settings.kafka, settings.rules, settings.tz, settings.web_port,
+    )
+    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
