@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 def run_worker(settings: Settings) -> None:
     """Create the topics, check co-partitioning, and run the Faust worker until stopped."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     ensure_topics(settings)
     metrics = Metrics()
     app, _pipeline = create_app(settings, metrics)

@@ -1,0 +1,25 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Everything they need is installed here.
+VENV ?= .venv
+PYTHON ?= python3
+STAMP := $(VENV)/.installed
+
+.PHONY: demo worker test system-deps
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Debian packages some tests use (promtool and prometheus, docker-compose for `config` checks).
+system-deps:
+	bash deploy/system-deps.sh
+
+demo: $(STAMP)
+	$(VENV)/bin/churnlight demo
+
+worker: $(STAMP)
+	$(VENV)/bin/churnlight worker
+
+test: $(STAMP) system-deps
+	$(VENV)/bin/pytest

@@ -1,0 +1,81 @@
+"""Validation of input events: never raises, exact units, every rejection has a known reason."""
+
+from __future__ import annotations
+
+import orjson
+from hypothesis import given, settings, strategies as st
+
+from rules.events import (
+    BILLING, ERRORS, INPUT_TOPICS, LIFECYCLE, PROFILES, USAGE, Billing, ProfileDeleted, Rejection, Usage,
+    decode, mask,
+)
+
+MSISDN = "13800000001"
+json_scalars = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
+json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+FIELDS = ["event_id", "msisdn", "ts", "type", "direction", "minutes", "mb", "charge", "amount", "balance",
+          "region", "brand", "contract", "photo", "task_id", "channel", "status", "service", "ends_on"]
+plausible = st.fixed_dictionaries(
+    {"msisdn": st.sampled_from([MSISDN, "+8613800000001", "123", 7])},
+    optional={
+        **{f: json_values for f in FIELDS if f != "msisdn"},
+        "ts": st.sampled_from(["2026-10-03T09:15:00+08:00", "2026-10-03T09:15:00", "nope", 5]),
+        "type": st.sampled_from(["voice", "sms", "data", "fee", "topup", "balance", "adjustment", "deactivated", "x"]),
+        "direction": st.sampled_from(["out", "in", "up"]),
+        "charge": st.floats(-5, 5) | st.integers(-5, 5),
+        "minutes": st.floats(-5, 50),
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(topic=st.sampled_from(INPUT_TOPICS), doc=plausible | st.dictionaries(st.text(max_size=10), json_values, max_size=6),
+       keyed=st.booleans(), watermark=st.none() | st.integers(0, 2 * 10**12))
+def test_any_json_object_is_either_accepted_or_rejected_with_a_known_reason(
+    topic: str, doc: dict[str, object], keyed: bool, watermark: int | None
+) -> None:
+    key = str(doc.get("msisdn", MSISDN)).encode() if keyed else b"99999999"
+    result = decode(topic, key, orjson.dumps(doc), watermark)
+    if isinstance(result, Rejection):
+        assert result.error in ERRORS
+    else:
+        assert result.msisdn == doc["msisdn"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(topic=st.sampled_from(INPUT_TOPICS), raw=st.binary(max_size=200), key=st.none() | st.binary(max_size=30))
+def test_arbitrary_bytes_never_raise(topic: str, raw: bytes, key: bytes | None) -> None:
+    result = decode(topic, key, raw)
+    assert isinstance(result, Rejection) or result is not None
+
+
+def test_money_becomes_integer_fen_and_minutes_integer_seconds() -> None:
+    doc = {"event_id": "e", "msisdn": MSISDN, "ts": "2026-10-03T09:15:00+08:00", "type": "voice",
+           "direction": "out", "minutes": 2.5, "charge": 0.29}
+    event = decode(USAGE, MSISDN.encode(), orjson.dumps(doc))
+    assert isinstance(event, Usage)
+    assert (event.charge_fen, event.seconds) == (29, 150)
+    assert event.ts_ms == 1790990100000  # 2026-10-03T01:15:00Z
+
+
+def test_adjustment_may_be_negative_but_a_fee_may_not() -> None:
+    base = {"event_id": "e", "msisdn": MSISDN, "ts": "2026-10-03T09:15:00+08:00"}
+    adj = decode(BILLING, MSISDN.encode(), orjson.dumps({**base, "type": "adjustment", "amount": -12.5}))
+    assert isinstance(adj, Billing) and adj.amount_fen == -1250
+    fee = decode(BILLING, MSISDN.encode(), orjson.dumps({**base, "type": "fee", "amount": -1}))
+    assert fee == Rejection("bad_value", "amount")
+    topup = decode(BILLING, MSISDN.encode(), orjson.dumps({**base, "type": "topup", "amount": 0}))
+    assert isinstance(topup, Rejection)
+    balance = decode(BILLING, MSISDN.encode(), orjson.dumps({**base, "type": "balance"}))
+    assert balance == Rejection("missing_field", "balance")
+
+
+def test_profile_tombstone_deletes_and_other_null_values_are_rejected() -> None:
+    assert decode(PROFILES, MSISDN.encode(), None) == ProfileDeleted(MSISDN)
+    assert isinstance(decode(USAGE, MSISDN.encode(), None), Rejection)
+    assert isinstance(decode(LIFECYCLE, MSISDN.encode(), b""), Rejection)
+
+
+def test_mask_hides_the_middle_of_a_number() -> None:
+    assert mask("13800000001") == "138****0001"
+    assert MSISDN not in mask(MSISDN)
