@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 
 # Debian packages some tests use (promtool and prometheus, docker-compose for `config` checks).
 system-deps:
-	bash deploy/system-deps.sh
+	bash deploy/system-deps.sh docker-compose prometheus
 
 demo: $(STAMP)
 	$(VENV)/bin/churnlight demo
