@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
+from collections.abc import Awaitable
 from typing import Any
 
 import faust
 from aiohttp.web import Response
 from faust.web import Request, View
 
-from rules.events import INPUT_TOPICS
+from rules.events import INPUT_TOPICS, MSISDN_RE
+from rules.ruleset import RuleSet
 from streams.metrics import Metrics
-from streams.pipeline import Pipeline
+from streams.pipeline import Pipeline, TaskHandler
 from streams.settings import Settings
-from streams.topics import DEADLETTER, TICKS
+from streams.topics import DEADLETTER, LIGHTS, TASKS_CALLCENTRE, TASKS_SMS, TICKS
 
 log = logging.getLogger(__name__)
 
 RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+TICK_INTERVAL_S = 10.0
 
 
 def _credentials(settings: Settings) -> Any:
@@ -34,7 +38,26 @@ def _credentials(settings: Settings) -> Any:
     )
 
 
-def create_app(settings: Settings, metrics: Metrics) -> tuple[faust.App, Pipeline]:
+class Sender:
+    """Enqueue raw messages on output topics through Faust's producer (flushed before commits)."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self.topics = {base: app.topic(settings.topic(base), **RAW)
+                       for base in (LIGHTS, DEADLETTER, TASKS_CALLCENTRE, TASKS_SMS)}
+
+    async def enqueue(self, base: str, key: bytes | None, value: bytes | None,
+                      headers: list[tuple[str, bytes]]) -> Awaitable[Any]:
+        """Enqueue one message; return the future that resolves when the broker acknowledged it."""
+        fut: Awaitable[Any] = await self.topics[base].send(key=key, value=value, headers=headers)
+        return fut
+
+    async def acked(self, base: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        """Send one message and return once the broker acknowledged it."""
+        await (await self.enqueue(base, key, value, headers))
+
+
+def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
+               tasks: TaskHandler | None = None) -> tuple[faust.App, Pipeline, Sender]:
     """Build the worker's Faust app and the pipeline its agent drives."""
     assert settings.kafka is not None, "resolve the embedded broker before creating the app"
     app = faust.App(
@@ -58,16 +81,32 @@ def create_app(settings: Settings, metrics: Metrics) -> tuple[faust.App, Pipelin
         stream_wait_empty=True,
     )
     source = app.topic(*(settings.topic(t) for t in (*INPUT_TOPICS, TICKS)), **RAW)
-    deadletter = app.topic(settings.topic(DEADLETTER), **RAW)
+    ticks = app.topic(settings.topic(TICKS), **RAW)
     table = app.Table("state", partitions=settings.partitions, default=None, key_type=bytes, value_type=bytes)
-    pipeline = Pipeline(settings, metrics, table=table, deadletter=deadletter, app=app)
+    sender = Sender(app, settings)
+    pipeline = Pipeline(settings, metrics, rules, table=table, app=app, send=sender.enqueue, tasks=tasks)
 
     @app.agent(source, concurrency=1, name="subscribers")
     async def subscribers(stream: faust.StreamT[bytes]) -> None:
         # Batches amortise the table writes: the state of every subscriber touched by the batch is
         # written once at its end, and the events are acked only after that write.
         async for events in stream.take_events(settings.batch_max, settings.batch_within_s):
-            await pipeline.process(events)
+            await pipeline.process(list(events))
+
+    @app.timer(interval=TICK_INTERVAL_S)
+    async def tick() -> None:
+        # Idle live partitions close days by the wall clock; the tick reaches the agent as an event
+        # of the partition, so the day close runs in order with that partition's events.
+        if app.rebalancing:
+            return
+        now = str(int(time.time() * 1000)).encode()
+        for p in pipeline.owned():
+            await ticks.send(key=b"~tick", value=now, partition=p)
+
+    @app.timer(interval=5.0)
+    async def gauges() -> None:
+        metrics.set_lights(pipeline.summary())
+        pipeline.update_lag()
 
     @app.page("/health")
     class Health(View):
@@ -80,5 +119,27 @@ def create_app(settings: Settings, metrics: Metrics) -> tuple[faust.App, Pipelin
         async def get(self, request: Request) -> Response:
             return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
+    @app.page("/lights/summary")
+    class Summary(View):
+        async def get(self, request: Request) -> Response:
+            counts = pipeline.summary()
+            rows = [{"light": light, "region": region, "brand": brand, "count": n}
+                    for (light, region, brand), n in sorted(counts.items())]
+            totals: dict[str, int] = {}
+            for (light, _, _), n in counts.items():
+                totals[light] = totals.get(light, 0) + n
+            return self.json({"partitions": sorted(pipeline.owned()), "totals": totals, "counts": rows})
+
+    @app.page("/subscribers/{msisdn}")
+    @app.table_route(table=table, match_info="msisdn")
+    async def subscriber(web: Any, request: Request, msisdn: str) -> Response:
+        # table_route forwards the request to the worker that owns the key's partition.
+        if not MSISDN_RE.match(msisdn):
+            return web.json({"error": "not an msisdn"}, status=400)
+        found = pipeline.subscriber(msisdn)
+        if found is None:
+            return web.json({"error": "unknown subscriber"}, status=404)
+        return web.json(found)
+
     pipeline.attach(subscribers)
-    return app, pipeline
+    return app, pipeline, sender

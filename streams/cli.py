@@ -15,6 +15,7 @@ from rich.table import Table
 
 from streams.embedded import EmbeddedStack
 from streams.settings import Settings, SettingsError, load_settings
+from rules.ruleset import RuleSetError
 from streams.topics import StartupError
 
 console = Console(stderr=True)
@@ -79,7 +80,7 @@ def worker() -> None:
     with connected(settings) as resolved:
         try:
             run_worker(resolved)
-        except StartupError as exc:
+        except (StartupError, RuleSetError) as exc:
             console.print(f"[red]churnlight worker: {exc}[/red]")
             raise SystemExit(1) from None
 

@@ -1,30 +1,84 @@
-"""What the agent does with a batch of raw messages: validate, dead-letter, watermark, apply."""
+"""What the agent does with a batch of raw messages: validate, watermark, close days, apply, decide.
+
+State lives in an in-memory cache of `SubscriberState` objects per owned partition, loaded from
+the Faust table after each rebalance. Each batch writes every touched subscriber to the table
+once, at its end, inside an event context of the subscriber's partition (so the changelog and
+the RocksDB store stay co-partitioned with the source), and only after the batch's outputs
+(dead letters, light changes, tasks) were acknowledged by the broker. Faust acks the batch's
+events after that and flushes the producer before it commits offsets, so a crash at any point
+re-processes events whose effects may already be in the changelog: the dedup memory inside each
+subscriber's state makes that harmless.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from typing import Any
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import date, timedelta
+from typing import Any, Protocol
 
+import orjson
+from aiokafka.partitioner import murmur2
+from faust.streams import _current_event
 from faust.types import TP
 
-from rules.events import INPUT_TOPICS, Event, Rejection, decode, event_time_ms
+from rules import lights, tasks as triggers
+from rules.events import (
+    INPUT_TOPICS, LIFECYCLE, OUTCOMES, PROFILES, Billing, Event, Lifecycle, Profile, ProfileDeleted,
+    Rejection, decode, event_time_ms, mask,
+)
+from rules.lights import LightChange
+from rules.ruleset import RuleSet
+from rules.state import SubscriberState, apply, day_start_ms, local_day
+from rules.tasks import ContractTerms, SubscriberFacts, Task
 from streams.metrics import Metrics
 from streams.settings import Settings
-from streams.topics import TICKS
+from streams.topics import DEADLETTER, LIGHTS, TICKS
 
 log = logging.getLogger(__name__)
 
+META_PREFIX = b"~p:"
+HOUR_MS = 3600 * 1000
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """Return the partition Kafka's default (murmur2) partitioner gives `key`."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class TaskHandler(Protocol):
+    """The decision and delivery side (sinks.tasks.TaskSink)."""
+
+    degraded: bool
+
+    async def handle(self, task: Task, *, port_out_open: bool, trigger_kafka_ts_ms: int | None) -> Any: ...
+
 
 class PartitionClock:
-    """Event-time bookkeeping of one partition (CONTRACT §7)."""
+    """Event-time bookkeeping of one partition (CONTRACT §5, §7), persisted in the table."""
 
-    __slots__ = ("max_ts", "offsets", "watermark_ms")
+    __slots__ = ("max_ts", "offsets", "watermark_ms", "first_day", "open_day", "parked")
 
     def __init__(self) -> None:
         self.max_ts: dict[str, int] = {}
+        # Last offset applied per input topic. Written to the changelog after the partition's
+        # states in the same batch and changelog partition, so on recovery it is never ahead of
+        # them: a re-delivered event at or below it was applied already and is skipped. The
+        # per-subscriber dedup memory only spans a few days of event time, and in a replay burst
+        # the seconds between two offset commits can span weeks.
         self.offsets: dict[str, int] = {}
         self.watermark_ms: int | None = None
+        self.first_day: date | None = None
+        self.open_day: date | None = None
+        # Lifecycle events ahead of the watermark: (ts, kafka timestamp, key, value), applied in
+        # event-time order once the watermark passes them. In a replay burst the small lifecycle
+        # topic is read far ahead of usage; applied at once, a deactivation would turn a churner
+        # black before the days of its decline close, and the lead time would be lost.
+        self.parked: list[tuple[int, int | None, str, str]] = []
 
     def observe(self, topic: str, ts_ms: int) -> None:
         if ts_ms > self.max_ts.get(topic, -1):
@@ -49,94 +103,441 @@ class PartitionClock:
             self.watermark_ms = candidate
         return self.watermark_ms
 
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({
+            "mx": self.max_ts, "wm": self.watermark_ms,
+            "fd": self.first_day.toordinal() if self.first_day else None,
+            "od": self.open_day.toordinal() if self.open_day else None,
+            "pk": self.parked,
+            "of": self.offsets,
+        })
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PartitionClock:
+        doc = orjson.loads(data)
+        clock = cls()
+        clock.max_ts = {str(k): int(v) for k, v in doc.get("mx", {}).items()}
+        clock.watermark_ms = doc.get("wm")
+        clock.first_day = date.fromordinal(doc["fd"]) if doc.get("fd") else None
+        clock.open_day = date.fromordinal(doc["od"]) if doc.get("od") else None
+        clock.parked = [(int(t), k, str(key), str(v)) for t, k, key, v in doc.get("pk", [])]
+        clock.offsets = {str(k): int(v) for k, v in doc.get("of", {}).items()}
+        return clock
+
+
+@contextlib.contextmanager
+def _in_event(event: Any) -> Iterator[None]:
+    """Make `event` Faust's current event, so table writes go to its partition."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
 
 class Pipeline:
     """Drive one worker's batches; the agent is a thin loop around `process`."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, *, table: Any, deadletter: Any, app: Any) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, rules: RuleSet, *, table: Any, app: Any,
+        send: Callable[[str, bytes | None, bytes | None, list[tuple[str, bytes]]], Awaitable[Awaitable[Any]]],
+        tasks: TaskHandler | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.rules = rules
+        self.tz = settings.zone
         self.table = table
-        self.deadletter = deadletter
         self.app = app
+        self.send = send  # (topic base, key, value, headers) -> enqueue; returns the acknowledgement future
+        self.tasks = tasks
         self.agent: Any = None
         self.base_topic = {settings.topic(t): t for t in (*INPUT_TOPICS, TICKS)}
+        self.partitions = settings.partitions
+        # Cache of owned partitions, rebuilt from the table after every rebalance.
+        self.generation: Any = object()
         self.clocks: dict[int, PartitionClock] = {}
-        self.started_at = time.monotonic()
+        self.states: dict[bytes, SubscriberState] = {}
+        self.watched: dict[int, set[bytes]] = {}
+        self.profiled: dict[int, set[bytes]] = {}
+        self._dirty: dict[int, set[bytes]] = {}
+        self._dirty_clocks: set[int] = set()
+        self._context: dict[int, Any] = {}
+        self._acks: list[Awaitable[Any]] = []
         self.batches = 0
 
     def attach(self, agent: Any) -> None:
         self.agent = agent
 
+    # --- health and queries --------------------------------------------------------------------
+
+    def owned(self) -> set[int]:
+        usage = self.settings.topic(INPUT_TOPICS[0])
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == usage}
+
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Say whether the worker has recovered its tables and is consuming."""
+        """Say whether the worker has recovered its tables, is consuming, and can reach Redis."""
         app = self.app
-        recovered = app.tables.recovery.completed.is_set() if app.tables else True
+        recovered = app.tables.recovery.completed.is_set()
         consuming = bool(self.agent is not None and self.agent.started and not app.rebalancing)
-        ok = recovered and consuming
+        degraded = bool(self.tasks is not None and self.tasks.degraded)
+        ok = recovered and consuming and not degraded
+        status = "ok" if ok else ("degraded" if degraded else "starting")
         return ok, {
-            "status": "ok" if ok else "starting",
-            "recovered": recovered,
-            "consuming": consuming,
-            "partitions": sorted({tp.partition for tp in app.consumer.assignment()
-                                 if tp.topic in self.base_topic}) if consuming else [],
+            "status": status, "recovered": recovered, "consuming": consuming, "redis": not degraded,
+            "partitions": sorted(self.owned()) if consuming else [],
         }
+
+    def update_lag(self) -> None:
+        """Publish consumer lag per input topic and owned partition."""
+        consumer = self.app.consumer
+        lags: dict[tuple[str, int], int] = {}
+        for p, clock in self.clocks.items():
+            for full, base in self.base_topic.items():
+                if base == TICKS:
+                    continue
+                tp = TP(full, p)
+                high = consumer.highwater(tp)
+                if high is not None:
+                    lags[(base, p)] = max(0, high - self._next_offset(tp, base, clock))
+        self.metrics.set_lags(lags)
+
+    def _next_offset(self, tp: TP, base: str, clock: PartitionClock) -> int:
+        read = clock.offsets.get(base)
+        if read is not None:
+            return read + 1
+        committed = getattr(self.app.consumer, "_committed_offset", {})
+        return int(committed.get(tp) or 0)
+
+    def summary(self) -> dict[tuple[str, str, str], int]:
+        """Count watched subscribers by (light, region, brand) over the partitions owned now."""
+        counts: dict[tuple[str, str, str], int] = {}
+        for keys in self.watched.values():
+            for key in keys:
+                s = self.states[key]
+                if s.light is None:
+                    continue
+                k = (s.light, s.region or "unknown", s.brand or "unknown")
+                counts[k] = counts.get(k, 0) + 1
+        return counts
+
+    def subscriber(self, msisdn: str) -> dict[str, Any] | None:
+        """Describe one subscriber owned here, as GET /subscribers/{msisdn} returns it."""
+        state = self.states.get(msisdn.encode())
+        if state is None:
+            return None
+        clock = self.clocks.get(partition_of(msisdn.encode(), self.partitions))
+        open_day = clock.open_day if clock and clock.open_day else None
+        arpu, mou = state.window(open_day, self.rules.window_days) if open_day else (0, 0)
+        c = state.contract
+        return {
+            "msisdn": msisdn, "light": state.light,
+            "light_since": _iso(state.light_since_ms, self.tz),
+            "arpu": arpu / 100, "mou": round(mou / 60, 2),
+            "window": None if open_day is None else {
+                "from": (open_day - timedelta(days=self.rules.window_days)).isoformat(),
+                "to": (open_day - timedelta(days=1)).isoformat()},
+            "reasons": [_reason(r) for r in state.reasons],
+            "region": state.region, "brand": state.brand, "segment": state.segment,
+            "photo": None if state.photo is None else {
+                "month": state.photo.month, "arpu": state.photo.arpu_fen / 100,
+                "mou": round(state.photo.mou_seconds / 60, 2)},
+            "contract": None if c is None else {
+                "starts_on": c.starts_on.isoformat() if c.starts_on else None, "ends_on": c.ends_on.isoformat(),
+                "committed": c.committed_fen / 100, "spent": state.contract_spent_fen / 100},
+            "prepaid": state.prepaid,
+            "balance": None if state.balance_fen is None else state.balance_fen / 100,
+            "churned": state.churned,
+            "port_out_request_open": state.port_out_open(
+                clock.watermark_ms or 0, self.rules.port_out_request_open_days) if clock else False,
+            "rule_set": self.rules.name,
+        }
+
+    # --- the cache -----------------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        """Rebuild the cache from the table for the partitions owned now (after a rebalance)."""
+        owned = self.owned()
+        self.clocks.clear()
+        self.states.clear()
+        self.watched = {p: set() for p in owned}
+        self.profiled = {p: set() for p in owned}
+        started = time.monotonic()
+        for key, value in self.table.data.items():
+            if value is None:
+                continue
+            if key.startswith(META_PREFIX):
+                p = int(key[len(META_PREFIX):])
+                if p in owned:
+                    self.clocks[p] = PartitionClock.from_bytes(value)
+                continue
+            p = partition_of(key, self.partitions)
+            if p not in owned:
+                continue
+            state = SubscriberState.from_bytes(value)
+            self.states[key] = state
+            self._index(p, key, state)
+        for p in owned:
+            self.clocks.setdefault(p, PartitionClock())
+        log.info("loaded %d subscribers of partitions %s in %.2f s", len(self.states), sorted(owned),
+                 time.monotonic() - started)
+
+    def _index(self, p: int, key: bytes, state: SubscriberState) -> None:
+        (self.watched[p].add if state.photo is not None else self.watched[p].discard)(key)
+        (self.profiled[p].add if state.has_profile else self.profiled[p].discard)(key)
+
+    def _touch(self, p: int, key: bytes) -> None:
+        self._dirty.setdefault(p, set()).add(key)
+
+    # --- the batch -----------------------------------------------------------------------------
+
+    async def process(self, events: list[Any]) -> None:
+        """Handle one batch of events from the agent's stream."""
+        generation = self.app.consumer_generation_id
+        if generation != self.generation:
+            self._reload()
+            self.generation = generation
+        for event in events:
+            msg = event.message
+            base = self.base_topic.get(msg.topic)
+            p = msg.partition
+            clock = self.clocks.get(p)
+            if base is None or clock is None:
+                continue
+            self._context[p] = event
+            if base == TICKS:
+                await self._tick(p, clock, msg.value)
+                continue
+            if msg.offset <= clock.offsets.get(base, -1):
+                continue  # re-delivered after a crash: its effects are in the recovered state
+            result = decode(base, msg.key, msg.value, self._future_reference(clock))
+            clock.offsets[base] = msg.offset
+            self._dirty_clocks.add(p)
+            if isinstance(result, Rejection):
+                await self._reject(base, msg, result)
+                await self._advance(p, clock)
+                continue
+            ts = event_time_ms(result)
+            if ts is not None:
+                clock.observe(base, ts)
+            if isinstance(result, Lifecycle) and (clock.watermark_ms is None or result.ts_ms > clock.watermark_ms):
+                clock.parked.append((result.ts_ms, _kafka_ms(msg), msg.key.decode(), msg.value.decode()))
+                clock.parked.sort()
+                self._dirty_clocks.add(p)
+                await self._advance(p, clock)
+                continue
+            await self._advance(p, clock)
+            await self._apply(p, base, result, msg.key, _kafka_ms(msg))
+        await self._commit()
+        self.batches += 1
+
+    async def _commit(self) -> None:
+        """Wait for the batch's outputs, then write touched state once per subscriber."""
+        if self._acks:
+            await asyncio.gather(*self._acks)
+            self._acks.clear()
+        for p in set(self._dirty) | self._dirty_clocks:
+            context = self._context.get(p)
+            if context is None:
+                continue
+            with _in_event(context):
+                for key in self._dirty.get(p, ()):
+                    state = self.states.get(key)
+                    if state is None or state.is_empty():
+                        self.states.pop(key, None)
+                        if key in self.table:
+                            del self.table[key]
+                    else:
+                        self.table[key] = state.to_bytes()
+                if p in self._dirty_clocks:
+                    self.table[META_PREFIX + str(p).encode()] = self.clocks[p].to_bytes()
+        self._dirty.clear()
+        self._dirty_clocks.clear()
+        self._context.clear()
 
     def _pending(self, partition: int, clock: PartitionClock) -> dict[str, bool]:
         """Say, per input topic of `partition`, whether records are left to read."""
         consumer = self.app.consumer
-        committed = getattr(consumer, "_committed_offset", {})
         pending: dict[str, bool] = {}
         for full, base in self.base_topic.items():
             if base == TICKS:
                 continue
             tp = TP(full, partition)
             high = consumer.highwater(tp)
-            read = clock.offsets.get(base)
-            next_offset = read + 1 if read is not None else committed.get(tp, 0) or 0
-            pending[base] = high is not None and high > next_offset
+            pending[base] = high is not None and high > self._next_offset(tp, base, clock)
         return pending
 
-    async def process(self, events: list[Any]) -> None:
-        """Handle one batch of events from the agent's stream."""
-        for event in events:
-            msg = event.message
-            base = self.base_topic.get(msg.topic)
-            if base is None or base == TICKS:
-                continue
-            clock = self.clocks.get(msg.partition)
-            if clock is None:
-                clock = self.clocks[msg.partition] = PartitionClock()
-            result = decode(base, msg.key, msg.value, clock.watermark_ms)
-            clock.offsets[base] = msg.offset
-            if isinstance(result, Rejection):
-                await self._reject(base, msg, result)
-            else:
-                self._apply(base, result, msg, clock)
-            clock.advance(self._pending(msg.partition, clock))
-        self.batches += 1
+    @staticmethod
+    def _future_reference(clock: PartitionClock) -> int:
+        # CONTRACT §1 rejects times more than 1 day ahead of the partition's watermark. During a
+        # replay the watermark lags the wall clock by months, and the consumer may read one topic
+        # far ahead of another, so valid events would be rejected; the wall clock bounds it there.
+        now_ms = int(time.time() * 1000)
+        return max(clock.watermark_ms or now_ms, now_ms)
 
-    def _apply(self, base: str, event: Event, msg: Any, clock: PartitionClock) -> None:
-        ts = event_time_ms(event)
-        if ts is not None:
-            clock.observe(base, ts)
-        self.metrics.event(base, "applied")
+    async def _advance(self, p: int, clock: PartitionClock) -> None:
+        before = clock.watermark_ms
+        watermark = clock.advance(self._pending(p, clock))
+        if watermark is None:
+            return
+        if watermark != before:
+            self._dirty_clocks.add(p)
+        await self._close_days(p, clock, local_day(watermark, self.tz))
+        await self._unpark(p, clock, watermark)
+
+    async def _unpark(self, p: int, clock: PartitionClock, until_ms: int, *, before: bool = False) -> None:
+        """Apply parked lifecycle events with a time up to `until_ms` (or before it), oldest first."""
+        while clock.parked and (clock.parked[0][0] < until_ms if before else clock.parked[0][0] <= until_ms):
+            _, kafka_ts, key, value = clock.parked.pop(0)
+            self._dirty_clocks.add(p)
+            event = decode(LIFECYCLE, key.encode(), value.encode())
+            if isinstance(event, Lifecycle):
+                await self._apply(p, LIFECYCLE, event, key.encode(), kafka_ts)
+
+    async def _tick(self, p: int, clock: PartitionClock, value: bytes | None) -> None:
+        """Close days by the wall clock on an idle, live partition (CONTRACT §7)."""
+        if clock.watermark_ms is None or not value:
+            return
+        now_ms = int(value)
+        pending = self._pending(p, clock)
+        if any(pending.values()) or clock.watermark_ms < now_ms - HOUR_MS:
+            return  # busy, or replaying older data: event time alone closes days
+        await self._close_days(p, clock, local_day(now_ms, self.tz))
+
+    async def _close_days(self, p: int, clock: PartitionClock, today: date) -> None:
+        if clock.open_day is None:
+            # The partition's first day is that of its first watermark: in a replay burst the
+            # first event read may be a lifecycle event weeks ahead of the first usage event.
+            clock.open_day = clock.first_day = today
+            self._dirty_clocks.add(p)
+            return
+        while clock.open_day < today:
+            day = clock.open_day + timedelta(days=1)
+            at_ms = day_start_ms(day, self.tz)
+            await self._unpark(p, clock, at_ms, before=True)
+            clock.open_day = day
+            self._dirty_clocks.add(p)
+            # The closing day's light evaluations come before the opening day's triggers.
+            for key in sorted(self.watched.get(p, ())):
+                await self._evaluate(p, key, self.states[key], at_ms, clock, trigger_ts=None)
+            for key in sorted(self.profiled.get(p, ())):
+                await self._day_open(p, key, self.states[key], day, at_ms)
+
+    async def _evaluate(self, p: int, key: bytes, state: SubscriberState, at_ms: int, clock: PartitionClock,
+                        trigger_ts: int | None) -> None:
+        # Before the partition's first day opens, a lifecycle event is judged on its own day.
+        open_day = clock.open_day or local_day(at_ms, self.tz)
+        judgement = lights.evaluate(state, at_ms=at_ms, open_day=open_day, first_day=clock.first_day,
+                                    rules=self.rules)
+        if judgement is None:
+            return
+        before = (state.light, state.reasons)
+        change = lights.change(state, judgement, at_ms)
+        if (state.light, state.reasons) != before:
+            self._touch(p, key)
+        if change is None:
+            return
+        await self._emit_light(key, state, change)
+        if self.tasks is not None and lights.is_worsening(change.previous, change.light):
+            for task in triggers.light_tasks(change, self._facts(key, state), self._contract(state), self.rules,
+                                             self.tz):
+                await self._decide(task, state, trigger_ts)
+
+    async def _day_open(self, p: int, key: bytes, state: SubscriberState, day: date, at_ms: int) -> None:
+        if self.tasks is None:
+            return
+        for keyed in triggers.day_open_tasks(self._facts(key, state), self._contract(state), day, state.used,
+                                             self.rules, self.tz):
+            await self._decide(keyed.task, state, None)
+            state.mark_used(keyed.key)
+            self._touch(p, key)
+
+    async def _apply(self, p: int, base: str, event: Event, key: bytes, kafka_ts: int | None) -> None:
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = SubscriberState()
+        clock = self.clocks[p]
+        applied = apply(state, event, open_day=clock.open_day, tz=self.tz, rules=self.rules)
+        self.metrics.event(base, applied.outcome)
+        if applied.outcome != "applied":
+            return
+        self._touch(p, key)
+        if isinstance(event, (Profile, ProfileDeleted)):
+            self._index(p, key, state)
+            return
+        if base == OUTCOMES:
+            return
+        ts_ms = getattr(event, "ts_ms")
+        if isinstance(event, Lifecycle):
+            if event.type == "contract_signed":
+                self._index(p, key, state)
+            await self._evaluate(p, key, state, ts_ms, clock, trigger_ts=kafka_ts)
+            if self.tasks is not None and state.has_profile:
+                for task in triggers.lifecycle_tasks(event, self._facts(key, state), self.rules, self.tz):
+                    await self._decide(task, state, kafka_ts)
+        elif isinstance(event, Billing) and self.tasks is not None and state.has_profile and state.prepaid:
+            if applied.balance_crossed_below(self.rules.balance_low_below_fen):
+                assert applied.balance_after_fen is not None
+                for task in triggers.balance_low_tasks(self._facts(key, state), applied.balance_before_fen,
+                                                       applied.balance_after_fen, ts_ms, self.rules, self.tz):
+                    await self._decide(task, state, kafka_ts)
+
+    async def _decide(self, task: Task, state: SubscriberState, trigger_ts: int | None) -> None:
+        assert self.tasks is not None
+        port_out = state.port_out_open(task.created_at_ms, self.rules.port_out_request_open_days)
+        await self.tasks.handle(task, port_out_open=port_out, trigger_kafka_ts_ms=trigger_ts)
+
+    def _facts(self, key: bytes, s: SubscriberState) -> SubscriberFacts:
+        return SubscriberFacts(key.decode(), s.region or "unknown", s.brand or "unknown", s.segment,
+                               s.activated_on, s.birthday, s.prepaid, s.light)
+
+    @staticmethod
+    def _contract(s: SubscriberState) -> ContractTerms | None:
+        c = s.contract
+        return None if c is None else ContractTerms(c.ends_on, c.committed_fen, s.contract_spent_fen)
+
+    # --- outputs -------------------------------------------------------------------------------
+
+    async def _emit_light(self, key: bytes, state: SubscriberState, change: LightChange) -> None:
+        msisdn = key.decode()
+        message = {
+            "msisdn": msisdn, "light": change.light, "previous": change.previous,
+            "at": _iso(change.at_ms, self.tz),
+            "arpu": round(change.arpu_fen / 100, 2), "mou": round(change.mou_seconds / 60, 2),
+            "reasons": [_reason(r) for r in change.reasons],
+            "region": state.region, "brand": state.brand, "rule_set": self.rules.name,
+        }
+        self._acks.append(await self.send(LIGHTS, key, orjson.dumps(message), []))
+        self.metrics.light_change(change.previous or "green", change.light)
+        log.info("light %s -> %s for %s", change.previous, change.light, mask(msisdn))
 
     async def _reject(self, base: str, msg: Any, rejection: Rejection) -> None:
-        headers = list(_headers(msg.headers))
+        headers = _headers(msg.headers)
         headers.append(("error", rejection.error.encode()))
         headers.append(("source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode()))
-        await self.deadletter.send(key=msg.key, value=msg.value, headers=headers)
+        self._acks.append(await self.send(DEADLETTER, msg.key, msg.value, headers))
         self.metrics.deadletter(base, rejection.error)
         self.metrics.event(base, "rejected")
         log.warning("dead-lettered %s/%d/%d: %s (%s)", msg.topic, msg.partition, msg.offset,
                     rejection.error, rejection.detail)
 
 
+def _kafka_ms(msg: Any) -> int | None:
+    # Faust gives the record's Kafka timestamp in seconds.
+    return None if msg.timestamp is None else int(msg.timestamp * 1000)
+
+
+def _iso(ms: int | None, tz: Any) -> str | None:
+    return None if ms is None else triggers.iso_time(ms, tz)
+
+
+def _reason(r: Any) -> dict[str, Any]:
+    return {"code": r.code, "value": r.value, "threshold": r.threshold}
+
+
 def _headers(headers: Any) -> list[tuple[str, bytes]]:
     if not headers:
         return []
     if isinstance(headers, dict):
-        return [(k, v) for k, v in headers.items()]
+        return list(headers.items())
     return [(k, v) for k, v in headers]
-

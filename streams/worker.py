@@ -6,6 +6,7 @@ import logging
 
 from faust.worker import Worker
 
+from rules.ruleset import load_rule_set
 from streams.app import create_app
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -18,8 +19,9 @@ def run_worker(settings: Settings) -> None:
     """Create the topics, check co-partitioning, and run the Faust worker until stopped."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ensure_topics(settings)
+    rules = load_rule_set(settings.rules)
     metrics = Metrics()
-    app, _pipeline = create_app(settings, metrics)
+    app, _pipeline, _sender = create_app(settings, metrics, rules)
     log.info(
         "churnlight worker %s: kafka %s, rules %s, tz %s, HTTP on :%d",
         app.conf.id, settings.kafka, settings.rules, settings.tz, settings.web_port,

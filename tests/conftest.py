@@ -18,7 +18,7 @@ import orjson
 import pytest
 import redis as redis_lib
 import urllib.request
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from pydantic import SecretStr
 
 from streams.embedded import EmbeddedStack, free_port
@@ -168,7 +168,7 @@ def consume(settings: Settings, topic: str, count: int, timeout_s: float = 30.0)
         "bootstrap.servers": settings.kafka, "group.id": f"test-{uuid.uuid4().hex}",
         "auto.offset.reset": "earliest", "enable.auto.commit": False,
     })
-    c.subscribe([settings.topic(topic)])
+    _assign_all(c, settings.topic(topic))
     out: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -181,6 +181,13 @@ def consume(settings: Settings, topic: str, count: int, timeout_s: float = 30.0)
         c.close()
     assert len(out) >= count, f"got {len(out)} of {count} messages on {topic} within {timeout_s} s"
     return out
+
+
+def _assign_all(consumer: Consumer, topic: str) -> None:
+    # Assign every partition from the beginning: no consumer-group join, which on Tansu waits
+    # for the client's timeouts.
+    meta = consumer.list_topics(topic, timeout=10).topics[topic]
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
 
 
 def wait_for(predicate: Any, timeout_s: float = 30.0, what: str = "condition") -> None:
@@ -199,3 +206,25 @@ def redis_client(settings: Settings) -> Iterator[redis_lib.Redis]:
     client.flushdb()
     yield client
     client.flushdb()
+
+
+def consume_all(settings: Settings, topic: str, idle_s: float = 3.0, timeout_s: float = 60.0) -> list[Any]:
+    """Read `topic` (base name) from the beginning until nothing new arrives for `idle_s`."""
+    c = Consumer({
+        "bootstrap.servers": settings.kafka, "group.id": f"test-{uuid.uuid4().hex}",
+        "auto.offset.reset": "earliest", "enable.auto.commit": False,
+    })
+    _assign_all(c, settings.topic(topic))
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    last = time.monotonic()
+    try:
+        while time.monotonic() < deadline and time.monotonic() - last < idle_s:
+            msg = c.poll(0.3)
+            if msg is None or msg.error():
+                continue
+            out.append(msg)
+            last = time.monotonic()
+    finally:
+        c.close()
+    return out

@@ -85,11 +85,11 @@ def test_bad_input_lands_on_deadletter_with_reason_and_worker_keeps_consuming(
     assert "13800000001" not in worker.log_path.read_text()  # msisdns never in logs unmasked
 
 
-def test_event_more_than_a_day_ahead_of_the_watermark_is_rejected(worker: WorkerProc, settings: Settings) -> None:
+def test_event_more_than_a_day_ahead_of_watermark_and_wall_clock_is_rejected(worker: WorkerProc, settings: Settings) -> None:
     worker.start()
     produce(settings, [(USAGE, MSISDN.encode(), _usage(event_id="w1"))])
     wait_for(lambda: worker.metric("churnlight_events_total", outcome="applied") == 1, what="first event")
-    future = _usage(event_id="w2", ts="2026-10-05T09:15:00+08:00")
+    future = _usage(event_id="w2", ts="2099-10-05T09:15:00+08:00")
     produce(settings, [(USAGE, MSISDN.encode(), future)])
     dead = consume(settings, "churn.deadletter", 1)
     assert dict(dead[0].headers())["error"] == b"too_far_ahead"

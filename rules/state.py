@@ -1,0 +1,612 @@
+"""One subscriber's state and its pure update (CONTRACT §5).
+
+`apply` folds one validated event into a `SubscriberState`; partition-level facts (the open
+local day, the time zone, the rule set) come in as arguments, so nothing here reads a clock.
+The state keeps day buckets instead of raw events so that a window is a sum of at most
+`window_days` numbers and a typical subscriber fits in well under 1 KiB (`to_bytes`).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from datetime import time as dtime
+from hashlib import blake2b
+from typing import Final, Literal
+from zoneinfo import ZoneInfo
+
+from rules.events import (
+    Billing,
+    Contract,
+    Event,
+    Lifecycle,
+    LifecycleType,
+    Outcome,
+    Photo,
+    Profile,
+    ProfileDeleted,
+    Usage,
+)
+from rules.ruleset import RuleSet
+
+Light = Literal["green", "yellow", "red", "black"]
+Churn = Literal["deactivated", "ported_out"]
+ApplyOutcome = Literal["applied", "duplicate", "late_dropped"]
+ReasonValue = str | int | float | None
+
+DAY_MS: Final = 24 * 3600 * 1000
+DUPLICATE_MINUTES: Final = 24 * 60
+# Resends are recognised for events of the open day and of this many closed days before it.
+# Remembering every event id of a 30-day window (~300 ids) would not fit the 1 KiB budget of a
+# state; resends in practice arrive within hours. An older resend is applied again.
+DEDUP_CLOSED_DAYS: Final = 2
+
+LIGHTS: Final[tuple[Light, ...]] = ("green", "yellow", "red", "black")
+_VERSION: Final = 1
+_LIGHT_CODE: Final[dict[Light | None, int]] = {None: 0, "green": 1, "yellow": 2, "red": 3, "black": 4}
+_LIGHT_OF: Final = {v: k for k, v in _LIGHT_CODE.items()}
+_CHURN_CODE: Final[dict[Churn | None, int]] = {None: 0, "deactivated": 1, "ported_out": 2}
+_CHURN_OF: Final = {v: k for k, v in _CHURN_CODE.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a light is what it is: a stable `code`, the figure and the threshold it broke."""
+
+    code: str
+    value: ReasonValue
+    threshold: ReasonValue = None
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What applying one event did, and the signals the task side acts on."""
+
+    outcome: ApplyOutcome
+    balance_before_fen: int | None = None
+    balance_after_fen: int | None = None
+    lifecycle: LifecycleType | None = None
+    profile_changed: bool = False
+
+    def balance_crossed_below(self, limit_fen: int) -> bool:
+        """Tell whether the balance went from >= `limit_fen` to < `limit_fen` (unknown before: no)."""
+        before, after = self.balance_before_fen, self.balance_after_fen
+        return before is not None and after is not None and before >= limit_fen > after
+
+
+def local_day(ts_ms: int, tz: ZoneInfo) -> date:
+    """Return the local date of UTC epoch milliseconds `ts_ms` in `tz`."""
+    return datetime.fromtimestamp(ts_ms / 1000, tz).date()
+
+
+def day_start_ms(day: date, tz: ZoneInfo) -> int:
+    """Return local 00:00 of `day` in `tz` as UTC epoch milliseconds."""
+    return int(datetime.combine(day, dtime(0), tzinfo=tz).timestamp() * 1000)
+
+
+def event_hash(event_id: str) -> int:
+    """Return a stable 64-bit hash of an event id (Python's hash() is salted per process)."""
+    return int.from_bytes(blake2b(event_id.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+class SubscriberState:
+    """The compact, mutable state of one subscriber."""
+
+    __slots__ = (
+        "days",
+        "has_profile",
+        "region",
+        "brand",
+        "segment",
+        "activated_on",
+        "birthday",
+        "prepaid",
+        "photo",
+        "contract",
+        "contract_spent_fen",
+        "balance_fen",
+        "balance_ms",
+        "churned",
+        "churned_ms",
+        "port_out_request_ms",
+        "light",
+        "light_since_ms",
+        "reasons",
+        "seen",
+        "used",
+        "_seen_min",
+    )
+
+    def __init__(self) -> None:
+        # local day ordinal -> [revenue fen, outgoing voice seconds]
+        self.days: dict[int, list[int]] = {}
+        self.has_profile = False
+        self.region: str | None = None
+        self.brand: str | None = None
+        self.segment: str | None = None
+        self.activated_on: date | None = None
+        self.birthday: str | None = None  # "MM-DD"
+        self.prepaid = False
+        self.photo: Photo | None = None
+        self.contract: Contract | None = None
+        self.contract_spent_fen = 0
+        self.balance_fen: int | None = None
+        self.balance_ms: int | None = None  # event time of the balance reading
+        self.churned: Churn | None = None
+        self.churned_ms: int | None = None  # event time of the last churn / reactivation
+        self.port_out_request_ms: int | None = None
+        self.light: Light | None = None
+        self.light_since_ms: int | None = None
+        self.reasons: tuple[Reason, ...] = ()
+        # dedup memory: 64-bit hash of event_id -> event times in UTC epoch minutes
+        self.seen: dict[int, list[int]] = {}
+        self.used: set[str] = set()
+        # the oldest minute in `seen`, so that pruning costs nothing until something can go
+        self._seen_min: int | None = None
+
+    # --- queries -------------------------------------------------------------------------------
+
+    def window(self, open_day: date, window_days: int) -> tuple[int, int]:
+        """Return (revenue fen, outgoing voice seconds) over [open_day - window_days, open_day - 1]."""
+        end = open_day.toordinal()
+        start = end - window_days
+        fen = seconds = 0
+        for day, (day_fen, day_seconds) in self.days.items():
+            if start <= day < end:
+                fen += day_fen
+                seconds += day_seconds
+        return fen, seconds
+
+    def port_out_open(self, at_ms: int, open_days: int) -> bool:
+        """Tell whether a port-out request is open at `at_ms` (it lapses after `open_days`)."""
+        req = self.port_out_request_ms
+        return req is not None and at_ms - req < open_days * DAY_MS
+
+    def mark_used(self, key: str) -> bool:
+        """Mark a once-only stage (e.g. a contract stage or a birthday year) used; True if new."""
+        if key in self.used:
+            return False
+        self.used.add(key)
+        return True
+
+    def is_empty(self) -> bool:
+        """Tell whether the state holds nothing worth keeping."""
+        return self == SubscriberState()
+
+    # --- maintenance ---------------------------------------------------------------------------
+
+    def prune(self, open_day: date, tz: ZoneInfo, window_days: int) -> None:
+        """Drop day buckets older than the window and dedup entries that can no longer match."""
+        oldest = open_day.toordinal() - window_days
+        for day in [d for d in self.days if d < oldest]:
+            del self.days[day]
+        if self._seen_min is None:
+            return
+        # An incoming event that is still deduplicated has ts >= this day start; an entry
+        # 24 h or more before that can match none of them.
+        horizon = day_start_ms(open_day - timedelta(days=DEDUP_CLOSED_DAYS), tz) // 60_000
+        limit = horizon - DUPLICATE_MINUTES
+        if self._seen_min > limit:
+            return
+        for h in list(self.seen):
+            kept = [m for m in self.seen[h] if m > limit]
+            if kept:
+                self.seen[h] = kept
+            else:
+                del self.seen[h]
+        self._seen_min = min((min(ms) for ms in self.seen.values()), default=None)
+
+    def _is_duplicate(self, h: int, minute: int) -> bool:
+        return any(abs(minute - m) < DUPLICATE_MINUTES for m in self.seen.get(h, ()))
+
+    def _remember(self, h: int, minute: int) -> None:
+        self.seen.setdefault(h, []).append(minute)
+        if self._seen_min is None or minute < self._seen_min:
+            self._seen_min = minute
+
+    def _add(self, day: date, fen: int, seconds: int) -> None:
+        bucket = self.days.get(day.toordinal())
+        if bucket is None:
+            self.days[day.toordinal()] = [fen, seconds]
+        else:
+            bucket[0] += fen
+            bucket[1] += seconds
+        if self.contract is not None:
+            self.contract_spent_fen += fen
+
+    def _profile_fields(self) -> tuple[object, ...]:
+        return (
+            self.has_profile,
+            self.region,
+            self.brand,
+            self.segment,
+            self.activated_on,
+            self.birthday,
+            self.prepaid,
+            self.photo,
+            self.contract,
+        )
+
+    def _set_profile(self, p: Profile) -> None:
+        self.has_profile = True
+        self.region, self.brand, self.segment = p.region, p.brand, p.segment
+        self.activated_on, self.birthday, self.prepaid = p.activated_on, p.birthday, p.prepaid
+        self._set_contract(p.contract)
+        self.photo = p.photo
+        if p.photo is None:
+            self._clear_light()
+        elif self.light is None:
+            # Entering the photographed base starts green, silently (CONTRACT §5).
+            self.light, self.light_since_ms, self.reasons = "green", p.updated_at_ms, ()
+
+    def _clear_profile(self) -> None:
+        self.has_profile = False
+        self.region = self.brand = self.segment = self.birthday = None
+        self.activated_on = None
+        self.prepaid = False
+        self.photo = None
+        self._set_contract(None)
+        self._clear_light()
+
+    def _set_contract(self, contract: Contract | None) -> None:
+        self.contract = contract
+        self.contract_spent_fen = 0 if contract is None else contract.spent_fen
+
+    def _clear_light(self) -> None:
+        self.light, self.light_since_ms, self.reasons = None, None, ()
+
+    # --- comparison and serialisation ----------------------------------------------------------
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SubscriberState):
+            return NotImplemented
+        return all(getattr(self, s) == getattr(other, s) for s in _FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{s}={getattr(self, s)!r}" for s in _FIELDS)
+        return f"SubscriberState({fields})"
+
+    def to_bytes(self) -> bytes:
+        """Serialise compactly: a version byte, then varints and short strings in fixed order."""
+        w = _Writer()
+        w.uint(_VERSION)
+        w.uint(
+            self.has_profile
+            | self.prepaid << 1
+            | _LIGHT_CODE[self.light] << 2
+            | _CHURN_CODE[self.churned] << 5
+        )
+        for text in (self.region, self.brand, self.segment, self.birthday):
+            w.opt_str(text)
+        w.opt_int(None if self.activated_on is None else self.activated_on.toordinal())
+        if self.photo is None:
+            w.uint(0)
+        else:
+            w.uint(1)
+            w.opt_str(self.photo.month)
+            w.sint(self.photo.arpu_fen)
+            w.sint(self.photo.mou_seconds)
+        c = self.contract
+        if c is None:
+            w.uint(0)
+        else:
+            w.uint(1)
+            w.uint(c.ends_on.toordinal())
+            w.sint(c.committed_fen)
+            w.sint(c.spent_fen)
+            w.opt_int(None if c.starts_on is None else c.starts_on.toordinal())
+        w.sint(self.contract_spent_fen)
+        for number in (
+            self.balance_fen,
+            self.balance_ms,
+            self.churned_ms,
+            self.port_out_request_ms,
+            self.light_since_ms,
+        ):
+            w.opt_int(number)
+        w.uint(len(self.reasons))
+        for r in self.reasons:
+            w.opt_str(r.code)
+            w.value(r.value)
+            w.value(r.threshold)
+        # The two arrays are the bulk of a state: write them in tight loops.
+        days = sorted(self.days)
+        w.uint(len(days))
+        values: list[int] = []
+        previous = 0
+        for day in days:
+            fen, seconds = self.days[day]
+            values += (day - previous, _zigzag(fen), _zigzag(seconds))  # the first delta is the ordinal
+            previous = day
+        pairs = sorted((m, h) for h, minutes in self.seen.items() for m in minutes)
+        values.append(len(pairs))
+        previous = 0
+        for minute, _ in pairs:
+            values.append(_zigzag(minute - previous))
+            previous = minute
+        _put_varints(w.buf, values)
+        w.raw(struct.pack(f">{len(pairs)}Q", *(h for _, h in pairs)))
+        w.uint(len(self.used))
+        for key in sorted(self.used):
+            w.opt_str(key)
+        return w.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SubscriberState:
+        """Rebuild a state written by `to_bytes`; raise ValueError on anything else."""
+        try:
+            return cls._decode(_Reader(data))
+        except (KeyError, IndexError, OverflowError, struct.error) as exc:
+            raise ValueError(f"corrupt subscriber state: {exc!r}") from None
+
+    @classmethod
+    def _decode(cls, r: _Reader) -> SubscriberState:
+        version = r.uint()
+        if version != _VERSION:
+            raise ValueError(f"unknown subscriber state version {version}")
+        s = cls()
+        flags = r.uint()
+        s.has_profile = bool(flags & 1)
+        s.prepaid = bool(flags >> 1 & 1)
+        s.light = _LIGHT_OF[flags >> 2 & 7]
+        s.churned = _CHURN_OF[flags >> 5 & 3]
+        s.region, s.brand, s.segment, s.birthday = r.opt_str(), r.opt_str(), r.opt_str(), r.opt_str()
+        activated = r.opt_int()
+        s.activated_on = None if activated is None else date.fromordinal(activated)
+        if r.uint():
+            s.photo = Photo(r.text(), r.sint(), r.sint())
+        if r.uint():
+            ends_on = date.fromordinal(r.uint())
+            committed, spent = r.sint(), r.sint()
+            starts = r.opt_int()
+            s.contract = Contract(ends_on, committed, spent, None if starts is None else date.fromordinal(starts))
+        s.contract_spent_fen = r.sint()
+        s.balance_fen = r.opt_int()
+        s.balance_ms = r.opt_int()
+        s.churned_ms = r.opt_int()
+        s.port_out_request_ms = r.opt_int()
+        s.light_since_ms = r.opt_int()
+        s.reasons = tuple(Reason(r.text(), r.value(), r.value()) for _ in range(r.uint()))
+        n_days = r.uint()
+        values = r.varints(3 * n_days + 1)
+        day = 0
+        for i in range(0, 3 * n_days, 3):
+            day += values[i]
+            s.days[day] = [_unzigzag(values[i + 1]), _unzigzag(values[i + 2])]
+        n_seen = values[-1]
+        minute = 0
+        minutes = []
+        for z in r.varints(n_seen):
+            minute += _unzigzag(z)
+            minutes.append(minute)
+        for minute, h in zip(minutes, struct.unpack(f">{n_seen}Q", r.raw(8 * n_seen))):
+            s._remember(h, minute)
+        s.used = {r.text() for _ in range(r.uint())}
+        r.end()
+        return s
+
+
+_FIELDS: Final = tuple(s for s in SubscriberState.__slots__ if not s.startswith("_"))
+
+
+def apply(
+    state: SubscriberState, event: Event, *, open_day: date | None, tz: ZoneInfo, rules: RuleSet
+) -> Applied:
+    """Fold one validated event into `state` (CONTRACT §5) and say what it did."""
+    balance = state.balance_fen
+    if isinstance(event, Profile):
+        before = state._profile_fields()
+        state._set_profile(event)
+        return Applied("applied", balance, balance, None, state._profile_fields() != before)
+    if isinstance(event, ProfileDeleted):
+        before = state._profile_fields()
+        state._clear_profile()
+        return Applied("applied", balance, balance, None, state._profile_fields() != before)
+
+    minute = event.ts_ms // 60_000
+    h = None if isinstance(event, Outcome) else event_hash(event.event_id)
+    if h is not None and state._is_duplicate(h, minute):
+        return Applied("duplicate", balance, balance)
+    day = local_day(event.ts_ms, tz)
+    if open_day is not None and day < open_day - timedelta(days=rules.window_days):
+        return Applied("late_dropped", balance, balance)
+
+    lifecycle: LifecycleType | None = None
+    if isinstance(event, Usage):
+        seconds = event.seconds if event.type == "voice" and event.direction == "out" else 0
+        if event.charge_fen or seconds:
+            state._add(day, event.charge_fen, seconds)
+    elif isinstance(event, Billing):
+        if event.type in ("fee", "adjustment") and event.amount_fen:
+            state._add(day, event.amount_fen, 0)
+        if event.balance_fen is not None and (state.balance_ms is None or event.ts_ms >= state.balance_ms):
+            # A balance is a reading at `ts`: a late, older reading must not overwrite a newer one.
+            state.balance_fen, state.balance_ms = event.balance_fen, event.ts_ms
+    elif isinstance(event, Lifecycle):
+        lifecycle = event.type
+        _lifecycle(state, event)
+    # Outcomes change nothing here yet: contact history lives in Redis.
+
+    if h is not None:
+        state._remember(h, minute)
+    if open_day is not None:
+        state.prune(open_day, tz, rules.window_days)
+    return Applied("applied", balance, state.balance_fen, lifecycle, False)
+
+
+def _lifecycle(state: SubscriberState, event: Lifecycle) -> None:
+    kind, ts = event.type, event.ts_ms
+    if kind in ("deactivated", "ported_out", "reactivated"):
+        # Churn status follows the newest event time, so a late, older status cannot undo it.
+        if state.churned_ms is None or ts >= state.churned_ms:
+            state.churned = None if kind == "reactivated" else kind
+            state.churned_ms = ts
+        if kind == "ported_out":
+            state.port_out_request_ms = None
+    elif kind == "port_out_request":
+        if state.port_out_request_ms is None or ts > state.port_out_request_ms:
+            state.port_out_request_ms = ts
+    elif kind == "port_out_cancelled":
+        # A cancel older than the open request belongs to an earlier request.
+        if state.port_out_request_ms is not None and ts >= state.port_out_request_ms:
+            state.port_out_request_ms = None
+    elif kind == "contract_signed":
+        state._set_contract(event.contract)
+    # vas_trial_ending and complaint are signals for the task side only.
+
+
+# --- binary codec ------------------------------------------------------------------------------
+
+
+def _zigzag(n: int) -> int:
+    return n << 1 if n >= 0 else (-n << 1) - 1
+
+
+def _unzigzag(z: int) -> int:
+    return (z >> 1) ^ -(z & 1)
+
+
+def _put_varints(buf: bytearray, values: list[int]) -> None:
+    append = buf.append
+    for n in values:
+        if n < 0:
+            raise ValueError("negative unsigned")
+        while n >= 0x80:
+            append(n & 0x7F | 0x80)
+            n >>= 7
+        append(n)
+
+
+class _Writer:
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def uint(self, n: int) -> None:
+        if n < 0:
+            raise ValueError("negative unsigned")
+        while n >= 0x80:
+            self.buf.append(n & 0x7F | 0x80)
+            n >>= 7
+        self.buf.append(n)
+
+    def sint(self, n: int) -> None:
+        self.uint(_zigzag(n))
+
+    def opt_int(self, n: int | None) -> None:
+        self.uint(0 if n is None else _zigzag(n) + 1)
+
+    def raw(self, data: bytes) -> None:
+        self.buf += data
+
+    def opt_str(self, text: str | None) -> None:
+        if text is None:
+            self.uint(0)
+        else:
+            data = text.encode("utf-8")
+            self.uint(len(data) + 1)
+            self.buf += data
+
+    def value(self, v: ReasonValue) -> None:
+        # tag: 0 None, 1 str, 2 int, 3 float (repr round-trips exactly)
+        if v is None:
+            self.uint(0)
+        elif isinstance(v, str):
+            self.uint(1)
+            self.opt_str(v)
+        elif isinstance(v, int) and not isinstance(v, bool):
+            self.uint(2)
+            self.sint(v)
+        elif isinstance(v, float):
+            self.uint(3)
+            self.opt_str(repr(v))
+        else:
+            raise TypeError(f"reason value of type {type(v).__name__}")
+
+    def getvalue(self) -> bytes:
+        return bytes(self.buf)
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def uint(self) -> int:
+        n = shift = 0
+        while True:
+            if self.pos >= len(self.data):
+                raise ValueError("truncated subscriber state")
+            byte = self.data[self.pos]
+            self.pos += 1
+            n |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return n
+            shift += 7
+            if shift > 70:
+                raise ValueError("varint too long")
+
+    def sint(self) -> int:
+        return _unzigzag(self.uint())
+
+    def opt_int(self) -> int | None:
+        z = self.uint()
+        return None if z == 0 else _unzigzag(z - 1)
+
+    def varints(self, count: int) -> list[int]:
+        """Read `count` unsigned varints in one tight loop (IndexError when truncated)."""
+        data, pos = self.data, self.pos
+        out: list[int] = []
+        append = out.append
+        for _ in range(count):
+            byte = data[pos]
+            pos += 1
+            n = byte & 0x7F
+            shift = 7
+            while byte >= 0x80:
+                byte = data[pos]
+                pos += 1
+                n |= (byte & 0x7F) << shift
+                shift += 7
+            append(n)
+        self.pos = pos
+        return out
+
+    def raw(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise ValueError("truncated subscriber state")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def opt_str(self) -> str | None:
+        n = self.uint()
+        return None if n == 0 else self.raw(n - 1).decode("utf-8")
+
+    def text(self) -> str:
+        text = self.opt_str()
+        if text is None:
+            raise ValueError("missing string in subscriber state")
+        return text
+
+    def value(self) -> ReasonValue:
+        tag = self.uint()
+        if tag == 0:
+            return None
+        if tag == 1:
+            return self.text()
+        if tag == 2:
+            return self.sint()
+        if tag == 3:
+            return float(self.text())
+        raise ValueError(f"unknown reason value tag {tag}")
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise ValueError("trailing bytes after subscriber state")

@@ -1,0 +1,196 @@
+"""Where task decisions leave the process: the task topics, the feed and the contact history.
+
+`TaskSink.handle` takes one task from the rules, applies the contact policy against Redis and
+either publishes it (CloudEvents binary mode, CONTRACT §2) or records its suppression.
+
+Exactly-once effects over an at-least-once stream:
+- A task's *first decision stands*. `lookup` reads the task's recorded decision and claim in the
+  same round trip; a replayed task is not decided again (its own earlier contact would now put
+  it in cooldown, or consent may have changed since), it only repairs what a crash may have
+  left undone.
+- Publication: claim (`churnlight:task:{id}` NX) -> send, retried until the broker acknowledges
+  -> mark `sent`. A claim found `pending` is a crashed attempt and is sent again (the message
+  may then be on the topic twice, at least once being the price of never dropping one); a
+  `sent` one never is.
+- Issued bookkeeping runs after `mark_sent`, in this order: the decision marker with its feed
+  entry (one script), then the contact. Both are idempotent, so a task found `sent` without a
+  marker simply runs them again. The contact comes last so that it is never recorded for a task
+  whose decision is not.
+- Metrics count a decision only in the call whose `record_decision` created the task's marker.
+  The marker is written once per task id, after the send was acknowledged, so a crash before
+  it leaves the decision uncounted and the attempt that completes it counts it; a replay counts
+  nothing. The end-to-end latency is observed with that count when this call did the send.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import tzinfo
+from typing import Final, Protocol
+from urllib.parse import quote
+
+import orjson
+
+from rules.events import mask
+from rules.policy import (
+    Decision,
+    PolicyRules,
+    Status,
+    SuppressReason,
+    decide,
+    quiet_until_ms,
+)
+from rules.tasks import Channel, Kind, Task, iso_time
+from sinks.redis_store import DEFAULT_BACKOFF, Backoff, PolicyStore, Retrier, Stopped
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Send", "Stopped", "TaskMetrics", "TaskSink", "cloudevent_headers"]
+
+# send(topic_base, key, value, headers): returns once the broker acknowledged the message.
+Send = Callable[[str, bytes, bytes, list[tuple[str, bytes]]], Awaitable[None]]
+
+CE_SPECVERSION: Final = "1.0"
+CONTENT_TYPE: Final = "application/json"
+
+
+class TaskMetrics(Protocol):
+    """The part of streams.metrics.Metrics the sink reports to."""
+
+    def task(self, channel: Channel, kind: Kind, status: Status, reason: SuppressReason | None = None) -> None: ...
+
+    def observe_end_to_end(self, channel: Channel, seconds: float) -> None: ...
+
+
+def cloudevent_headers(task: Task, tz: tzinfo) -> list[tuple[str, bytes]]:
+    """Return the CloudEvents binary-mode Kafka headers of `task`."""
+    return [
+        ("ce_specversion", CE_SPECVERSION.encode()),
+        ("ce_type", f"churnlight.task.{task.kind}.v1".encode()),
+        # A URI-reference naming the producer and the rule set that decided the task.
+        ("ce_source", f"churnlight/{quote(task.rule_set, safe='')}".encode()),
+        ("ce_id", task.task_id.encode()),
+        ("ce_time", iso_time(task.created_at_ms, tz).encode()),
+        ("content-type", CONTENT_TYPE.encode()),
+    ]
+
+
+class TaskSink:
+    """Decide, publish and record retention tasks; see the module docstring for the guarantees.
+
+    `send(topic, key, value, headers)` must return only once the broker acknowledged the
+    message; `topic` is what `topic_for(channel)` returns, e.g. `streams.topics.TASK_TOPIC`'s
+    base names with `send` adding the prefix, or `Settings.topic` applied to them. `now()` is
+    the wall clock in epoch seconds, used for the end-to-end latency only.
+    """
+
+    def __init__(
+        self,
+        store: PolicyStore,
+        send: Send,
+        metrics: TaskMetrics,
+        *,
+        tz: tzinfo,
+        salt: str,
+        rules: PolicyRules,
+        topic_for: Callable[[Channel], str],
+        now: Callable[[], float] = time.time,
+        backoff: Backoff = DEFAULT_BACKOFF,
+    ) -> None:
+        self.store = store
+        self.send = send
+        self.metrics = metrics
+        self.tz = tz
+        self.salt = salt
+        self.rules = rules
+        self.topic_for = topic_for
+        self.now = now
+        self._sends = Retrier("the task topics", (Exception,), backoff)
+
+    @property
+    def degraded(self) -> bool:
+        """Whether Redis or the broker is failing right now (calls are being retried)."""
+        return self.store.degraded or self._sends.degraded
+
+    def stop(self) -> None:
+        """Make calls waiting out an outage of Redis or the broker raise `Stopped`."""
+        self.store.stop()
+        self._sends.stop()
+
+    async def handle(self, task: Task, *, port_out_open: bool, trigger_kafka_ts_ms: int | None) -> Decision:
+        """Decide `task` under the contact policy, publish it if issued, record it; return the decision."""
+        look = await self.store.lookup(task.msisdn, task.channel, task_id=task.task_id)
+        if look.decided is not None:
+            if look.decided.status == "suppressed":
+                return Decision(task, "suppressed", look.decided.reason)
+            decision = self._issued(task)
+            # A crash may have come between the feed entry and the contact.
+            await self.store.record_contact(task.msisdn, task.channel, task.created_at_ms)
+            return decision
+        if look.published == "sent":
+            # Published, but the attempt that sent it stopped before recording the decision.
+            return await self._record_issued(self._issued(task), None, trigger_kafka_ts_ms)
+
+        decision = decide(
+            task,
+            port_out_open=port_out_open,
+            opted_out_sms=look.opted_out_sms,
+            dnc=look.dnc,
+            last_contact_ms=look.last_contact_ms,
+            salt=self.salt,
+            rules=self.rules,
+            tz=self.tz,
+        )
+        if not decision.issued:
+            assert decision.reason is not None
+            if await self.store.record_decision(decision):
+                self.metrics.task(task.channel, task.kind, "suppressed", decision.reason)
+                log.debug("task %s (%s, %s) for %s suppressed: %s", task.task_id, task.kind,
+                         task.channel, mask(task.msisdn), decision.reason)
+            return decision
+
+        task_json = orjson.dumps(decision.task.to_message(self.tz))
+        published_at: float | None = None
+        if await self.store.claim(task.task_id) != "sent":
+            await self._publish(decision.task, task_json)
+            published_at = self.now()
+            await self.store.mark_sent(task.task_id)
+        return await self._record_issued(decision, task_json, trigger_kafka_ts_ms, published_at)
+
+    def _issued(self, task: Task) -> Decision:
+        """Return the issued decision of an already issued `task`, quiet-hours deferral included."""
+        # Same deferral as decide(): the message republished or returned must be the one issued.
+        if task.channel == "sms":
+            after = quiet_until_ms(task.created_at_ms, self.rules.quiet_start, self.rules.quiet_end, self.tz)
+            if after is not None:
+                task = replace(task, send_after_ms=after)
+        return Decision(task, "issued", None)
+
+    async def _publish(self, task: Task, task_json: bytes) -> None:
+        topic = self.topic_for(task.channel)
+        key = task.msisdn.encode()
+        headers = cloudevent_headers(task, self.tz)
+        await self._sends.call(
+            f"send of task {task.task_id} to {topic}",
+            lambda: self.send(topic, key, task_json, headers),
+        )
+        log.debug("task %s (%s) for %s published to %s", task.task_id, task.kind, mask(task.msisdn), topic)
+
+    async def _record_issued(
+        self,
+        decision: Decision,
+        task_json: bytes | None,
+        trigger_kafka_ts_ms: int | None,
+        published_at: float | None = None,
+    ) -> Decision:
+        task = decision.task
+        first = await self.store.record_decision(decision, task_json)
+        await self.store.record_contact(task.msisdn, task.channel, task.created_at_ms)
+        if first:
+            self.metrics.task(task.channel, task.kind, "issued", None)
+            if trigger_kafka_ts_ms is not None and published_at is not None:
+                self.metrics.observe_end_to_end(task.channel, published_at - trigger_kafka_ts_ms / 1000)
+        return decision

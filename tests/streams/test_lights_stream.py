@@ -1,0 +1,84 @@
+"""The warning lights on the embedded broker: exact changes for a scripted history, also across SIGKILL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.settings import Settings
+from tests.conftest import WorkerProc, consume_all, produce, wait_for
+from tests.streams import scripted
+
+PHOTOGRAPHED = [s for s in scripted.SUBS if s.photo]
+
+
+def _records(items: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, bytes | None, bytes | None]]:
+    return [(topic, value["msisdn"].encode(), orjson.dumps(value)) for topic, value in items]
+
+
+def _changes(settings: Settings) -> list[tuple[str, str, str, str]]:
+    messages = consume_all(settings, "churn.lights")
+    out = []
+    for msg in messages:
+        doc = orjson.loads(msg.value())
+        assert msg.key().decode() == doc["msisdn"]
+        assert set(doc) == {"msisdn", "light", "previous", "at", "arpu", "mou", "reasons", "region", "brand", "rule_set"}
+        out.append((doc["msisdn"], doc["previous"], doc["light"], doc["at"]))
+    return out
+
+
+def _drain(worker: WorkerProc, total: int) -> None:
+    """Wait until the worker has seen every produced event (applied, duplicate, late or rejected)."""
+    wait_for(lambda: worker.metric("churnlight_events_total") >= total, timeout_s=120, what=f"{total} events")
+
+
+def _assert_final_state(worker: WorkerProc) -> None:
+    for sub in scripted.SUBS:
+        status, doc = worker.get(f"/subscribers/{sub.msisdn}")
+        assert status == 200, doc
+        arpu, mou = scripted.final_window(sub)
+        assert (doc["arpu"], doc["mou"]) == (arpu, mou), sub.msisdn
+    expected_final: dict[str, str | None] = {s.msisdn: "green" for s in PHOTOGRAPHED}
+    for msisdn, _, light, _ in sorted(scripted.EXPECTED_CHANGES, key=lambda c: c[3]):
+        expected_final[msisdn] = light
+    expected_final["13900000011"] = None
+    for msisdn, light in expected_final.items():
+        assert worker.get(f"/subscribers/{msisdn}")[1]["light"] == light, msisdn
+
+
+def test_scripted_history_gives_exactly_the_contract_lights(worker: WorkerProc, settings: Settings) -> None:
+    items = scripted.history(settings.partitions)
+    produce(settings, _records(items))
+    worker.start()
+    _drain(worker, len(items))
+    changes = _changes(settings)
+    assert len(changes) == len(set(changes))
+    assert set(changes) - scripted.EXPECTED_CHANGES == set(), "unexpected changes"
+    assert scripted.EXPECTED_CHANGES - set(changes) == set(), "missing changes"
+    assert worker.metric("churnlight_events_total", outcome="duplicate") == 1
+    assert worker.metric("churnlight_events_total", outcome="late_dropped") == 1
+    _assert_final_state(worker)
+    status, summary = worker.get("/lights/summary")
+    assert status == 200 and summary["totals"] == {"green": 4, "yellow": 3, "red": 2, "black": 1}
+
+
+@pytest.mark.parametrize("batch_max", [25])
+def test_sigkill_mid_stream_loses_no_light_change_and_ends_in_the_same_state(
+    worker: WorkerProc, settings: Settings, batch_max: int
+) -> None:
+    worker.settings = settings = settings.model_copy(update={"batch_max": batch_max})
+    items = scripted.history(settings.partitions)
+    half = len(items) * 6 // 10
+    produce(settings, _records(items[:half]))
+    worker.start()
+    wait_for(lambda: worker.metric("churnlight_events_total") >= half // 2, timeout_s=60, what="half processed")
+    worker.kill()
+    produce(settings, _records(items[half:]))
+    worker.start()
+    _drain(worker, len(items) - half)  # the restarted worker counts from zero; it sees at least the rest
+    changes = set(_changes(settings))  # a repeated identical change is tolerated
+    assert changes - scripted.EXPECTED_CHANGES == set(), "unexpected changes"
+    assert scripted.EXPECTED_CHANGES - changes == set(), "missing changes"
+    _assert_final_state(worker)
