@@ -179,8 +179,9 @@ class SubscriberState:
     def prune(self, open_day: date, tz: ZoneInfo, window_days: int) -> None:
         """Drop day buckets older than the window and dedup entries that can no longer match."""
         oldest = open_day.toordinal() - window_days
-        for day in [d for d in self.days if d < oldest]:
-            del self.days[day]
+        if self.days and min(self.days) < oldest:
+            for day in [d for d in self.days if d < oldest]:
+                del self.days[day]
         if self._seen_min is None:
             return
         # An incoming event that is still deduplicated has ts >= this day start; an entry
@@ -373,17 +374,24 @@ class SubscriberState:
         n_days = r.uint()
         values = r.varints(3 * n_days + 1)
         day = 0
+        days = s.days
         for i in range(0, 3 * n_days, 3):
             day += values[i]
-            s.days[day] = [_unzigzag(values[i + 1]), _unzigzag(values[i + 2])]
+            days[day] = [_unzigzag(values[i + 1]), _unzigzag(values[i + 2])]
         n_seen = values[-1]
         minute = 0
-        minutes = []
-        for z in r.varints(n_seen):
-            minute += _unzigzag(z)
-            minutes.append(minute)
-        for minute, h in zip(minutes, struct.unpack(f">{n_seen}Q", r.raw(8 * n_seen))):
-            s._remember(h, minute)
+        seen = s.seen
+        deltas = r.varints(n_seen)
+        hashes = struct.unpack(f">{n_seen}Q", r.raw(8 * n_seen))
+        for z, h in zip(deltas, hashes, strict=True):
+            minute += (z >> 1) ^ -(z & 1)
+            kept = seen.get(h)
+            if kept is None:
+                seen[h] = [minute]
+            else:
+                kept.append(minute)
+            if s._seen_min is None:
+                s._seen_min = minute  # pairs are written in time order
         s.used = {r.text() for _ in range(r.uint())}
         r.end()
         return s

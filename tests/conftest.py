@@ -200,6 +200,13 @@ def wait_for(predicate: Any, timeout_s: float = 30.0, what: str = "condition") -
 
 
 @pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedStack]:
+    """A Redis of the test's own, which it may stop and restart (an outage)."""
+    with EmbeddedStack(tmp_path / "own", kafka=False) as stack:
+        yield stack
+
+
+@pytest.fixture
 def redis_client(settings: Settings) -> Iterator[redis_lib.Redis]:
     assert settings.redis is not None
     client = redis_lib.Redis.from_url(settings.redis.get_secret_value())

