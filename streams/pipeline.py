@@ -28,7 +28,7 @@ from faust.types import TP
 
 from rules import lights, tasks as triggers
 from rules.events import (
-    INPUT_TOPICS, LIFECYCLE, OUTCOMES, PROFILES, Billing, Event, Lifecycle, Profile, ProfileDeleted,
+    BILLING, INPUT_TOPICS, LIFECYCLE, OUTCOMES, PROFILES, Billing, Event, Lifecycle, Profile, ProfileDeleted,
     Rejection, decode, event_time_ms, mask,
 )
 from rules.lights import LightChange
@@ -61,7 +61,7 @@ class TaskHandler(Protocol):
 class PartitionClock:
     """Event-time bookkeeping of one partition (CONTRACT §5, §7), persisted in the table."""
 
-    __slots__ = ("max_ts", "offsets", "watermark_ms", "first_day", "open_day", "parked")
+    __slots__ = ("max_ts", "offsets", "watermark_ms", "first_day", "open_day", "parked", "waiting")
 
     def __init__(self) -> None:
         self.max_ts: dict[str, int] = {}
@@ -79,6 +79,10 @@ class PartitionClock:
         # topic is read far ahead of usage; applied at once, a deactivation would turn a churner
         # black before the days of its decline close, and the lead time would be lost.
         self.parked: list[tuple[int, int | None, str, str]] = []
+        # Billing events of subscribers without a profile while the partition's profiles are still
+        # being read (a replay's first moments): whether a balance crossing is a prepaid
+        # subscriber's depends on the profile, so they wait for it.
+        self.waiting: list[tuple[int, int | None, str, str]] = []
 
     def observe(self, topic: str, ts_ms: int) -> None:
         if ts_ms > self.max_ts.get(topic, -1):
@@ -109,6 +113,7 @@ class PartitionClock:
             "fd": self.first_day.toordinal() if self.first_day else None,
             "od": self.open_day.toordinal() if self.open_day else None,
             "pk": self.parked,
+            "wt": self.waiting,
             "of": self.offsets,
         })
 
@@ -122,6 +127,7 @@ class PartitionClock:
         clock.open_day = date.fromordinal(doc["od"]) if doc.get("od") else None
         clock.parked = [(int(t), k, str(key), str(v)) for t, k, key, v in doc.get("pk", [])]
         clock.offsets = {str(k): int(v) for k, v in doc.get("of", {}).items()}
+        clock.waiting = [(int(t), k, str(key), str(v)) for t, k, key, v in doc.get("wt", [])]
         return clock
 
 
@@ -326,6 +332,11 @@ class Pipeline:
                 self._dirty_clocks.add(p)
                 await self._advance(p, clock)
                 continue
+            if isinstance(result, Billing) and not self._has_profile(msg.key) and self._profiles_pending(p, clock):
+                clock.waiting.append((result.ts_ms, _kafka_ms(msg), msg.key.decode(), msg.value.decode()))
+                self._dirty_clocks.add(p)
+                await self._advance(p, clock)
+                continue
             await self._advance(p, clock)
             await self._apply(p, base, result, msg.key, _kafka_ms(msg))
         await self._commit()
@@ -375,9 +386,26 @@ class Pipeline:
         now_ms = int(time.time() * 1000)
         return max(clock.watermark_ms or now_ms, now_ms)
 
+    def _has_profile(self, key: bytes) -> bool:
+        state = self.states.get(key)
+        return state is not None and state.has_profile
+
+    def _profiles_pending(self, p: int, clock: PartitionClock) -> bool:
+        tp = TP(self.settings.topic(PROFILES), p)
+        high = self.app.consumer.highwater(tp)
+        return high is not None and high > self._next_offset(tp, PROFILES, clock)
+
     async def _advance(self, p: int, clock: PartitionClock) -> None:
         before = clock.watermark_ms
-        watermark = clock.advance(self._pending(p, clock))
+        pending = self._pending(p, clock)
+        watermark = clock.advance(pending)
+        if clock.waiting and not pending[PROFILES]:
+            waiting, clock.waiting = sorted(clock.waiting), []
+            self._dirty_clocks.add(p)
+            for _, kafka_ts, key, value in waiting:
+                event = decode(BILLING, key.encode(), value.encode())
+                if isinstance(event, Billing):
+                    await self._apply(p, BILLING, event, key.encode(), kafka_ts)
         if watermark is None:
             return
         if watermark != before:
@@ -457,6 +485,7 @@ class Pipeline:
         if state is None:
             state = self.states[key] = SubscriberState()
         clock = self.clocks[p]
+        lifecycle_before = (state.churned, state.churned_ms, state.port_out_request_ms, state.contract)
         applied = apply(state, event, open_day=clock.open_day, tz=self.tz, rules=self.rules)
         self.metrics.event(base, applied.outcome)
         if applied.outcome != "applied":
@@ -471,7 +500,9 @@ class Pipeline:
         if isinstance(event, Lifecycle):
             if event.type == "contract_signed":
                 self._index(p, key, state)
-            await self._evaluate(p, key, state, ts_ms, clock, trigger_ts=kafka_ts)
+            # A lifecycle event that changed nothing (a replayed one, say) is not judged at its old time.
+            if (state.churned, state.churned_ms, state.port_out_request_ms, state.contract) != lifecycle_before:
+                await self._evaluate(p, key, state, ts_ms, clock, trigger_ts=kafka_ts)
             if self.tasks is not None and state.has_profile:
                 for task in triggers.lifecycle_tasks(event, self._facts(key, state), self.rules, self.tz):
                     await self._decide(task, state, kafka_ts)

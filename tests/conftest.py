@@ -102,7 +102,11 @@ class WorkerProc:
                 body = resp.read()
                 return resp.status, orjson.loads(body) if resp.headers.get_content_type() == "application/json" else body.decode()
         except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
+            body = exc.read()
+            try:
+                return exc.code, orjson.loads(body)
+            except orjson.JSONDecodeError:
+                return exc.code, body.decode()
 
     def metric(self, name: str, **labels: str) -> float:
         """Return the sum of the samples of `name` whose labels include `labels`."""
