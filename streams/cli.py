@@ -120,6 +120,64 @@ def replay(file: Path) -> None:
         raise SystemExit(1)
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print each task as its JSON message")
+@click.option("--from-beginning", is_flag=True, help="start at the oldest task, not at new ones")
+@click.option("--channel", type=click.Choice(["callcentre", "sms"]), multiple=True, help="only these channels")
+@click.option("--max", "max_count", type=int, default=0, help="stop after this many tasks (0: run until Ctrl-C)")
+@click.option("--unmask", is_flag=True, help="show msisdns in full (masked by default, for shared screens)")
+def tail(as_json: bool, from_beginning: bool, channel: tuple[str, ...], max_count: int, unmask: bool) -> None:
+    """Print retention tasks from the task topics as they arrive."""
+    import orjson
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+
+    from rules.events import mask
+    from streams.topics import TASK_TOPIC, client_config
+
+    settings = _settings()
+    setup_logging("warn")
+    out = Console()
+    with connected(settings, redis=False) as resolved:
+        conf = client_config(resolved)
+        conf.update({"group.id": "churnlight-tail", "enable.auto.commit": False})
+        consumer = Consumer(conf)
+        topics = [resolved.topic(TASK_TOPIC[c]) for c in (channel or ("callcentre", "sms"))]
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        # Assign every partition directly: a tail needs no group membership and starts at once.
+        tps = []
+        for topic in topics:
+            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if meta is None or meta.error is not None:
+                console.print(f"[red]churnlight tail: topic {topic} does not exist (has a worker run?)[/red]")
+                raise SystemExit(1)
+            tps.extend(TopicPartition(topic, p, start) for p in meta.partitions)
+        consumer.assign(tps)
+        seen = 0
+        try:
+            while not max_count or seen < max_count:
+                msg = consumer.poll(0.5)
+                if msg is None or msg.error():
+                    continue
+                seen += 1
+                if as_json:
+                    click.echo(msg.value().decode())
+                    continue
+                try:
+                    task = orjson.loads(msg.value())
+                    who = task["msisdn"] if unmask else mask(task["msisdn"])
+                    offer = (task.get("offer") or {}).get("code") or "-"
+                    when = task.get("send_after") or task["created_at"]
+                    out.print(f"{when}  [bold]{task['channel']:<10}[/bold] {task['priority']:<6} "
+                              f"{task['kind']:<15} {who}  {task.get('region')}/{task.get('brand')}  "
+                              f"light {task.get('previous_light') or '-'}->{task.get('light') or '-'}  offer {offer}")
+                except (ValueError, KeyError, TypeError):
+                    out.print(f"[yellow]unreadable task at {msg.topic()}/{msg.partition()}/{msg.offset()}[/yellow]")
+        except KeyboardInterrupt:
+            pass
+        finally:
+            consumer.close()
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
