@@ -178,6 +178,63 @@ def tail(as_json: bool, from_beginning: bool, channel: tuple[str, ...], max_coun
             consumer.close()
 
 
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="labels file of the simulator (who churned, when)")
+@click.option("--rules", "rule_sets", multiple=True, default=["cmcc-2010"], show_default=True,
+              help="rule-set name or file; repeat to compare side by side")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="also write the figures here")
+def backtest(file: Path, labels: Path | None, rule_sets: tuple[str, ...], json_out: Path | None) -> None:
+    """Run rule sets offline over a history FILE and report how early and how well they lit churners."""
+    from streams.backtest import run_many
+
+    settings = _settings()
+    setup_logging("warn")
+    try:
+        with _progress() as progress:
+            bars = {name: progress.add_task(f"backtest {name}", total=None) for name in rule_sets}
+            scores = run_many(file, list(rule_sets), settings, labels,
+                              progress=lambda name, n: progress.update(bars[name], completed=n))
+    except RuleSetError as exc:
+        console.print(f"[red]churnlight backtest: {exc}[/red]")
+        raise SystemExit(2) from None
+    table = Table(title=f"backtest of {file.name}")
+    table.add_column("")
+    for s in scores:
+        table.add_column(s.name, justify="right")
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    rows: list[tuple[str, list[str]]] = [
+        ("events applied / dup / late", [f"{s.events['applied']} / {s.events['duplicate']} / {s.events['late_dropped']}" for s in scores]),
+        ("light changes", [str(s.changes) for s in scores]),
+        ("lights at the end (g/y/r/b)", ["/".join(str(s.final_lights.get(k, 0)) for k in ("green", "yellow", "red", "black")) for s in scores]),
+        ("labelled churners (photographed)", [str(s.churners) for s in scores]),
+        ("lit yellow/red before leaving", [f"{s.lit} ({pct(s.recall)})" for s in scores]),
+        ("precision of yellow/red", [pct(s.precision) for s in scores]),
+        ("median lead time, days", ["-" if s.median_lead is None else f"{s.median_lead:.0f}" for s in scores]),
+        ("tasks issued", [str(sum(n for (_, _, st), n in s.tasks.items() if st == "issued")) for s in scores]),
+        ("tasks suppressed", [str(sum(n for (_, _, st), n in s.tasks.items() if st != "issued")) for s in scores]),
+        ("call-centre tasks, busiest day", [str(max(s.callcentre_per_day.values(), default=0)) for s in scores]),
+    ]
+    for label, values in rows:
+        table.add_row(label, *values)
+    Console().print(table)
+    if json_out:
+        import orjson
+
+        json_out.write_bytes(orjson.dumps([{
+            "rule_set": s.name, "light_changes": s.changes, "final_lights": dict(s.final_lights),
+            "churners": s.churners, "lit": s.lit, "recall": s.recall, "precision": s.precision,
+            "lead_days": s.lead_days, "tasks": [{"channel": c, "kind": k, "status": st, "count": n}
+                                                for (c, k, st), n in sorted(s.tasks.items())],
+            "callcentre_per_day": s.callcentre_per_day, "events": dict(s.events)} for s in scores],
+            option=orjson.OPT_INDENT_2))
+        console.print(f"figures written to {json_out}")
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
