@@ -15,7 +15,7 @@ Exactly-once effects over an at-least-once stream:
 - Issued bookkeeping runs after `mark_sent`, in this order: the decision marker with its feed
   entry (one script), then the contact. Both are idempotent, so a task found `sent` without a
   marker simply runs them again. The contact comes last so that it is never recorded for a task
-  whose decision is not.
+  whose decision is not. With an `OutcomeStore`, its issued count follows (idempotent too).
 - Metrics count a decision only in the call whose `record_decision` created the task's marker.
   The marker is written once per task id, after the send was acknowledged, so a crash before
   it leaves the decision uncounted and the attempt that completes it counts it; a replay counts
@@ -44,6 +44,7 @@ from rules.policy import (
     quiet_until_ms,
 )
 from rules.tasks import Channel, Kind, Task, iso_time
+from sinks.outcomes import OutcomeStore
 from sinks.redis_store import DEFAULT_BACKOFF, Backoff, PolicyStore, Retrier, Stopped
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,10 @@ class TaskSink:
         topic_for: Callable[[Channel], str],
         now: Callable[[], float] = time.time,
         backoff: Backoff = DEFAULT_BACKOFF,
+        outcomes: OutcomeStore | None = None,
     ) -> None:
         self.store = store
+        self.outcomes = outcomes
         self.send = send
         self.metrics = metrics
         self.tz = tz
@@ -113,12 +116,14 @@ class TaskSink:
     @property
     def degraded(self) -> bool:
         """Whether Redis or the broker is failing right now (calls are being retried)."""
-        return self.store.degraded or self._sends.degraded
+        return self.store.degraded or self._sends.degraded or (self.outcomes is not None and self.outcomes.degraded)
 
     def stop(self) -> None:
         """Make calls waiting out an outage of Redis or the broker raise `Stopped`."""
         self.store.stop()
         self._sends.stop()
+        if self.outcomes is not None:
+            self.outcomes.stop()
 
     async def handle(self, task: Task, *, port_out_open: bool, trigger_kafka_ts_ms: int | None) -> Decision:
         """Decide `task` under the contact policy, publish it if issued, record it; return the decision."""
@@ -127,8 +132,10 @@ class TaskSink:
             if look.decided.status == "suppressed":
                 return Decision(task, "suppressed", look.decided.reason)
             decision = self._issued(task)
-            # A crash may have come between the feed entry and the contact.
+            # A crash may have come between the feed entry and the contact (or the issued count).
             await self.store.record_contact(task.msisdn, task.channel, task.created_at_ms)
+            if self.outcomes is not None:
+                await self.outcomes.record_issued(task)
             return decision
         if look.published == "sent":
             # Published, but the attempt that sent it stopped before recording the decision.
@@ -189,6 +196,8 @@ class TaskSink:
         task = decision.task
         first = await self.store.record_decision(decision, task_json)
         await self.store.record_contact(task.msisdn, task.channel, task.created_at_ms)
+        if self.outcomes is not None:
+            await self.outcomes.record_issued(task)
         if first:
             self.metrics.task(task.channel, task.kind, "issued", None)
             if trigger_kafka_ts_ms is not None and published_at is not None:
