@@ -14,9 +14,11 @@ from faust.web import Request, View
 
 from rules.events import INPUT_TOPICS, MSISDN_RE
 from rules.ruleset import RuleSet
+from streams.changelog import ChangelogWriter
 from streams.metrics import Metrics
 from streams.pipeline import Pipeline, TaskHandler
 from streams.settings import Settings
+from sinks.outcomes import OutcomeStore
 from sinks.redis_store import PolicyStore
 from sinks.tasks import TaskSink
 from streams.topics import DEADLETTER, LIGHTS, TASK_TOPIC, TASKS_CALLCENTRE, TASKS_SMS, TICKS
@@ -87,10 +89,14 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
     table = app.Table("state", partitions=settings.partitions, default=None, key_type=bytes, value_type=bytes)
     sender = Sender(app, settings)
     tasks: TaskHandler | None = None
+    outcomes: OutcomeStore | None = None
     if store is not None:
+        outcomes = OutcomeStore(store.client, tz=settings.zone)
         tasks = TaskSink(store, sender.acked, metrics, tz=settings.zone, salt=settings.holdout_salt, rules=rules,
-                         topic_for=TASK_TOPIC.__getitem__)
-    pipeline = Pipeline(settings, metrics, rules, table=table, app=app, send=sender.enqueue, tasks=tasks)
+                         topic_for=TASK_TOPIC.__getitem__, outcomes=outcomes)
+    changelog = ChangelogWriter(settings, table.changelog_topic.get_topic_name())
+    pipeline = Pipeline(settings, metrics, rules, table=table, app=app, send=sender.enqueue, tasks=tasks,
+                        changelog=changelog, outcomes=outcomes)
 
     @app.agent(source, concurrency=1, name="subscribers")
     async def subscribers(stream: faust.StreamT[bytes]) -> None:
@@ -113,6 +119,8 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
     async def gauges() -> None:
         metrics.set_lights(pipeline.summary())
         pipeline.update_lag()
+        pipeline.watchdog()
+        await pipeline.update_kpis()
 
     @app.page("/health")
     class Health(View):

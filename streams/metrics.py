@@ -97,6 +97,9 @@ class RegionKpis:
     churn_ratio: float | None
 
 
+OUTCOME_RESULTS: Final = frozenset({"recorded", "duplicate", "unknown_task"})
+
+
 class Metrics:
     """The worker's metrics (CONTRACT §9) on one registry, with cheap helpers for the hot path."""
 
@@ -139,6 +142,13 @@ class Metrics:
             "churnlight_tasks_suppressed_total",
             "Suppressed retention tasks by channel and contact-policy reason.",
             ["channel", "reason"],
+            registry=r,
+        )
+        # Beyond CONTRACT §9: an outcome for a task this system never issued is counted, not dropped.
+        self.outcomes = Counter(
+            "churnlight_outcomes_total",
+            "Retention outcomes by result (recorded, duplicate, unknown_task).",
+            ["result"],
             registry=r,
         )
         self.end_to_end = Histogram(
@@ -301,6 +311,9 @@ class Metrics:
         _replace(self.kpi_churn, held_churn, churn)
 
     # -- exposition --------------------------------------------------------------------------
+
+    def outcome(self, result: str) -> None:
+        self.outcomes.labels(_closed(result, OUTCOME_RESULTS, "result")).inc()
 
     def render(self) -> bytes:
         """Return the registry in the Prometheus text exposition format."""

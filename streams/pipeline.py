@@ -28,14 +28,17 @@ from faust.types import TP
 
 from rules import lights, tasks as triggers
 from rules.events import (
-    BILLING, INPUT_TOPICS, LIFECYCLE, OUTCOMES, PROFILES, Billing, Event, Lifecycle, Profile, ProfileDeleted,
+    BILLING, INPUT_TOPICS, LIFECYCLE, PROFILES, Billing, Event, Lifecycle, Outcome, Profile, ProfileDeleted,
     Rejection, decode, event_time_ms, mask,
 )
+from rules.kpi import local_month, region_kpis
 from rules.lights import LightChange
 from rules.ruleset import RuleSet
 from rules.state import SubscriberState, apply, day_start_ms, local_day
 from rules.tasks import ContractTerms, SubscriberFacts, Task
-from streams.metrics import Metrics
+from sinks.outcomes import OutcomeStore
+from streams.changelog import ChangelogWriter
+from streams.metrics import Metrics, RegionKpis
 from streams.settings import Settings
 from streams.topics import DEADLETTER, LIGHTS, TICKS
 
@@ -147,7 +150,8 @@ class Pipeline:
     def __init__(
         self, settings: Settings, metrics: Metrics, rules: RuleSet, *, table: Any, app: Any,
         send: Callable[[str, bytes | None, bytes | None, list[tuple[str, bytes]]], Awaitable[Awaitable[Any]]],
-        tasks: TaskHandler | None = None,
+        tasks: TaskHandler | None = None, changelog: ChangelogWriter | None = None,
+        outcomes: OutcomeStore | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -157,6 +161,8 @@ class Pipeline:
         self.app = app
         self.send = send  # (topic base, key, value, headers) -> enqueue; returns the acknowledgement future
         self.tasks = tasks
+        self.changelog = changelog
+        self.outcomes = outcomes
         self.agent: Any = None
         self.base_topic = {settings.topic(t): t for t in (*INPUT_TOPICS, TICKS)}
         self.partitions = settings.partitions
@@ -171,6 +177,7 @@ class Pipeline:
         self._context: dict[int, Any] = {}
         self._acks: list[Awaitable[Any]] = []
         self.batches = 0
+        self.last_input_at = time.monotonic()
 
     def attach(self, agent: Any) -> None:
         self.agent = agent
@@ -214,6 +221,49 @@ class Pipeline:
             return read + 1
         committed = getattr(self.app.consumer, "_committed_offset", {})
         return int(committed.get(tp) or 0)
+
+    def watchdog(self, idle_s: float = 20.0) -> bool:
+        """Resume input partitions left paused when records wait but nothing arrived for `idle_s`.
+
+        Faust has races around the end of table recovery (faust-streaming #216, #596) in which
+        a stream can stop receiving a partition's records; this makes such a stall visible in
+        the log and undoes it. Returns True when it acted.
+        """
+        app = self.app
+        if app.rebalancing or time.monotonic() - self.last_input_at < idle_s:
+            return False
+        behind = [TP(full, p) for p, clock in self.clocks.items() for full, base in self.base_topic.items()
+                  if base != TICKS and (app.consumer.highwater(TP(full, p)) or 0)
+                  > self._next_offset(TP(full, p), base, clock)]
+        if not behind:
+            return False
+        consumer = app.consumer
+        buffered = set(getattr(consumer, "_buffered_partitions", ()))
+        log.warning("no input for %.0f s while %d partitions have records to read (held as buffer-full: %s); "
+                    "fetching them again", time.monotonic() - self.last_input_at, len(behind),
+                    sorted(f"{tp.topic}/{tp.partition}" for tp in buffered))
+        # A partition whose stream buffer filled up leaves the fetch set until the buffer drains;
+        # when Faust clears its queues at the end of recovery, that notice never comes.
+        for tp in behind:
+            consumer.on_buffer_drop(tp)
+        consumer.resume_partitions(behind)
+        app.flow_control.resume()
+        self.last_input_at = time.monotonic()
+        return True
+
+    def month(self) -> str | None:
+        """Return the operator-local month of the newest watermark owned here (event time)."""
+        marks = [c.watermark_ms for c in self.clocks.values() if c.watermark_ms is not None]
+        return local_month(max(marks), self.tz) if marks else None
+
+    async def update_kpis(self) -> None:
+        """Publish the KPI gauges: this month's task completion (Redis) and the watched base."""
+        month = self.month()
+        if month is None or self.outcomes is None:
+            return
+        counts = self.summary()
+        tasks = await self.outcomes.kpis(month)
+        self.metrics.set_kpis({region: RegionKpis(*k) for region, k in region_kpis(tasks, counts).items()})
 
     def summary(self) -> dict[tuple[str, str, str], int]:
         """Count watched subscribers by (light, region, brand) over the partitions owned now."""
@@ -277,6 +327,8 @@ class Pipeline:
                 if p in owned:
                     self.clocks[p] = PartitionClock.from_bytes(value)
                 continue
+            if key.startswith(b"~"):
+                continue  # the changelog's own markers, never a subscriber
             p = partition_of(key, self.partitions)
             if p not in owned:
                 continue
@@ -311,6 +363,8 @@ class Pipeline:
             if base is None or clock is None:
                 continue
             self._context[p] = event
+            if base != TICKS:
+                self.last_input_at = time.monotonic()
             if base == TICKS:
                 await self._tick(p, clock, msg.value)
                 continue
@@ -343,25 +397,41 @@ class Pipeline:
         self.batches += 1
 
     async def _commit(self) -> None:
-        """Wait for the batch's outputs, then write touched state once per subscriber."""
+        """Wait for the batch's outputs, then write touched state once per subscriber.
+
+        Each partition's clock record goes after its states, to the same changelog partition,
+        so a recovered clock never claims offsets whose states were not written.
+        """
         if self._acks:
             await asyncio.gather(*self._acks)
             self._acks.clear()
+        store = self.table.data
+        changelog = self.changelog
         for p in set(self._dirty) | self._dirty_clocks:
             context = self._context.get(p)
             if context is None:
                 continue
+            # The RocksDB store picks its partition from Faust's current event.
             with _in_event(context):
                 for key in self._dirty.get(p, ()):
                     state = self.states.get(key)
-                    if state is None or state.is_empty():
+                    value = None if state is None or state.is_empty() else state.to_bytes()
+                    if value is None:
                         self.states.pop(key, None)
-                        if key in self.table:
-                            del self.table[key]
+                        if key in store:
+                            del store[key]
                     else:
-                        self.table[key] = state.to_bytes()
+                        store[key] = value
+                    if changelog is not None:
+                        changelog.write(p, key, value)
                 if p in self._dirty_clocks:
-                    self.table[META_PREFIX + str(p).encode()] = self.clocks[p].to_bytes()
+                    meta_key = META_PREFIX + str(p).encode()
+                    value = self.clocks[p].to_bytes()
+                    store[meta_key] = value
+                    if changelog is not None:
+                        changelog.write(p, meta_key, value)
+        if changelog is not None:
+            await changelog.flush()
         self._dirty.clear()
         self._dirty_clocks.clear()
         self._context.clear()
@@ -494,7 +564,9 @@ class Pipeline:
         if isinstance(event, (Profile, ProfileDeleted)):
             self._index(p, key, state)
             return
-        if base == OUTCOMES:
+        if isinstance(event, Outcome):
+            if self.outcomes is not None:
+                self.metrics.outcome(await self.outcomes.record_outcome(event))
             return
         ts_ms = getattr(event, "ts_ms")
         if isinstance(event, Lifecycle):

@@ -9,7 +9,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from streams.sim.config import SHAPES, SimConfig
+from streams.sim.config import SimConfig
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -143,7 +143,7 @@ def build_base(cfg: SimConfig) -> Base:
     rng = np.random.default_rng([cfg.seed, 1])
     n = cfg.subscribers
     brand_names = [b for b, _ in cfg.brands]
-    shapes = [SHAPES[b] for b in brand_names]
+    shapes = [cfg.shape(b) for b in brand_names]
 
     region = _choice(rng, [w for _, w in cfg.regions], n)
     brand = _choice(rng, [w for _, w in cfg.brands], n)

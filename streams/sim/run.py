@@ -32,7 +32,7 @@ from streams.sim.base import (
     add_months,
     build_base,
 )
-from streams.sim.config import SHAPES, SimConfig
+from streams.sim.config import SimConfig
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -149,7 +149,7 @@ class Simulation:
         self._recoverers = np.nonzero(b.pattern == RECOVER)[0]
         self._silent = b.pattern == SILENT
         names = [name for name, _ in cfg.brands]
-        self._shapes = [SHAPES[name] for name in names]
+        self._shapes = [cfg.shape(name) for name in names]
         self._brand_names = names
         self._region_names = [name for name, _ in cfg.regions]
 

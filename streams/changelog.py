@@ -1,0 +1,92 @@
+"""Write the state table's changelog in bulk with confluent-kafka.
+
+Faust sends one changelog message per table write through its own producer path, which was two
+thirds of the per-event CPU measured here. The pipeline writes each touched subscriber once per
+batch; this writer produces those values with librdkafka's batching, to the same changelog topic
+and partition Faust itself would use (so Faust's recovery reads them as its own), and `flush`
+returns only when the broker has them: the batch's events are acked after that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from confluent_kafka import KafkaError, Producer
+
+from streams.settings import Settings
+from streams.topics import client_config
+
+log = logging.getLogger(__name__)
+
+SEAL_KEY = b"~seal"
+
+
+class ChangelogWriter:
+    """Produce (partition, key, value) changelog records; `flush` waits for all of them."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        conf = client_config(settings)
+        conf.update({
+            # Idempotence keeps each partition's order under retries: a partition's clock record
+            # must never land before the states written ahead of it.
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1_000_000,
+        })
+        self.topic = topic
+        self.producer = Producer(conf)
+        self._failed: list[tuple[int, bytes, bytes | None]] = []
+        self._touched: set[int] = set()
+        self.offsets: dict[int, int] = {}  # highest changelog offset acknowledged per partition
+
+    def write(self, partition: int, key: bytes, value: bytes | None) -> None:
+        """Queue one changelog record (None = tombstone)."""
+        self._touched.add(partition)
+        while True:
+            try:
+                self.producer.produce(self.topic, key=key, value=value, partition=partition,
+                                      on_delivery=lambda err, msg, r=(partition, key, value): self._done(err, msg, r))
+                return
+            except BufferError:
+                self.producer.poll(0.01)
+
+    def _done(self, err: KafkaError | None, msg: Any, record: tuple[int, bytes, bytes | None]) -> None:
+        if err is not None:
+            self._failed.append(record)
+            return
+        p, offset = msg.partition(), msg.offset()
+        if offset > self.offsets.get(p, -1):
+            self.offsets[p] = offset
+
+    async def flush(self) -> None:
+        """Return once the broker acknowledged every queued record, then seal the partitions."""
+        if not self._touched and not self._failed and len(self.producer) == 0:
+            return
+        await self._flush()
+        # Tansu reports a partition's high watermark as the base offset of its last record
+        # batch, so whatever reads "up to the high watermark" (Faust's table recovery) misses
+        # that whole batch. A lone tombstone after each flush is the last batch instead: only
+        # it goes unseen, and it deletes a key nobody has. Harmless on a real Kafka.
+        touched, self._touched = self._touched, set()
+        for partition in touched:
+            self.write(partition, SEAL_KEY, None)
+        self._touched.clear()
+        await self._flush()
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = 0.1
+        while True:
+            remaining = await loop.run_in_executor(None, self.producer.flush, 30.0)
+            if not remaining and not self._failed:
+                return
+            if self._failed:
+                failed, self._failed = self._failed, []
+                log.warning("re-sending %d changelog records the broker did not take", len(failed))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                for partition, key, value in failed:
+                    self.write(partition, key, value)
