@@ -71,6 +71,36 @@ def main() -> None:
 
 
 @main.command()
+@click.option("--subscribers", type=click.IntRange(100, 1_000_000), default=2000, show_default=True)
+@click.option("--days", type=click.IntRange(35, 365), default=90, show_default=True)
+@click.option("--activity", type=click.FloatRange(0.05, 1.0), default=0.25, show_default=True,
+              help="usage events per day relative to a real base (same minutes and revenue)")
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("churnlight-demo"),
+              show_default=True, help="where the history, the labels and the report go")
+def demo(subscribers: int, days: int, activity: float, seed: int, out: Path) -> None:
+    """Simulate an operator, run the processor on it (embedded stack), summarise, write a report."""
+    from streams.demo import print_summary, run_demo, write_report
+
+    settings = _settings().model_copy(update={"data_dir": out / "stack"})
+    setup_logging("warn")
+    screen = Console()
+    try:
+        with connected(settings) as resolved:
+            result = run_demo(resolved, out, subscribers=subscribers, days=days, activity=activity, seed=seed,
+                              console=screen)
+    except KeyboardInterrupt:
+        console.print("[yellow]demo stopped; the worker and the embedded servers were shut down[/yellow]")
+        raise SystemExit(130) from None
+    except (RuntimeError, StartupError) as exc:
+        console.print(f"[red]churnlight demo: {exc}[/red]")
+        raise SystemExit(1) from None
+    print_summary(result, screen)
+    report = write_report(result, out / "report.html")
+    screen.print(f"\nreport written to [bold]{report.resolve()}[/bold]")
+
+
+@main.command()
 def worker() -> None:
     """Run the processor against the configured (or embedded) Kafka and Redis."""
     settings = _settings()

@@ -1,0 +1,359 @@
+"""`churnlight demo`: a simulated operator through a real worker on the embedded stack, then a report."""
+
+from __future__ import annotations
+
+import html
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from pydantic import SecretStr
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from streams.embedded import free_port
+from streams.replay import iter_file, replay
+from streams.settings import Settings
+from streams.sim import SimConfig, write_history
+from streams.topics import LIGHTS, TASKS_CALLCENTRE, TASKS_SMS, client_config, ensure_topics
+
+LIGHT_ORDER = ("green", "yellow", "red", "black")
+COLOURS = {"green": "#2e9e44", "yellow": "#d9a400", "red": "#d0342c", "black": "#333333",
+           "callcentre": "#3b6fb6", "sms": "#8e5ab5", "lead": "#3b6fb6"}
+
+
+@dataclass
+class DemoResult:
+    events: int
+    seconds: float
+    totals: dict[str, int]
+    changes: list[dict[str, Any]]
+    tasks: list[dict[str, Any]]
+    feed: list[dict[str, str]]
+    labels: dict[str, dict[str, Any]]
+    photographed: int
+    lead_days: list[int] = field(default_factory=list)
+    lit: int = 0
+    churners: int = 0
+
+
+def _metric_sum(text: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
+@contextmanager
+def _worker(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHURNLIGHT_")}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"CHURNLIGHT_{name.upper()}"] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def _read_topic(settings: Settings, base: str) -> list[dict[str, Any]]:
+    conf = client_config(settings)
+    conf.update({"group.id": f"demo-{uuid.uuid4().hex}", "enable.auto.commit": False, "enable.partition.eof": True})
+    consumer = Consumer(conf)
+    topic = settings.topic(base)
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    out: list[dict[str, Any]] = []
+    at_end: set[int] = set()
+    deadline = time.monotonic() + 60
+    try:
+        while len(at_end) < len(partitions) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == -191:  # _PARTITION_EOF
+                    at_end.add(msg.partition())
+                continue
+            out.append(orjson.loads(msg.value()))
+    finally:
+        consumer.close()
+    return out
+
+
+def run_demo(settings: Settings, out_dir: Path, *, subscribers: int, days: int, activity: float, seed: int,
+             console: Console) -> DemoResult:
+    """Simulate, run a worker, replay, watch it work; return what happened."""
+    import redis as redis_lib
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    history, labels_path = out_dir / "history.jsonl", out_dir / "labels.jsonl"
+    cfg = SimConfig(subscribers=subscribers, days=days, activity=activity, seed=seed)
+    with console.status(f"simulating {subscribers:,} subscribers over {days} days..."):
+        stats = write_history(cfg, history, labels_path)
+    console.print(f"simulated {stats.lines:,} events ({stats.photographed:,} photographed subscribers, "
+                  f"{stats.churners:,} churners) in {stats.seconds:.1f} s -> {history}")
+
+    settings = settings.model_copy(update={
+        "topic_prefix": settings.topic_prefix or f"demo{int(time.time())}.",
+        "web_port": free_port(), "web_host": "127.0.0.1", "store": "memory",
+        "data_dir": out_dir / "worker-data", "log_level": "info",
+    })
+    ensure_topics(settings)
+    assert settings.redis is not None
+    rclient = redis_lib.Redis.from_url(settings.redis.get_secret_value())
+    # A fresh feed for this run: the demo's Redis is its own, but a configured one may hold an old demo's.
+    rclient.delete("churnlight:feed")
+    url = f"http://127.0.0.1:{settings.web_port}"
+    with _worker(settings, out_dir / "worker.log") as proc:
+        deadline = time.monotonic() + 120
+        with console.status("starting the worker (consumer-group join, table recovery)..."):
+            while _get(url + "/health")[0] != 200:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the worker exited with {proc.returncode}; see {out_dir / 'worker.log'}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the worker did not become healthy; see {out_dir / 'worker.log'}")
+                time.sleep(0.3)
+        with console.status("replaying the history into Kafka..."):
+            report = replay(settings, iter_file(history))
+        sent = report.sent
+        started = time.monotonic()
+        last_change = (0.0, time.monotonic())
+        with Live(console=console, refresh_per_second=2) as live:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the worker exited with {proc.returncode}; see {out_dir / 'worker.log'}")
+                _, body = _get(url + "/metrics")
+                text = body.decode()
+                done = _metric_sum(text, "churnlight_events_total")
+                live.update(_progress_table(text, done, sent, time.monotonic() - started))
+                if done != last_change[0]:
+                    last_change = (done, time.monotonic())
+                if done >= sent and time.monotonic() - last_change[1] > 3:
+                    break
+                if time.monotonic() - last_change[1] > 120:
+                    console.print("[yellow]the worker made no progress for 2 minutes; reporting what it did[/yellow]")
+                    break
+                time.sleep(0.5)
+        seconds = last_change[1] - started
+        _, summary = _get(url + "/lights/summary")
+        totals = orjson.loads(summary).get("totals", {}) if summary else {}
+    changes = _read_topic(settings, LIGHTS)
+    tasks = _read_topic(settings, TASKS_CALLCENTRE) + _read_topic(settings, TASKS_SMS)
+    feed = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in rclient.xrange("churnlight:feed")]
+    labels = {d["msisdn"]: d for d in (orjson.loads(line) for line in iter_file(labels_path))}
+    result = DemoResult(int(done), seconds, totals, changes, tasks, feed, labels, stats.photographed)
+    _score(result)
+    return result
+
+
+def _progress_table(text: str, done: float, sent: int, seconds: float) -> Table:
+    table = Table(title="churnlight demo: the worker at work", show_header=False)
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    rate = done / seconds if seconds > 0 else 0.0
+    table.add_row("events processed", f"{int(done):,} / {sent:,} ({done / max(sent, 1):.0%})")
+    table.add_row("throughput", f"{rate:,.0f} events/s")
+    lights = "  ".join(f"{light} {int(_metric_sum(text, 'churnlight_lights', light=light)):,}" for light in LIGHT_ORDER)
+    table.add_row("lights now", lights)
+    table.add_row("light changes", f"{int(_metric_sum(text, 'churnlight_light_changes_total')):,}")
+    table.add_row("tasks issued", f"{int(_metric_sum(text, 'churnlight_tasks_total', status='issued')):,}")
+    table.add_row("tasks suppressed", f"{int(_metric_sum(text, 'churnlight_tasks_total', status='suppressed')):,}")
+    table.add_row("dead letters", f"{int(_metric_sum(text, 'churnlight_deadletter_total')):,}")
+    return table
+
+
+def _score(r: DemoResult) -> None:
+    first_alarm: dict[str, date] = {}
+    for change in sorted(r.changes, key=lambda c: c["at"]):
+        if change["light"] in ("yellow", "red"):
+            first_alarm.setdefault(change["msisdn"], datetime.fromisoformat(change["at"]).date())
+    churners = {m: d for m, d in r.labels.items() if d.get("churn_date") and d.get("photographed")}
+    r.churners = len(churners)
+    for msisdn, label in churners.items():
+        alarm = first_alarm.get(msisdn)
+        churn = date.fromisoformat(label["churn_date"])
+        if alarm is not None and alarm <= churn:
+            r.lit += 1
+            r.lead_days.append((churn - alarm).days)
+
+
+def print_summary(r: DemoResult, console: Console) -> None:
+    """Print what a retention manager wants to know, in tables."""
+    lights = Table(title="Watched base at the end (photographed subscribers)")
+    for light in LIGHT_ORDER:
+        lights.add_column(light, justify="right")
+    lights.add_row(*(f"{r.totals.get(light, 0):,}" for light in LIGHT_ORDER))
+    console.print(lights)
+
+    moves = Counter((c["previous"] or "green", c["light"]) for c in r.changes)
+    changes = Table(title=f"Light changes ({len(r.changes):,})")
+    changes.add_column("from")
+    changes.add_column("to")
+    changes.add_column("count", justify="right")
+    for (prev, light), n in sorted(moves.items(), key=lambda x: -x[1]):
+        changes.add_row(prev, light, f"{n:,}")
+    console.print(changes)
+
+    tasks = Table(title="Retention tasks")
+    tasks.add_column("channel")
+    tasks.add_column("kind")
+    tasks.add_column("issued", justify="right")
+    tasks.add_column("suppressed", justify="right")
+    by_kind: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for entry in r.feed:
+        by_kind[(entry["channel"], entry["kind"])][entry["status"]] += 1
+    for (channel, kind), counts in sorted(by_kind.items()):
+        tasks.add_row(channel, kind, f"{counts['issued']:,}", f"{counts['suppressed']:,}")
+    console.print(tasks)
+
+    reasons = Counter(e["reason"] for e in r.feed if e["status"] == "suppressed")
+    if reasons:
+        suppressed = Table(title="Suppressed, and why")
+        suppressed.add_column("reason")
+        suppressed.add_column("count", justify="right")
+        for reason, n in reasons.most_common():
+            suppressed.add_row(reason, f"{n:,}")
+        console.print(suppressed)
+
+    outcome = Table(title="Did the lights catch the churners?", show_header=False)
+    outcome.add_column()
+    outcome.add_column(justify="right")
+    outcome.add_row("labelled churners in the photographed base", f"{r.churners:,}")
+    outcome.add_row("lit yellow or red before they left",
+                    f"{r.lit:,} ({r.lit / r.churners:.0%})" if r.churners else "-")
+    if r.lead_days:
+        ordered = sorted(r.lead_days)
+        outcome.add_row("days of warning, median (range)",
+                        f"{ordered[len(ordered) // 2]} ({ordered[0]}-{ordered[-1]})")
+    outcome.add_row("throughput", f"{r.events:,} events in {r.seconds:.0f} s = {r.events / max(r.seconds, 0.001):,.0f}/s")
+    console.print(outcome)
+
+
+# --- the HTML report ----------------------------------------------------------------------------
+
+def _svg_lines(series: dict[str, list[int]], days: list[str], title: str, height: int = 220) -> str:
+    width, pad = 760, 40
+    top = max((max(v) for v in series.values() if v), default=1) or 1
+    n = max(len(days) - 1, 1)
+    parts = [f'<svg viewBox="0 0 {width} {height + 30}" role="img" aria-label="{html.escape(title)}">']
+    parts.append(f'<line x1="{pad}" y1="{height}" x2="{width - 10}" y2="{height}" stroke="#999"/>')
+    for i, day in enumerate(days):
+        if i % max(len(days) // 6, 1) == 0:
+            x = pad + i * (width - pad - 10) / n
+            parts.append(f'<text x="{x:.0f}" y="{height + 18}" font-size="11" text-anchor="middle">{day[5:]}</text>')
+    parts.append(f'<text x="{pad - 4}" y="12" font-size="11" text-anchor="end">{top:,}</text>')
+    for name, values in series.items():
+        points = " ".join(f"{pad + i * (width - pad - 10) / n:.1f},{height - v * (height - 20) / top:.1f}"
+                          for i, v in enumerate(values))
+        parts.append(f'<polyline fill="none" stroke="{COLOURS.get(name, "#555")}" stroke-width="2" points="{points}">'
+                     f'<title>{html.escape(name)}</title></polyline>')
+    legend = " ".join(f'<tspan fill="{COLOURS.get(k, "#555")}">&#9632; {html.escape(k)}</tspan>' for k in series)
+    parts.append(f'<text x="{width - 10}" y="12" font-size="12" text-anchor="end">{legend}</text></svg>')
+    return "".join(parts)
+
+
+def _svg_bars(values: dict[str, int], title: str, colour: str, height: int = 200) -> str:
+    width, pad = 760, 40
+    keys = list(values)
+    top = max(values.values(), default=1) or 1
+    bar = (width - pad - 10) / max(len(keys), 1)
+    parts = [f'<svg viewBox="0 0 {width} {height + 30}" role="img" aria-label="{html.escape(title)}">']
+    for i, key in enumerate(keys):
+        h = values[key] * (height - 20) / top
+        x = pad + i * bar
+        parts.append(f'<rect x="{x:.1f}" y="{height - h:.1f}" width="{max(bar - 2, 1):.1f}" height="{h:.1f}" '
+                     f'fill="{colour}"><title>{html.escape(key)}: {values[key]}</title></rect>')
+        if i % max(len(keys) // 8, 1) == 0:
+            parts.append(f'<text x="{x + bar / 2:.0f}" y="{height + 18}" font-size="11" text-anchor="middle">'
+                         f'{html.escape(key[5:] if len(key) == 10 else key)}</text>')
+    parts.append(f'<text x="{pad - 4}" y="12" font-size="11" text-anchor="end">{top:,}</text>')
+    parts.append(f'<line x1="{pad}" y1="{height}" x2="{width - 10}" y2="{height}" stroke="#999"/></svg>')
+    return "".join(parts)
+
+
+def write_report(r: DemoResult, path: Path) -> Path:
+    """Write the HTML report: lights over time, tasks per day, lead-time histogram, the tables."""
+    days = sorted({c["at"][:10] for c in r.changes} | {t["created_at"][:10] for t in r.tasks})
+    if days:
+        first, last = date.fromisoformat(days[0]), date.fromisoformat(days[-1])
+        days = [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+    # Lights over time: the watched base starts green; each change moves one subscriber.
+    current: dict[str, str] = {}
+    per_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for change in sorted(r.changes, key=lambda c: c["at"]):
+        per_day[change["at"][:10]].append(change)
+    series: dict[str, list[int]] = {light: [] for light in ("yellow", "red", "black")}
+    for day in days:
+        for change in per_day.get(day, []):
+            current[change["msisdn"]] = change["light"]
+        counts = Counter(current.values())
+        for light in series:
+            series[light].append(counts.get(light, 0))
+    tasks_per_day: dict[str, dict[str, int]] = {ch: {d: 0 for d in days} for ch in ("callcentre", "sms")}
+    for task in r.tasks:
+        tasks_per_day[task["channel"]][task["created_at"][:10]] = tasks_per_day[task["channel"]].get(task["created_at"][:10], 0) + 1
+    lead = Counter(r.lead_days)
+    lead_bars = {str(d): lead.get(d, 0) for d in range(0, max(r.lead_days, default=0) + 1)}
+    reasons = Counter(e["reason"] for e in r.feed if e["status"] == "suppressed")
+    kinds = Counter((e["channel"], e["kind"], e["status"]) for e in r.feed)
+    rows = "".join(f"<tr><td>{c}</td><td>{k}</td><td>{s}</td><td>{n:,}</td></tr>" for (c, k, s), n in sorted(kinds.items()))
+    reason_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{n:,}</td></tr>" for k, n in reasons.most_common())
+    lit = f"{r.lit:,} of {r.churners:,} ({r.lit / r.churners:.0%})" if r.churners else "-"
+    body = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>churnlight demo report</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:820px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:.5em 0 1.5em}}td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}h2{{margin-top:1.6em}}svg{{width:100%;height:auto}}</style></head><body>
+<h1>churnlight demo report</h1>
+<p>{len(r.labels):,} labelled subscribers in the history; {r.photographed:,} photographed (watched) subscribers;
+{r.events:,} events processed in {r.seconds:.0f} s ({r.events / max(r.seconds, 0.001):,.0f} events/s).</p>
+<h2>Watched base at the end</h2><table><tr>{"".join(f"<th>{k}</th>" for k in LIGHT_ORDER)}</tr>
+<tr>{"".join(f"<td>{r.totals.get(k, 0):,}</td>" for k in LIGHT_ORDER)}</tr></table>
+<h2>Lights over time (subscribers not green)</h2>{_svg_lines(series, days, "lights over time")}
+<h2>Tasks per day</h2><h3>call centre</h3>{_svg_bars(tasks_per_day["callcentre"], "call-centre tasks per day", COLOURS["callcentre"])}
+<h3>SMS</h3>{_svg_bars(tasks_per_day["sms"], "SMS tasks per day", COLOURS["sms"])}
+<h2>Warning before leaving</h2><p>Labelled churners of the photographed base lit yellow or red before they left: {lit}.</p>
+{_svg_bars(lead_bars, "days of warning", COLOURS["lead"]) if r.lead_days else "<p>No churner was lit.</p>"}
+<p>Days between the first yellow or red light and the day the subscriber left.</p>
+<h2>Task decisions</h2><table><tr><th>channel</th><th>kind</th><th>status</th><th>count</th></tr>{rows}</table>
+<h2>Suppressed, and why</h2><table><tr><th>reason</th><th>count</th></tr>{reason_rows}</table>
+</body></html>"""
+    path.write_text(body, encoding="utf-8")
+    return path
