@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from datetime import datetime
 from collections.abc import Iterator
+from typing import BinaryIO
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -98,6 +101,68 @@ def demo(subscribers: int, days: int, activity: float, seed: int, out: Path) -> 
     print_summary(result, screen)
     report = write_report(result, out / "report.html")
     screen.print(f"\nreport written to [bold]{report.resolve()}[/bold]")
+
+
+@main.command()
+@click.option("--subscribers", type=click.IntRange(1, 50_000_000), default=20000, show_default=True)
+@click.option("--days", type=click.IntRange(1, 3650), default=90, show_default=True)
+@click.option("--start", type=click.DateTime(["%Y-%m-%d"]), default="2026-07-01", show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--activity", type=click.FloatRange(0.01, 10), default=1.0, show_default=True,
+              help="usage events per day relative to a real base (same minutes and revenue)")
+@click.option("--bad-share", type=click.FloatRange(0, 0.5), default=0.001, show_default=True)
+@click.option("--dup-share", type=click.FloatRange(0, 0.5), default=0.002, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="history file (JSON lines)")
+@click.option("--labels", "labels_out", type=click.Path(dir_okay=False, path_type=Path), help="labels file")
+@click.option("--produce", is_flag=True, help="produce into the input topics instead of (or besides) a file")
+def simulate(subscribers: int, days: int, start: datetime, seed: int, activity: float, bad_share: float,
+             dup_share: float, out: Path | None, labels_out: Path | None, produce: bool) -> None:
+    """Write a synthetic, labelled event history (JSON lines), or produce it into Kafka."""
+    from streams.sim import SimConfig, Simulation, write_labels
+
+    if out is None and not produce:
+        raise click.UsageError("give --out FILE, --produce, or both")
+    try:
+        cfg = SimConfig(subscribers=subscribers, days=days, start=start.date(), seed=seed, activity=activity,
+                        bad_share=bad_share, dup_share=dup_share)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    settings = _settings()
+    setup_logging("warn")
+    with _progress() as progress:
+        bar = progress.add_task(f"simulating {subscribers:,} subscribers", total=days)
+        sim = Simulation(cfg, lambda done, total: progress.update(bar, completed=done))
+        lines = (line.encode() for chunk in sim.chunks() for line in chunk)
+        if produce:
+            from streams.replay import replay as run_replay
+            from streams.topics import ensure_topics
+
+            with connected(settings, redis=False) as resolved:
+                ensure_topics(resolved)
+                with (out.open("wb") if out is not None else open(os.devnull, "wb")) as fh:
+                    report = run_replay(resolved, _tee(lines, fh))
+            if not report.ok:
+                console.print(f"[red]{sum(report.failed.values())} message(s) not delivered[/red]")
+                raise SystemExit(1)
+        else:
+            assert out is not None
+            with out.open("wb") as fh:
+                for line in lines:
+                    fh.write(line)
+    if labels_out is not None:
+        write_labels(sim, labels_out)
+    st = sim.stats
+    assert st is not None
+    Console().print(f"{st.lines:,} events ({st.bad:,} bad, {st.duplicates:,} resends), {st.photographed:,} "
+                    f"photographed, {st.churners:,} churners, in {st.seconds:.1f} s"
+                    + (f" -> {out}" if out else "") + (f"; labels -> {labels_out}" if labels_out else ""))
+
+
+def _tee(lines: Iterator[bytes], fh: BinaryIO) -> Iterator[bytes]:
+    """Yield `lines`, writing each to `fh` on the way."""
+    for line in lines:
+        fh.write(line)
+        yield line
 
 
 @main.command()

@@ -179,6 +179,8 @@ def run_demo(settings: Settings, out_dir: Path, *, subscribers: int, days: int, 
     tasks = _read_topic(settings, TASKS_CALLCENTRE) + _read_topic(settings, TASKS_SMS)
     feed = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in rclient.xrange("churnlight:feed")]
     labels = {d["msisdn"]: d for d in (orjson.loads(line) for line in iter_file(labels_path))}
+    for name, rows in (("light_changes.jsonl", changes), ("tasks.jsonl", tasks)):
+        (out_dir / name).write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
     result = DemoResult(int(done), seconds, totals, changes, tasks, feed, labels, stats.photographed)
     _score(result)
     return result

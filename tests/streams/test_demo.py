@@ -1,0 +1,36 @@
+"""The main job at a small size, as a user runs it: nothing configured, embedded stack, a report."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+from rules.ruleset import load_rule_set
+from streams import backtest
+from streams.settings import Settings
+
+
+def test_demo_runs_end_to_end_and_the_backtest_gives_its_light_changes(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHURNLIGHT_")}
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "demo", "--subscribers", "300", "--days", "50",
+                           "--out", str(out)], env=env, cwd=tmp_path, capture_output=True, timeout=600)
+    text = done.stdout.decode()
+    assert done.returncode == 0, done.stderr.decode()[-3000:] + text[-2000:]
+    for heading in ("Watched base at the end", "Light changes", "Retention tasks", "Did the lights catch"):
+        assert heading in text
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert "<svg" in report and "Lights over time" in report and "Tasks per day" in report
+    changes = [orjson.loads(line) for line in (out / "light_changes.jsonl").read_bytes().splitlines()]
+    assert changes, "a 50-day run past the photo must change some lights"
+    # No server left behind by the demo.
+    assert not (out / "stack" / "embedded.json").exists()
+
+    # The offline backtest runs the same pipeline: on the demo's history it gives the demo's changes.
+    result = backtest.run(out / "history.jsonl", load_rule_set("cmcc-2010"), Settings(data_dir=tmp_path / "bt"))
+    key = lambda c: (c["msisdn"], c["previous"], c["light"], c["at"])  # noqa: E731
+    assert {key(c) for c in result.changes} == {key(c) for c in changes}
