@@ -172,7 +172,10 @@ class SubscriberState:
 
     def is_empty(self) -> bool:
         """Tell whether the state holds nothing worth keeping."""
-        return self == SubscriberState()
+        # Cheap fields first: this runs for every state written.
+        if self.days or self.seen or self.has_profile or self.used or self.light is not None:
+            return False
+        return self == _EMPTY
 
     # --- maintenance ---------------------------------------------------------------------------
 
@@ -398,6 +401,9 @@ class SubscriberState:
 
 
 _FIELDS: Final = tuple(s for s in SubscriberState.__slots__ if not s.startswith("_"))
+
+
+_EMPTY = SubscriberState()
 
 
 def apply(

@@ -176,6 +176,9 @@ class Pipeline:
         self._dirty_clocks: set[int] = set()
         self._context: dict[int, Any] = {}
         self._acks: list[Awaitable[Any]] = []
+        # High watermarks change only between fetches: one look-up per partition and batch.
+        self._highwater: dict[TP, int | None] = {}
+        self._tps: dict[int, list[tuple[TP, str]]] = {}
         self.batches = 0
         self.last_input_at = time.monotonic()
 
@@ -351,6 +354,7 @@ class Pipeline:
 
     async def process(self, events: list[Any]) -> None:
         """Handle one batch of events from the agent's stream."""
+        self._highwater.clear()
         generation = self.app.consumer_generation_id
         if generation != self.generation:
             self._reload()
@@ -438,15 +442,24 @@ class Pipeline:
 
     def _pending(self, partition: int, clock: PartitionClock) -> dict[str, bool]:
         """Say, per input topic of `partition`, whether records are left to read."""
-        consumer = self.app.consumer
         pending: dict[str, bool] = {}
-        for full, base in self.base_topic.items():
-            if base == TICKS:
-                continue
-            tp = TP(full, partition)
-            high = consumer.highwater(tp)
+        for tp, base in self._input_tps(partition):
+            high = self._high(tp)
             pending[base] = high is not None and high > self._next_offset(tp, base, clock)
         return pending
+
+    def _input_tps(self, partition: int) -> list[tuple[TP, str]]:
+        tps = self._tps.get(partition)
+        if tps is None:
+            tps = self._tps[partition] = [(TP(full, partition), base) for full, base in self.base_topic.items()
+                                          if base != TICKS]
+        return tps
+
+    def _high(self, tp: TP) -> int | None:
+        if tp in self._highwater:
+            return self._highwater[tp]
+        high = self._highwater[tp] = self.app.consumer.highwater(tp)
+        return high
 
     @staticmethod
     def _future_reference(clock: PartitionClock) -> int:
@@ -462,7 +475,7 @@ class Pipeline:
 
     def _profiles_pending(self, p: int, clock: PartitionClock) -> bool:
         tp = TP(self.settings.topic(PROFILES), p)
-        high = self.app.consumer.highwater(tp)
+        high = self._high(tp)
         return high is not None and high > self._next_offset(tp, PROFILES, clock)
 
     async def _advance(self, p: int, clock: PartitionClock) -> None:
