@@ -112,15 +112,22 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
         if app.rebalancing:
             return
         now = str(int(time.time() * 1000)).encode()
-        for p in pipeline.owned():
-            await ticks.send(key=b"~tick", value=now, partition=p)
+        try:
+            for p in pipeline.owned():
+                await ticks.send(key=b"~tick", value=now, partition=p)
+        except Exception:
+            log.exception("sending wall-clock ticks failed; the next tick tries again")
 
     @app.timer(interval=5.0)
     async def gauges() -> None:
-        metrics.set_lights(pipeline.summary())
-        pipeline.update_lag()
-        pipeline.watchdog()
-        await pipeline.update_kpis()
+        # An exception in a Faust timer stops the worker: gauges are never worth that.
+        try:
+            metrics.set_lights(pipeline.summary())
+            pipeline.update_lag()
+            pipeline.watchdog()
+            await pipeline.update_kpis()
+        except Exception:
+            log.exception("updating the gauges failed; the worker goes on")
 
     @app.page("/health")
     class Health(View):

@@ -206,17 +206,25 @@ class Pipeline:
 
     def update_lag(self) -> None:
         """Publish consumer lag per input topic and owned partition."""
-        consumer = self.app.consumer
         lags: dict[tuple[str, int], int] = {}
-        for p, clock in self.clocks.items():
-            for full, base in self.base_topic.items():
-                if base == TICKS:
-                    continue
-                tp = TP(full, p)
-                high = consumer.highwater(tp)
+        for p, clock in self._owned_clocks():
+            for tp, base in self._input_tps(p):
+                high = self._assigned_high(tp)
                 if high is not None:
                     lags[(base, p)] = max(0, high - self._next_offset(tp, base, clock))
         self.metrics.set_lags(lags)
+
+    def _owned_clocks(self) -> list[tuple[int, PartitionClock]]:
+        # Between a rebalance and the next batch the cache still holds revoked partitions.
+        owned = self.owned()
+        return [(p, c) for p, c in self.clocks.items() if p in owned]
+
+    def _assigned_high(self, tp: TP) -> int | None:
+        """Return the high watermark of `tp`, or None when it is not assigned (a rebalance ran)."""
+        try:
+            return self.app.consumer.highwater(tp)  # type: ignore[no-any-return]
+        except AssertionError:  # aiokafka asserts the partition is assigned
+            return None
 
     def _next_offset(self, tp: TP, base: str, clock: PartitionClock) -> int:
         read = clock.offsets.get(base)
@@ -235,9 +243,8 @@ class Pipeline:
         app = self.app
         if app.rebalancing or time.monotonic() - self.last_input_at < idle_s:
             return False
-        behind = [TP(full, p) for p, clock in self.clocks.items() for full, base in self.base_topic.items()
-                  if base != TICKS and (app.consumer.highwater(TP(full, p)) or 0)
-                  > self._next_offset(TP(full, p), base, clock)]
+        behind = [tp for p, clock in self._owned_clocks() for tp, base in self._input_tps(p)
+                  if (self._assigned_high(tp) or 0) > self._next_offset(tp, base, clock)]
         if not behind:
             return False
         consumer = app.consumer
@@ -270,6 +277,7 @@ class Pipeline:
 
     def summary(self) -> dict[tuple[str, str, str], int]:
         """Count watched subscribers by (light, region, brand) over the partitions owned now."""
+        self._ensure_current()
         counts: dict[tuple[str, str, str], int] = {}
         for keys in self.watched.values():
             for key in keys:
@@ -282,6 +290,7 @@ class Pipeline:
 
     def subscriber(self, msisdn: str) -> dict[str, Any] | None:
         """Describe one subscriber owned here, as GET /subscribers/{msisdn} returns it."""
+        self._ensure_current()
         state = self.states.get(msisdn.encode())
         if state is None:
             return None
@@ -313,6 +322,21 @@ class Pipeline:
         }
 
     # --- the cache -----------------------------------------------------------------------------
+
+    def _ensure_current(self, *, force: bool = False) -> None:
+        """Rebuild the cache when a rebalance happened since it was built.
+
+        The agent calls it before every batch; queries and gauges call it too, since a worker that
+        was handed partitions of a quiet topic may see no batch for a long time. Outside the agent
+        it waits until Faust has recovered the tables.
+        """
+        generation = self.app.consumer_generation_id
+        if generation == self.generation:
+            return
+        if not force and (self.app.rebalancing or not self.app.tables.recovery.completed.is_set()):
+            return
+        self._reload()
+        self.generation = generation
 
     def _reload(self) -> None:
         """Rebuild the cache from the table for the partitions owned now (after a rebalance)."""
@@ -355,10 +379,7 @@ class Pipeline:
     async def process(self, events: list[Any]) -> None:
         """Handle one batch of events from the agent's stream."""
         self._highwater.clear()
-        generation = self.app.consumer_generation_id
-        if generation != self.generation:
-            self._reload()
-            self.generation = generation
+        self._ensure_current(force=True)
         for event in events:
             msg = event.message
             base = self.base_topic.get(msg.topic)
