@@ -11,7 +11,8 @@ from datetime import date, timedelta
 from typing import Final
 
 from rules.ruleset import RuleSet
-from rules.state import DAY_MS, LIGHTS, Light, Reason, SubscriberState
+from rules.state import DAY_MS, Reason, SubscriberState
+from rules.vocabulary import LIGHTS, Light
 
 __all__ = ["LIGHTS", "Judgement", "Light", "LightChange", "Reason", "change", "evaluate", "is_worsening", "judged"]
 

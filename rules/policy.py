@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta, tzinfo
-from typing import Final, Literal, Protocol
+from typing import Final, Protocol
 
 from rules.tasks import DAY_MS, LIGHT_KINDS, Task, local_ms
+from rules.vocabulary import SUPPRESS_REASONS, Status, SuppressReason
 
-Status = Literal["issued", "suppressed"]
-SuppressReason = Literal["port_out_guard", "opt_out", "dnc", "holdout", "cooldown"]
-SUPPRESS_REASONS: Final[tuple[SuppressReason, ...]] = ("port_out_guard", "opt_out", "dnc", "holdout", "cooldown")
+__all__ = ["SUPPRESS_REASONS", "Status", "SuppressReason"]  # re-exported for the policy's callers
 
 # MIIT 2019: no retention offer or interference while a port-out request is open; service
 # reminders (balance_low, vas_trial) still go.

@@ -19,17 +19,10 @@ from typing import Annotated, Any, Final, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from rules.vocabulary import KINDS
+
 RULES_DIR: Final = Path(__file__).resolve().parent
-TASK_KINDS: Final = (
-    "red_light",
-    "yellow_light",
-    "black_light",
-    "contract_expiry",
-    "balance_low",
-    "birthday",
-    "vas_trial",
-    "port_out",
-)
+TASK_KINDS: Final = KINDS
 # Only these kinds have a due time that is not a fixed number of hours (end of the local day,
 # before the trial's `ends_on`), so only they may say `due_hours: null`.
 OPEN_DUE_KINDS: Final = frozenset({"birthday", "vas_trial"})

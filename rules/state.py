@@ -29,8 +29,8 @@ from rules.events import (
     Usage,
 )
 from rules.ruleset import RuleSet
+from rules.vocabulary import Light
 
-Light = Literal["green", "yellow", "red", "black"]
 Churn = Literal["deactivated", "ported_out"]
 ApplyOutcome = Literal["applied", "duplicate", "late_dropped"]
 ReasonValue = str | int | float | None
@@ -42,7 +42,6 @@ DUPLICATE_MINUTES: Final = 24 * 60
 # state; resends in practice arrive within hours. An older resend is applied again.
 DEDUP_CLOSED_DAYS: Final = 2
 
-LIGHTS: Final[tuple[Light, ...]] = ("green", "yellow", "red", "black")
 _VERSION: Final = 1
 _LIGHT_CODE: Final[dict[Light | None, int]] = {None: 0, "green": 1, "yellow": 2, "red": 3, "black": 4}
 _LIGHT_OF: Final = {v: k for k, v in _LIGHT_CODE.items()}

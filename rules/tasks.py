@@ -20,35 +20,14 @@ from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Any, Final, Literal, NamedTuple, Protocol
 
 from rules.events import Lifecycle
+from rules.vocabulary import CHANNELS, KINDS, LIGHTS, Channel, Kind, Light
 
-Channel = Literal["callcentre", "sms"]
+__all__ = ["CHANNELS", "KINDS", "LIGHTS", "Channel", "Kind", "Light"]  # re-exported for the triggers' callers
+
 Priority = Literal["urgent", "high", "normal", "low"]
-Light = Literal["green", "yellow", "red", "black"]
-Kind = Literal[
-    "red_light",
-    "yellow_light",
-    "black_light",
-    "contract_expiry",
-    "balance_low",
-    "birthday",
-    "vas_trial",
-    "port_out",
-]
 Stage = Literal["remaining_match", "deposit_match", "overspend_match"]
 
-CHANNELS: Final[tuple[Channel, ...]] = ("callcentre", "sms")
 PRIORITIES: Final[tuple[Priority, ...]] = ("urgent", "high", "normal", "low")
-LIGHTS: Final[tuple[Light, ...]] = ("green", "yellow", "red", "black")  # worsening order
-KINDS: Final[tuple[Kind, ...]] = (
-    "red_light",
-    "yellow_light",
-    "black_light",
-    "contract_expiry",
-    "balance_low",
-    "birthday",
-    "vas_trial",
-    "port_out",
-)
 LIGHT_KINDS: Final[frozenset[Kind]] = frozenset({"red_light", "yellow_light", "black_light"})
 # Contract listing order; it is also the order in which stages due on the same day are issued
 # and the precedence when a light task picks its contract offer.

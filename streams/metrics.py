@@ -29,6 +29,8 @@ from prometheus_client import (
     generate_latest,
 )
 from rules.events import ERRORS
+from rules import vocabulary
+from rules.vocabulary import Channel, Kind, Light, Status, SuppressReason
 
 # The `_created` series doubles every counter and histogram series and nothing reads it (the
 # dashboards and alerts use rate()); the exposition then holds exactly the families of §9.
@@ -36,27 +38,15 @@ from rules.events import ERRORS
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 Outcome = Literal["applied", "duplicate", "late_dropped", "rejected"]
-Light = Literal["green", "yellow", "red", "black"]
-Channel = Literal["callcentre", "sms"]
-TaskStatus = Literal["issued", "suppressed"]
-SuppressReason = Literal["port_out_guard", "opt_out", "dnc", "holdout", "cooldown"]
-TaskKind = Literal[
-    "red_light",
-    "yellow_light",
-    "black_light",
-    "contract_expiry",
-    "balance_low",
-    "birthday",
-    "vas_trial",
-    "port_out",
-]
+TaskStatus = Status
+TaskKind = Kind
 
 OUTCOMES: Final[frozenset[str]] = frozenset(Outcome.__args__)  # type: ignore[attr-defined]
-LIGHTS: Final[frozenset[str]] = frozenset(Light.__args__)  # type: ignore[attr-defined]
-CHANNELS: Final[frozenset[str]] = frozenset(Channel.__args__)  # type: ignore[attr-defined]
-TASK_STATUSES: Final[frozenset[str]] = frozenset(TaskStatus.__args__)  # type: ignore[attr-defined]
-SUPPRESS_REASONS: Final[frozenset[str]] = frozenset(SuppressReason.__args__)  # type: ignore[attr-defined]
-TASK_KINDS: Final[frozenset[str]] = frozenset(TaskKind.__args__)  # type: ignore[attr-defined]
+LIGHTS: Final[frozenset[str]] = frozenset(vocabulary.LIGHTS)
+CHANNELS: Final[frozenset[str]] = frozenset(vocabulary.CHANNELS)
+TASK_STATUSES: Final[frozenset[str]] = frozenset(Status.__args__)  # type: ignore[attr-defined]
+SUPPRESS_REASONS: Final[frozenset[str]] = frozenset(vocabulary.SUPPRESS_REASONS)
+TASK_KINDS: Final[frozenset[str]] = frozenset(vocabulary.KINDS)
 DEADLETTER_ERRORS: Final[frozenset[str]] = frozenset(ERRORS)
 
 # What a free label value becomes when it looks like a subscriber number.
