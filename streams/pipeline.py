@@ -13,6 +13,7 @@ subscriber's state makes that harmless.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
@@ -406,8 +407,7 @@ class Pipeline:
             if ts is not None:
                 clock.observe(base, ts)
             if isinstance(result, Lifecycle) and (clock.watermark_ms is None or result.ts_ms > clock.watermark_ms):
-                clock.parked.append((result.ts_ms, _kafka_ms(msg), msg.key.decode(), msg.value.decode()))
-                clock.parked.sort()
+                bisect.insort(clock.parked, (result.ts_ms, _kafka_ms(msg), msg.key.decode(), msg.value.decode()))
                 self._dirty_clocks.add(p)
                 await self._advance(p, clock)
                 continue
