@@ -406,5 +406,13 @@ def _consent(action: str, which: str, numbers: list[str]) -> None:
         click.echo(f"{changed} of {len(numbers)} msisdn(s) {verb} {store.KEYS[which]}")
 
 
+def _register_bench() -> None:
+    from streams.bench import bench
+
+    main.add_command(bench)
+
+
+_register_bench()
+
 if __name__ == "__main__":
     main()
