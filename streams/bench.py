@@ -232,15 +232,7 @@ def _rate(count: float, seconds: float | None) -> float | None:
 
 def worker_env(settings: Settings) -> dict[str, str]:
     """Return the environment that makes a `churnlight worker` run exactly with `settings`."""
-    from pydantic import SecretStr
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHURNLIGHT_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        env[f"CHURNLIGHT_{name.upper()}"] = str(value)
+    env = settings.worker_env()
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env

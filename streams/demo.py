@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -74,10 +72,7 @@ def _get(url: str) -> tuple[int, bytes]:
 
 @contextmanager
 def _worker(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHURNLIGHT_")}
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"CHURNLIGHT_{name.upper()}"] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    env = settings.worker_env()
     with log_path.open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from pathlib import Path
@@ -91,6 +92,16 @@ class Settings(BaseSettings):
     def topic(self, base: str) -> str:
         """Return the full name of topic `base` with the configured prefix."""
         return f"{self.topic_prefix}{base}"
+
+    def worker_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """Return `base` (default: this process's environment) without CHURNLIGHT_* variables, plus
+        the CHURNLIGHT_* variables that make a `churnlight worker` subprocess run with these settings."""
+        env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("CHURNLIGHT_")}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                env[f"CHURNLIGHT_{name.upper()}"] = (
+                    value.get_secret_value() if isinstance(value, SecretStr) else str(value))
+        return env
 
     def check_security(self) -> None:
         if self.kafka_security == "sasl_ssl" and not (self.kafka_user and self.kafka_password):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import subprocess
 import sys
@@ -51,14 +50,7 @@ def settings(stack: EmbeddedStack, tmp_path: Path) -> Settings:
 
 
 def env_of(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHURNLIGHT_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        env[f"CHURNLIGHT_{name.upper()}"] = str(value)
-    return env
+    return settings.worker_env()
 
 
 @dataclass
