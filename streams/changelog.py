@@ -29,17 +29,22 @@ class ChangelogWriter:
     def __init__(self, settings: Settings, topic: str) -> None:
         conf = client_config(settings)
         conf.update({
-            # Idempotence keeps each partition's order under retries: a partition's clock record
-            # must never land before the states written ahead of it.
-            "enable.idempotence": True,
+            # One request in flight keeps each partition's order under retries (a partition's clock
+            # record must never land before the states written ahead of it) without relying on the
+            # broker's idempotent-producer support; the writer flushes once per batch anyway.
+            "enable.idempotence": False,
+            "max.in.flight.requests.per.connection": 1,
+            "acks": "all",
             "linger.ms": 5,
             "batch.num.messages": 10000,
             "queue.buffering.max.messages": 1_000_000,
         })
+        self._conf = conf
         self.topic = topic
         self.producer = Producer(conf)
         self._failed: list[tuple[int, bytes, bytes | None]] = []
         self._touched: set[int] = set()
+        self._fatal = False
         self.offsets: dict[int, int] = {}  # highest changelog offset acknowledged per partition
 
     def write(self, partition: int, key: bytes, value: bytes | None) -> None:
@@ -56,6 +61,7 @@ class ChangelogWriter:
     def _done(self, err: KafkaError | None, msg: Any, record: tuple[int, bytes, bytes | None]) -> None:
         if err is not None:
             self._failed.append(record)
+            self._fatal = self._fatal or err.fatal()
             return
         p, offset = msg.partition(), msg.offset()
         if offset > self.offsets.get(p, -1):
@@ -86,6 +92,11 @@ class ChangelogWriter:
             if self._failed:
                 failed, self._failed = self._failed, []
                 log.warning("re-sending %d changelog records the broker did not take", len(failed))
+                if self._fatal:
+                    # A fatal producer error fails every later send: start a new producer.
+                    log.error("the changelog producer hit a fatal error; replacing it")
+                    self.producer = Producer(self._conf)
+                    self._fatal = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 for partition, key, value in failed:

@@ -339,9 +339,9 @@ class Pipeline:
         self._reload()
         self.generation = generation
 
-    def _reload(self) -> None:
+    def _reload(self, also: set[int] | None = None) -> None:
         """Rebuild the cache from the table for the partitions owned now (after a rebalance)."""
-        owned = self.owned()
+        owned = self.owned() | (also or set())
         self.clocks.clear()
         self.states.clear()
         self.watched = {p: set() for p in owned}
@@ -385,9 +385,14 @@ class Pipeline:
             msg = event.message
             base = self.base_topic.get(msg.topic)
             p = msg.partition
-            clock = self.clocks.get(p)
-            if base is None or clock is None:
+            if base is None:
                 continue
+            clock = self.clocks.get(p)
+            if clock is None:
+                # An event of a partition the cache does not hold (the assignment seen at the last
+                # reload was partial, or a rebalance is settling): load it rather than drop it.
+                self._reload(also={p})
+                clock = self.clocks[p]
             self._context[p] = event
             if base != TICKS:
                 self.last_input_at = time.monotonic()
