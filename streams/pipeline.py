@@ -182,6 +182,9 @@ class Pipeline:
         self._tps: dict[int, list[tuple[TP, str]]] = {}
         self.batches = 0
         self.last_input_at = time.monotonic()
+        # Where the agent is, for the watchdog's log when the stream stalls.
+        self.stage = "waiting for a batch"
+        self.stage_since = time.monotonic()
 
     def attach(self, agent: Any) -> None:
         self.agent = agent
@@ -251,8 +254,9 @@ class Pipeline:
         consumer = app.consumer
         buffered = set(getattr(consumer, "_buffered_partitions", ()))
         log.warning("no input for %.0f s while %d partitions have records to read (held as buffer-full: %s); "
-                    "fetching them again", time.monotonic() - self.last_input_at, len(behind),
-                    sorted(f"{tp.topic}/{tp.partition}" for tp in buffered))
+                    "the agent is %s for %.0f s; fetching them again", time.monotonic() - self.last_input_at,
+                    len(behind), sorted(f"{tp.topic}/{tp.partition}" for tp in buffered), self.stage,
+                    time.monotonic() - self.stage_since)
         # A partition whose stream buffer filled up leaves the fetch set until the buffer drains;
         # when Faust clears its queues at the end of recovery, that notice never comes.
         for tp in behind:
@@ -379,6 +383,7 @@ class Pipeline:
 
     async def process(self, events: list[Any]) -> None:
         """Handle one batch of events from the agent's stream."""
+        self._stage(f"processing a batch of {len(events)}")
         self._highwater.clear()
         self._ensure_current(force=True)
         for event in events:
@@ -425,6 +430,10 @@ class Pipeline:
             await self._apply(p, base, result, msg.key, _kafka_ms(msg))
         await self._commit()
         self.batches += 1
+        self._stage("waiting for a batch")
+
+    def _stage(self, stage: str) -> None:
+        self.stage, self.stage_since = stage, time.monotonic()
 
     async def _commit(self) -> None:
         """Wait for the batch's outputs, then write touched state once per subscriber.
@@ -433,6 +442,7 @@ class Pipeline:
         so a recovered clock never claims offsets whose states were not written.
         """
         if self._acks:
+            self._stage(f"waiting for {len(self._acks)} output acknowledgements")
             await asyncio.gather(*self._acks)
             self._acks.clear()
         store = self.table.data
@@ -461,6 +471,7 @@ class Pipeline:
                     if changelog is not None:
                         changelog.write(p, meta_key, value)
         if changelog is not None:
+            self._stage("flushing the changelog")
             await changelog.flush()
         self._dirty.clear()
         self._dirty_clocks.clear()
@@ -627,7 +638,10 @@ class Pipeline:
     async def _decide(self, task: Task, state: SubscriberState, trigger_ts: int | None) -> None:
         assert self.tasks is not None
         port_out = state.port_out_open(task.created_at_ms, self.rules.port_out_request_open_days)
+        previous = self.stage
+        self._stage(f"deciding a {task.kind} task")
         await self.tasks.handle(task, port_out_open=port_out, trigger_kafka_ts_ms=trigger_ts)
+        self._stage(previous)
 
     def _facts(self, key: bytes, s: SubscriberState) -> SubscriberFacts:
         return SubscriberFacts(key.decode(), s.region or "unknown", s.brand or "unknown", s.segment,
@@ -649,7 +663,10 @@ class Pipeline:
             "reasons": [_reason(r) for r in change.reasons],
             "region": state.region, "brand": state.brand, "rule_set": self.rules.name,
         }
+        previous = self.stage
+        self._stage("enqueueing a light change")
         self._acks.append(await self.send(LIGHTS, key, orjson.dumps(message), []))
+        self._stage(previous)
         self.metrics.light_change(change.previous or "green", change.light)
         log.info("light %s -> %s for %s", change.previous, change.light, mask(msisdn))
 
