@@ -247,6 +247,10 @@ class Pipeline:
         app = self.app
         if app.rebalancing or time.monotonic() - self.last_input_at < idle_s:
             return False
+        if self.stage != "waiting for a batch":
+            # A long batch, not a stall: a day close that decides thousands of tasks takes minutes.
+            log.info("the agent is %s for %.0f s", self.stage, time.monotonic() - self.stage_since)
+            return False
         behind = [tp for p, clock in self._owned_clocks() for tp, base in self._input_tps(p)
                   if (self._assigned_high(tp) or 0) > self._next_offset(tp, base, clock)]
         if not behind:
