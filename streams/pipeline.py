@@ -185,6 +185,7 @@ class Pipeline:
         # Where the agent is, for the watchdog's log when the stream stalls.
         self.stage = "waiting for a batch"
         self.stage_since = time.monotonic()
+        self._in_batch = False
 
     def attach(self, agent: Any) -> None:
         self.agent = agent
@@ -342,14 +343,36 @@ class Pipeline:
         generation = self.app.consumer_generation_id
         if generation == self.generation:
             return
-        if not force and (self.app.rebalancing or not self.app.tables.recovery.completed.is_set()):
+        if not force and (self._in_batch or self.app.rebalancing
+                          or not self.app.tables.recovery.completed.is_set()):
+            # Never under a running batch: it holds references to the cached states and clocks,
+            # and a rebuild would swap older ones in under it (found by the SIGKILL test).
             return
         self._reload()
         self.generation = generation
 
-    def _reload(self, also: set[int] | None = None) -> None:
+    def _adopt(self, p: int) -> PartitionClock:
+        """Add partition `p`'s clock and subscribers to the cache, leaving the others as they are."""
+        self.watched.setdefault(p, set())
+        self.profiled.setdefault(p, set())
+        clock = PartitionClock()
+        meta_key = META_PREFIX + str(p).encode()
+        for key, value in self.table.data.items():
+            if value is None or (key.startswith(b"~") and key != meta_key):
+                continue
+            if key == meta_key:
+                clock = PartitionClock.from_bytes(value)
+            elif partition_of(key, self.partitions) == p and key not in self.states:
+                state = SubscriberState.from_bytes(value)
+                self.states[key] = state
+                self._index(p, key, state)
+        self.clocks[p] = clock
+        log.info("took on partition %d outside a rebalance", p)
+        return clock
+
+    def _reload(self) -> None:
         """Rebuild the cache from the table for the partitions owned now (after a rebalance)."""
-        owned = self.owned() | (also or set())
+        owned = self.owned()
         self.clocks.clear()
         self.states.clear()
         self.watched = {p: set() for p in owned}
@@ -388,51 +411,54 @@ class Pipeline:
     async def process(self, events: list[Any]) -> None:
         """Handle one batch of events from the agent's stream."""
         self._stage(f"processing a batch of {len(events)}")
-        self._highwater.clear()
-        self._ensure_current(force=True)
-        for event in events:
-            msg = event.message
-            base = self.base_topic.get(msg.topic)
-            p = msg.partition
-            if base is None:
-                continue
-            clock = self.clocks.get(p)
-            if clock is None:
-                # An event of a partition the cache does not hold (the assignment seen at the last
-                # reload was partial, or a rebalance is settling): load it rather than drop it.
-                self._reload(also={p})
-                clock = self.clocks[p]
-            self._context[p] = event
-            if base != TICKS:
-                self.last_input_at = time.monotonic()
-            if base == TICKS:
-                await self._tick(p, clock, msg.value)
-                continue
-            if msg.offset <= clock.offsets.get(base, -1):
-                continue  # re-delivered after a crash: its effects are in the recovered state
-            result = decode(base, msg.key, msg.value, self._future_reference(clock))
-            clock.offsets[base] = msg.offset
-            self._dirty_clocks.add(p)
-            if isinstance(result, Rejection):
-                await self._reject(base, msg, result)
-                await self._advance(p, clock)
-                continue
-            ts = event_time_ms(result)
-            if ts is not None:
-                clock.observe(base, ts)
-            if isinstance(result, Lifecycle) and (clock.watermark_ms is None or result.ts_ms > clock.watermark_ms):
-                bisect.insort(clock.parked, (result.ts_ms, _kafka_ms(msg), msg.key.decode(), msg.value.decode()))
+        self._in_batch = True
+        try:
+            self._highwater.clear()
+            self._ensure_current(force=True)
+            for event in events:
+                msg = event.message
+                base = self.base_topic.get(msg.topic)
+                p = msg.partition
+                if base is None:
+                    continue
+                clock = self.clocks.get(p)
+                if clock is None:
+                    # An event of a partition the cache does not hold (the assignment seen at the last
+                    # reload was partial, or a rebalance is settling): load it rather than drop it.
+                    clock = self._adopt(p)
+                self._context[p] = event
+                if base != TICKS:
+                    self.last_input_at = time.monotonic()
+                if base == TICKS:
+                    await self._tick(p, clock, msg.value)
+                    continue
+                if msg.offset <= clock.offsets.get(base, -1):
+                    continue  # re-delivered after a crash: its effects are in the recovered state
+                result = decode(base, msg.key, msg.value, self._future_reference(clock))
+                clock.offsets[base] = msg.offset
                 self._dirty_clocks.add(p)
+                if isinstance(result, Rejection):
+                    await self._reject(base, msg, result)
+                    await self._advance(p, clock)
+                    continue
+                ts = event_time_ms(result)
+                if ts is not None:
+                    clock.observe(base, ts)
+                if isinstance(result, Lifecycle) and (clock.watermark_ms is None or result.ts_ms > clock.watermark_ms):
+                    bisect.insort(clock.parked, (result.ts_ms, _kafka_ms(msg), msg.key.decode(), msg.value.decode()))
+                    self._dirty_clocks.add(p)
+                    await self._advance(p, clock)
+                    continue
+                if isinstance(result, Billing) and not self._has_profile(msg.key) and self._profiles_pending(p, clock):
+                    clock.waiting.append((result.ts_ms, _kafka_ms(msg), msg.key.decode(), msg.value.decode()))
+                    self._dirty_clocks.add(p)
+                    await self._advance(p, clock)
+                    continue
                 await self._advance(p, clock)
-                continue
-            if isinstance(result, Billing) and not self._has_profile(msg.key) and self._profiles_pending(p, clock):
-                clock.waiting.append((result.ts_ms, _kafka_ms(msg), msg.key.decode(), msg.value.decode()))
-                self._dirty_clocks.add(p)
-                await self._advance(p, clock)
-                continue
-            await self._advance(p, clock)
-            await self._apply(p, base, result, msg.key, _kafka_ms(msg))
-        await self._commit()
+                await self._apply(p, base, result, msg.key, _kafka_ms(msg))
+            await self._commit()
+        finally:
+            self._in_batch = False
         self.batches += 1
         self._stage("waiting for a batch")
 
