@@ -67,7 +67,8 @@ REGIONS: Final = ("zunyi", "renhuai", "chishui", "tongzi", "xishui")
 BRANDS: Final = ("gotone", "mzone", "easyown")
 SEGMENTS: Final = ("high", "valuable", "low")
 POLL_S: Final = 0.2  # /metrics sampling period while measuring a rate: bounds the window error
-STALL_S: Final = 120.0  # a worker that counts nothing new for this long is reported incomplete
+STALL_S: Final = 300.0  # a worker that counts nothing new for this long is reported incomplete
+PAUSE_S: Final = 5.0  # a gap this long between two increases of the count is reported as a pause
 START_TIMEOUT_S: Final = 180.0
 SKIPPABLE: Final = ("latency", "recovery", "scaling")
 QUICK_EVENTS: Final = 3000
@@ -369,6 +370,12 @@ class Throughput:
     startup_s: float | None = None  # worker start to the window's start, excluded from the rate
     complete: bool = False
     outcomes: dict[str, float] = field(default_factory=dict)
+    # What the workers themselves report as left to read at the end (churnlight_consumer_lag,
+    # refreshed every 5 s): 0 while `counted` < `expected` means events were read but never counted.
+    reported_lag: float | None = None
+    # Gaps of PAUSE_S or more between two increases inside the window: the rate includes them.
+    pauses: int = 0
+    paused_s: float = 0.0
     note: str | None = None
 
     @property
@@ -379,7 +386,8 @@ class Throughput:
         return {"expected": self.expected, "counted": self.counted, "complete": self.complete,
                 "window_events": self.window_events, "window_s": self.window_s,
                 "events_per_s": self.events_per_s, "startup_s": self.startup_s,
-                "outcomes": self.outcomes, "note": self.note}
+                "outcomes": self.outcomes, "reported_lag": self.reported_lag, "pauses": self.pauses,
+                "paused_s": self.paused_s, "note": self.note}
 
 
 def measure_throughput(
@@ -411,10 +419,12 @@ def measure_throughput(
         if all(s is not None for s in scraped):
             total = 0.0
             outcomes = {}
+            result.reported_lag = 0.0
             for s in scraped:
                 assert s is not None
                 t, by = events_counted(s)
                 total += t
+                result.reported_lag += sum(v for _, v in s.get("churnlight_consumer_lag", []))
                 for k, v in by.items():
                     outcomes[k] = outcomes.get(k, 0.0) + v
             if total != last_total:
@@ -448,6 +458,9 @@ def measure_throughput(
     end_t, end_c = next((t, c) for t, c in samples if c >= final)
     result.window_events = end_c - start_c
     result.window_s = end_t - start_t if end_t > start_t else None
+    changes = [t for (t, c), (_, before) in zip(samples[1:], samples) if c > before and t <= end_t]
+    gaps = [b - a for a, b in zip(changes, changes[1:]) if b - a >= PAUSE_S]
+    result.pauses, result.paused_s = len(gaps), sum(gaps)
     result.startup_s = start_t - min(w.started_at for w in workers)
     if result.window_s is None:
         result.note = "all events counted between two samples: rate not measurable at this size"
@@ -606,6 +619,7 @@ class Run:
     workload: Workload
     partitions: int
     progress: Progress
+    worker_log_level: str = "warn"
     workers: list[BenchWorker] = field(default_factory=list)
     prefixes: list[str] = field(default_factory=list)
 
@@ -614,13 +628,13 @@ class Run:
         self.prefixes.append(prefix)
         return self.base.model_copy(update={"topic_prefix": prefix, "partitions": self.partitions})
 
-    def worker(self, settings: Settings, name: str, *, log_level: str = "warn") -> BenchWorker:
+    def worker(self, settings: Settings, name: str, *, log_level: str | None = None) -> BenchWorker:
         from streams.embedded import free_port
 
         data_dir = self.work_dir / name
         own = settings.model_copy(update={
             "store": "rocksdb", "data_dir": data_dir, "web_port": free_port(), "web_host": "127.0.0.1",
-            "log_level": log_level,
+            "log_level": log_level or self.worker_log_level,
         })
         w = BenchWorker(name, own, data_dir / "worker.log")
         self.workers.append(w)
@@ -944,7 +958,9 @@ def render_table(doc: dict[str, Any]) -> Table:
     table.add_row("3 one worker (b)", "events / s", _fmt(wk.get("events_per_s")))
     table.add_row("", "b / a", _fmt(wk.get("ratio_to_raw"), digits=3))
     table.add_row("", "start-up excluded", _fmt(wk.get("startup_s"), " s", 1))
+    _pauses_row(table, wk)
     table.add_row("", "outcomes", ", ".join(f"{k} {int(v):,}" for k, v in sorted((wk.get("outcomes") or {}).items())))
+    _incomplete_row(table, wk)
     lat = doc["latency"]
     if lat.get("skipped"):
         table.add_row("4 latency", "skipped", lat["reason"])
@@ -982,7 +998,27 @@ def render_table(doc: dict[str, Any]) -> Table:
     else:
         table.add_row("8 scaling", "2 workers events / s", _fmt(sc.get("events_per_s")))
         table.add_row("", "vs 1 worker", _fmt(sc.get("speedup"), "x", 2))
+        _pauses_row(table, sc)
+        _incomplete_row(table, sc)
+    if doc.get("status") not in (None, "ok", "running"):
+        table.add_row("[red]run[/red]", f"[red]{doc['status']}[/red]", str(doc.get("error", ""))[:200])
     return table
+
+
+def _pauses_row(table: Table, part: dict[str, Any]) -> None:
+    if part.get("pauses"):
+        table.add_row("", f"[yellow]pauses >= {PAUSE_S:.0f} s without progress (in the rate)[/yellow]",
+                      f"[yellow]{part['pauses']}, {part['paused_s']:,.0f} s in all[/yellow]")
+
+
+def _incomplete_row(table: Table, part: dict[str, Any]) -> None:
+    """Flag a throughput whose workers did not count every produced event: its rate covers only part."""
+    if not part or part.get("complete", True):
+        return
+    lag = part.get("reported_lag")
+    table.add_row("", "[red]INCOMPLETE[/red]",
+                  f"[red]counted {_fmt(int(part.get('counted') or 0))} of {_fmt(part.get('expected'))}; "
+                  f"worker-reported lag {_fmt(None if lag is None else int(lag))}; {part.get('note') or ''}[/red]")
 
 
 def _skipped(reason: str) -> dict[str, Any]:
@@ -1003,8 +1039,12 @@ def _skipped(reason: str) -> dict[str, Any]:
 @click.option("--quick", is_flag=True, help="CI smoke sizes; shorter latency phase; no scaling step")
 @click.option("--latency-seconds", type=click.FloatRange(1, 300), default=None,
               help="length of the latency phase [default: 20; 5 with --quick]")
+@click.option("--worker-log-level", type=click.Choice(["debug", "info", "warn", "error"]), default="warn",
+              show_default=True, help="log level of the measured workers (the recovery worker logs at info)")
+@click.option("--keep", is_flag=True,
+              help="keep the run's directory (worker logs, RocksDB); kept anyway when a step fails or stalls")
 def bench(events: int | None, subscribers: int | None, partitions: int, json_path: Path, skip: tuple[str, ...],
-          quick: bool, latency_seconds: float | None) -> None:
+          quick: bool, latency_seconds: float | None, worker_log_level: str, keep: bool) -> None:
     """Measure throughput (raw consumer vs one worker), latency, state size, memory, recovery and scaling."""
     from streams.cli import _settings, connected, setup_logging
 
@@ -1041,7 +1081,8 @@ def bench(events: int | None, subscribers: int | None, partitions: int, json_pat
     try:
         # The bench's own data dir: an embedded stack here never joins another command's stack.
         with connected(settings.model_copy(update={"data_dir": work_dir / "embedded"})) as resolved, progress:
-            run = Run(resolved.model_copy(update={"data_dir": work_dir}), work_dir, workload, partitions, progress)
+            run = Run(resolved.model_copy(update={"data_dir": work_dir}), work_dir, workload, partitions, progress,
+                      worker_log_level)
             try:
                 _run_steps(run, doc, skipped, latency_s)
                 ok = True
@@ -1054,23 +1095,45 @@ def bench(events: int | None, subscribers: int | None, partitions: int, json_pat
         doc["status"] = "failed"
         doc["error"] = str(exc)
         console.print(f"[red]churnlight bench: {exc}[/red]")
-        console.print(f"[yellow]worker logs kept in {work_dir}[/yellow]")
     except (KeyboardInterrupt, SystemExit):
         doc["status"] = "interrupted"
         raise
     except Exception as exc:  # unexpected: the JSON still says what happened, then the traceback
         doc["status"] = "failed"
         doc["error"] = f"{type(exc).__name__}: {exc}"
-        console.print(f"[yellow]worker logs kept in {work_dir}[/yellow]")
         raise
     finally:
+        doc["incomplete"] = incomplete_steps(doc)
+        kept = keep or doc["status"] == "failed" or bool(doc["incomplete"])
+        doc["work_dir"] = str(work_dir) if kept else None
         json_path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
-        if doc["status"] != "failed":  # a failed run keeps the worker logs for a look
+        if kept:
+            console.print(f"[yellow]worker logs and data kept in {work_dir}[/yellow]")
+        else:
             shutil.rmtree(work_dir, ignore_errors=True)
     Console().print(render_table(doc))
     console.print(f"figures written to {json_path}")
     if not ok:
         raise SystemExit(1)
+
+
+def incomplete_steps(doc: dict[str, Any]) -> list[str]:
+    """Name the steps that ran but did not finish what they measure (a stall, a time limit)."""
+    found = []
+    for step in ("worker", "scaling"):
+        part = doc.get(step) or {}
+        if not part.get("skipped") and part and not part.get("complete"):
+            found.append(step)
+    latency = doc.get("latency") or {}
+    if not latency.get("skipped") and latency and not latency.get("caught_up"):
+        found.append("latency")
+    e2e = latency.get("tasks_end_to_end") or {}
+    if e2e and e2e.get("tasks_seen") != e2e.get("triggers"):
+        found.append("latency tasks")
+    recovery = doc.get("recovery") or {}
+    if not recovery.get("skipped") and recovery and recovery.get("seconds") is None:
+        found.append("recovery")
+    return found
 
 
 def _sigterm_as_exit() -> None:
@@ -1106,6 +1169,9 @@ def _run_steps(run: Run, doc: dict[str, Any], skipped: dict[str, str], latency_s
         doc["latency"] = _skipped(skipped["latency"])
     elif rate_b is None:
         doc["latency"] = _skipped("worker rate not measured")
+    elif not b.complete:
+        # Half of b's rate on a worker that has not read the bulk would measure the backlog.
+        doc["latency"] = _skipped(f"the worker did not count every bulk event ({b.note})")
     else:
         doc["latency"] = step_latency(run, settings, w, rate_b, latency_s)
 

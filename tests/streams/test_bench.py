@@ -89,6 +89,11 @@ def test_throughput_window_leaves_out_start_up_and_idle_tail(monkeypatch: pytest
     assert result.complete and result.counted == 400 and result.window_events == 400
     assert result.window_s is not None and result.events_per_s is not None
     assert result.startup_s is not None and result.startup_s > 0
+    # A worker that pauses mid-way is measured with its pause inside the window, and the pause is named.
+    monkeypatch.setattr(bench_module, "PAUSE_S", 0.05)
+    pausing = _ScriptedWorker([0.0, 100.0, *[100.0] * 10, 200.0])
+    paused = measure_throughput([pausing], 200, lambda n: None, max_s=10)  # type: ignore[list-item]
+    assert paused.complete and paused.window_events == 200 and paused.pauses >= 1 and paused.paused_s >= 0.05
     # A worker that stops counting is reported incomplete, never extrapolated.
     monkeypatch.setattr(bench_module, "STALL_S", 0.2)
     stuck = _ScriptedWorker([0, 50, 50])
@@ -111,7 +116,8 @@ def test_quick_bench_runs_every_step_and_writes_the_figures(tmp_path: Path) -> N
     assert "7/8 recovery" in stderr  # the progress lines
 
     doc = orjson.loads(out.read_bytes())
-    assert doc["status"] == "ok"
+    assert doc["status"] == "ok" and doc["incomplete"] == []
+    assert doc["work_dir"] is None  # a clean run leaves no directory behind
     assert {"config", "machine", "produce", "raw_baseline", "worker", "latency", "state", "rss", "recovery",
             "scaling"} <= doc.keys()
     expected = 3000 + 300
