@@ -324,14 +324,9 @@ class BenchWorker:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        from streams.embedded import stop_process
+
+        stop_process(self.proc, 20)
 
     def tail(self, lines: int = 40) -> str:
         try:

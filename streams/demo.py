@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from streams.embedded import free_port
+from streams.embedded import free_port, stop_process
 from streams.replay import iter_file, replay
 from streams.settings import Settings
 from streams.sim import SimConfig, write_history
@@ -79,13 +78,7 @@ def _worker(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[byt
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc, 20)
 
 
 def _read_topic(settings: Settings, base: str) -> list[dict[str, Any]]:

@@ -57,12 +57,13 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout_s: f
     raise RuntimeError(f"embedded {what} did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s")
 
 
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout_s: float = 5.0) -> None:
+    """Stop `proc` with SIGTERM, then SIGKILL if it has not exited after `timeout_s`."""
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
     try:
-        proc.wait(timeout=5)
+        proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=5)
@@ -148,18 +149,18 @@ class EmbeddedStack(AbstractContextManager["EmbeddedStack"]):
 
     def stop_redis(self) -> None:
         """Stop the embedded Redis only (an outage); `restart_redis` brings it back on the same port."""
-        _stop(self._redis_proc)
+        stop_process(self._redis_proc)
 
     def restart_redis(self) -> None:
         """Start Redis again on the same port over the same append-only file."""
         assert self._redis_port is not None, "this stack started no Redis"
-        _stop(self._redis_proc)
+        stop_process(self._redis_proc)
         self._start_redis(self._redis_port)
 
     def stop(self) -> None:
         """Stop the servers this process started (not those it borrowed)."""
         for proc in reversed(self._procs):
-            _stop(proc)
+            stop_process(proc)
         if self._procs and _owner_pid(self._owner_file) == os.getpid():
             self._owner_file.unlink(missing_ok=True)
         self._procs.clear()

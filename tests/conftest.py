@@ -20,7 +20,7 @@ import urllib.request
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from pydantic import SecretStr
 
-from streams.embedded import EmbeddedStack, free_port
+from streams.embedded import EmbeddedStack, free_port, stop_process
 from streams.settings import Settings
 
 _redis_dbs = itertools.count(1)
@@ -111,13 +111,7 @@ class WorkerProc:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, 20)
 
     def tail(self, lines: int = 60) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
