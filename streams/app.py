@@ -124,7 +124,7 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
         try:
             metrics.set_lights(pipeline.summary())
             pipeline.update_lag()
-            pipeline.watchdog()
+            await pipeline.watchdog()
             await pipeline.update_kpis()
         except Exception:
             log.exception("updating the gauges failed; the worker goes on")

@@ -43,6 +43,10 @@ class _Message:
     timestamp: float | None = None
     headers: list[tuple[str, bytes]] = field(default_factory=list)
 
+    @property
+    def tp(self) -> TP:
+        return TP(self.topic, self.partition)
+
 
 @dataclass
 class _Event:

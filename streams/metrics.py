@@ -141,6 +141,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        # Beyond CONTRACT §9: how often the consumer had to be sent back to the state's offsets.
+        self.rewinds = Counter(
+            "churnlight_rewinds_total",
+            "Input partitions read again from the state's next offset (a gap or a stall), by topic.",
+            ["topic"],
+            registry=r,
+        )
         self.end_to_end = Histogram(
             "churnlight_end_to_end_seconds",
             "Kafka timestamp of the triggering event to the task published, by channel.",
@@ -193,6 +200,10 @@ class Metrics:
             child = self.events.labels(free_label(topic), _closed(outcome, OUTCOMES, "outcome"))
             self._events[(topic, outcome)] = child
         child.inc()
+
+    def rewind(self, topic: str) -> None:
+        """Count one input partition of `topic` read again from the state's offsets."""
+        self.rewinds.labels(free_label(topic)).inc()
 
     def deadletter(self, topic: str, error: str) -> None:
         """Count one message of `topic` dead-lettered with reason code `error`."""

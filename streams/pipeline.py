@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 META_PREFIX = b"~p:"
 HOUR_MS = 3600 * 1000
+# Reads of a partition from the state's offset that may bring nothing before the gap is accepted.
+MAX_SEEKS = 8
 
 
 def partition_of(key: bytes, partitions: int) -> int:
@@ -135,6 +137,19 @@ class PartitionClock:
         return clock
 
 
+class Rewind:
+    """An input partition read again from `seek_to`, after a gap seen at offset `gap_at`."""
+
+    __slots__ = ("gap_at", "seek_to", "sought_at", "stale", "seeks")
+
+    def __init__(self, gap_at: int, seek_to: int) -> None:
+        self.gap_at = gap_at
+        self.seek_to = seek_to
+        self.sought_at = 0.0
+        self.stale = True  # no seek yet, or a record read before the last one took effect was passed over
+        self.seeks = 0
+
+
 @contextlib.contextmanager
 def _in_event(event: Any) -> Iterator[None]:
     """Make `event` Faust's current event, so table writes go to its partition."""
@@ -181,11 +196,14 @@ class Pipeline:
         self._highwater: dict[TP, int | None] = {}
         self._tps: dict[int, list[tuple[TP, str]]] = {}
         self.batches = 0
-        self.last_input_at = time.monotonic()
         # Where the agent is, for the watchdog's log when the stream stalls.
         self.stage = "waiting for a batch"
         self.stage_since = time.monotonic()
         self._in_batch = False
+        # Input partitions being read again from the state's next offset after a gap.
+        self._rewinds: dict[TP, Rewind] = {}
+        # The watchdog's last look at each input partition: (the state's next offset, when it changed).
+        self._progress: dict[TP, tuple[int, float]] = {}
 
     def attach(self, agent: Any) -> None:
         self.agent = agent
@@ -231,44 +249,55 @@ class Pipeline:
         except AssertionError:  # aiokafka asserts the partition is assigned
             return None
 
-    def _next_offset(self, tp: TP, base: str, clock: PartitionClock) -> int:
-        read = clock.offsets.get(base)
-        if read is not None:
-            return read + 1
-        committed = getattr(self.app.consumer, "_committed_offset", {})
-        return int(committed.get(tp) or 0)
+    @staticmethod
+    def _next_offset(tp: TP, base: str, clock: PartitionClock) -> int:
+        # The state's own offsets, never the committed ones: a partition it never read from
+        # starts at 0, even when offsets were committed past records it lacks.
+        return clock.offsets.get(base, -1) + 1
 
-    def watchdog(self, idle_s: float = 20.0) -> bool:
-        """Resume input partitions left paused when records wait but nothing arrived for `idle_s`.
+    async def watchdog(self, idle_s: float = 20.0) -> bool:
+        """Read again, from the state's next offset, input partitions that stopped delivering records.
 
-        Faust has races around the end of table recovery (faust-streaming #216, #596) in which
-        a stream can stop receiving a partition's records; this makes such a stall visible in
-        the log and undoes it. Returns True when it acted.
+        Faust's fetch loop can leave the consumer's position past records it never delivered
+        (records fetched as a rebalance began, or a re-read dropped behind older records still in
+        flight): such a partition makes no progress while the consumer has read past it. The
+        high watermark alone cannot tell, since the embedded broker under-reports it. Returns
+        True when it acted.
         """
         app = self.app
-        if app.rebalancing or time.monotonic() - self.last_input_at < idle_s:
+        if app.rebalancing:
             return False
+        if self._rewinds:
+            await self._repeat_seeks(older_than_s=3.0)
         if self.stage != "waiting for a batch":
-            # A long batch, not a stall: a day close that decides thousands of tasks takes minutes.
-            log.info("the agent is %s for %.0f s", self.stage, time.monotonic() - self.stage_since)
+            if time.monotonic() - self.stage_since > idle_s:
+                # A long batch, not a stall: a day close that decides thousands of tasks takes minutes.
+                log.info("the agent is %s for %.0f s", self.stage, time.monotonic() - self.stage_since)
             return False
-        behind = [tp for p, clock in self._owned_clocks() for tp, base in self._input_tps(p)
-                  if (self._assigned_high(tp) or 0) > self._next_offset(tp, base, clock)]
-        if not behind:
+        now = time.monotonic()
+        stalled: dict[TP, int] = {}
+        for p, clock in self._owned_clocks():
+            for tp, base in self._input_tps(p):
+                offset = self._next_offset(tp, base, clock)
+                seen = self._progress.get(tp)
+                if seen is None or seen[0] != offset:
+                    self._progress[tp] = (offset, now)
+                    continue
+                if now - seen[1] < idle_s or tp in self._rewinds:
+                    continue
+                self._progress[tp] = (offset, now)
+                if (self._end(tp) or 0) > offset:
+                    stalled[tp] = offset
+        if not stalled:
             return False
-        consumer = app.consumer
-        buffered = set(getattr(consumer, "_buffered_partitions", ()))
-        log.warning("no input for %.0f s while %d partitions have records to read (held as buffer-full: %s); "
-                    "the agent is %s for %.0f s; fetching them again", time.monotonic() - self.last_input_at,
-                    len(behind), sorted(f"{tp.topic}/{tp.partition}" for tp in buffered), self.stage,
-                    time.monotonic() - self.stage_since)
-        # A partition whose stream buffer filled up leaves the fetch set until the buffer drains;
-        # when Faust clears its queues at the end of recovery, that notice never comes.
-        for tp in behind:
-            consumer.on_buffer_drop(tp)
-        consumer.resume_partitions(behind)
+        log.warning("%d input partitions made no progress for %.0f s with records left to read: reading them "
+                    "again from the state's offsets (%s)", len(stalled), idle_s,
+                    ", ".join(f"{tp.topic}/{tp.partition}@{o}" for tp, o in sorted(stalled.items())))
+        for tp, offset in stalled.items():
+            self.metrics.rewind(self.base_topic[tp.topic])
+            await app.consumer.seek(tp, offset)
+        app.consumer.resume_partitions(list(stalled))
         app.flow_control.resume()
-        self.last_input_at = time.monotonic()
         return True
 
     def month(self) -> str | None:
@@ -396,6 +425,7 @@ class Pipeline:
             self._index(p, key, state)
         for p in owned:
             self.clocks.setdefault(p, PartitionClock())
+        self._behind_committed(owned)
         log.info("loaded %d subscribers of partitions %s in %.2f s", len(self.states), sorted(owned),
                  time.monotonic() - started)
 
@@ -415,6 +445,8 @@ class Pipeline:
         try:
             self._highwater.clear()
             self._ensure_current(force=True)
+            if self._rewinds:
+                await self._repeat_seeks()
             for event in events:
                 msg = event.message
                 base = self.base_topic.get(msg.topic)
@@ -427,13 +459,13 @@ class Pipeline:
                     # reload was partial, or a rebalance is settling): load it rather than drop it.
                     clock = self._adopt(p)
                 self._context[p] = event
-                if base != TICKS:
-                    self.last_input_at = time.monotonic()
                 if base == TICKS:
                     await self._tick(p, clock, msg.value)
                     continue
                 if msg.offset <= clock.offsets.get(base, -1):
                     continue  # re-delivered after a crash: its effects are in the recovered state
+                if not await self._in_sequence(msg.tp, base, msg.offset, clock):
+                    continue
                 result = decode(base, msg.key, msg.value, self._future_reference(clock))
                 clock.offsets[base] = msg.offset
                 self._dirty_clocks.add(p)
@@ -457,10 +489,83 @@ class Pipeline:
                 await self._advance(p, clock)
                 await self._apply(p, base, result, msg.key, _kafka_ms(msg))
             await self._commit()
+            if self._rewinds:
+                await self._repeat_seeks()
         finally:
             self._in_batch = False
         self.batches += 1
         self._stage("waiting for a batch")
+
+    async def _in_sequence(self, tp: TP, base: str, offset: int, clock: PartitionClock) -> bool:
+        """Say whether the record at `offset` is the next one the state needs; read again if not.
+
+        The state's applied offsets are the truth, not the consumer's: around rebalances Faust
+        drops records it had fetched (and may count the hole as acknowledged), and a restart
+        resumes at committed offsets that can be ahead of the recovered state. Either shows up
+        here as a gap, and the partition is read again from the state's next offset. Records
+        fetched before that seek took effect have offsets past the gap's and are passed over; the
+        first one at or before it is the re-read. A gap that the re-read shows again is real
+        (control records of a transactional producer) and is accepted. The compacted profiles
+        topic has gaps by design and is exempt.
+        """
+        rewind = self._rewinds.get(tp)
+        if rewind is not None:
+            if offset > rewind.gap_at:
+                rewind.stale = True
+                return False
+            del self._rewinds[tp]
+            return True
+        # A partition the state never read from starts at 0; with older records deleted, the
+        # re-read starts at the first one left, and that is accepted as above.
+        last = clock.offsets.get(base, -1)
+        if offset == last + 1 or base == PROFILES:
+            return True
+        log.warning("%s/%d: the state has applied offset %d, the consumer delivered %d: reading again from %d",
+                    tp.topic, tp.partition, last, offset, last + 1)
+        self.metrics.rewind(base)
+        await self._seek(tp, self._rewinds.setdefault(tp, Rewind(offset, last + 1)))
+        return False
+
+    async def _seek(self, tp: TP, rewind: Rewind) -> None:
+        # Faust's fetch loop drops records below the last offset it delivered: while records read
+        # before a seek still come through, the re-read behind them is dropped, so the seek is
+        # repeated until the re-read arrives (after each batch that passed stale records over,
+        # and from the watchdog).
+        if rewind.seeks >= MAX_SEEKS:
+            # The records between the state's offset and the gap are gone (deleted by retention):
+            # take what comes next rather than read again for ever.
+            log.error("%s/%d: %d reads from offset %d brought nothing before offset %d; going on without them",
+                      tp.topic, tp.partition, rewind.seeks, rewind.seek_to, rewind.gap_at + 1)
+            self._rewinds.pop(tp, None)
+            return
+        rewind.stale = False
+        rewind.seeks += 1
+        rewind.sought_at = time.monotonic()
+        await self.app.consumer.seek(tp, rewind.seek_to)
+
+    async def _repeat_seeks(self, *, older_than_s: float | None = None) -> None:
+        now = time.monotonic()
+        for tp, rewind in list(self._rewinds.items()):
+            if rewind.stale if older_than_s is None else now - rewind.sought_at > older_than_s:
+                await self._seek(tp, rewind)
+
+    def _behind_committed(self, owned: set[int]) -> None:
+        """Read again, after a rebalance, partitions whose committed offset is past the state's.
+
+        A recovery that stops short of the changelog's end leaves the state behind the offsets
+        Faust committed; where no record follows, no gap would ever show it.
+        """
+        committed = getattr(self.app.consumer, "_committed_offset", {})
+        for p in owned:
+            clock = self.clocks[p]
+            for tp, base in self._input_tps(p):
+                offset, done = self._next_offset(tp, base, clock), committed.get(tp)
+                if done is not None and done > offset and tp not in self._rewinds:
+                    log.warning("%s/%d: the state needs offset %d, the committed offset is %d: reading again from %d",
+                                tp.topic, tp.partition, offset, done, offset)
+                    self.metrics.rewind(base)
+                    # Records from the committed offset on were read before the seek: passed over.
+                    self._rewinds[tp] = Rewind(done - 1, offset)
 
     def _stage(self, stage: str) -> None:
         self.stage, self.stage_since = stage, time.monotonic()
@@ -512,7 +617,8 @@ class Pipeline:
         pending: dict[str, bool] = {}
         for tp, base in self._input_tps(partition):
             high = self._high(tp)
-            pending[base] = high is not None and high > self._next_offset(tp, base, clock)
+            # A partition being read again holds the watermark, whatever its high watermark says.
+            pending[base] = tp in self._rewinds or (high is not None and high > self._next_offset(tp, base, clock))
         return pending
 
     def _input_tps(self, partition: int) -> list[tuple[TP, str]]:
@@ -525,8 +631,28 @@ class Pipeline:
     def _high(self, tp: TP) -> int | None:
         if tp in self._highwater:
             return self._highwater[tp]
-        high = self._highwater[tp] = self.app.consumer.highwater(tp)
+        high = self._highwater[tp] = self._end(tp)
         return high
+
+    def _end(self, tp: TP) -> int | None:
+        """Return how far the consumer knows `tp` to go: its high watermark or, when further, its fetch position.
+
+        Tansu reports a partition's high watermark as one past the first offset of its last
+        record batch; the fetch position has seen the whole batch. A caught-up topic must not be
+        taken for one, or the watermark would run ahead of the records still to read.
+        """
+        consumer = self.app.consumer
+        try:
+            high = consumer.highwater(tp)
+        except AssertionError:  # aiokafka asserts the partition is assigned
+            return None
+        try:
+            position = consumer._thread._consumer._subscription.subscription.assignment.state_value(tp).position
+        except Exception:  # not assigned, or no position yet: the high watermark is all there is
+            position = None
+        if position is None:
+            return high  # type: ignore[no-any-return]
+        return position if high is None else max(high, position)  # type: ignore[no-any-return]
 
     @staticmethod
     def _future_reference(clock: PartitionClock) -> int:

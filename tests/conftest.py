@@ -205,13 +205,14 @@ def redis_client(settings: Settings) -> Iterator[redis_lib.Redis]:
     client.flushdb()
 
 
-def consume_all(settings: Settings, topic: str, idle_s: float = 3.0, timeout_s: float = 60.0) -> list[Any]:
+def consume_all(settings: Settings, topic: str, idle_s: float = 3.0, timeout_s: float = 60.0,
+                full_name: bool = False) -> list[Any]:
     """Read `topic` (base name) from the beginning until nothing new arrives for `idle_s`."""
     c = Consumer({
         "bootstrap.servers": settings.kafka, "group.id": f"test-{uuid.uuid4().hex}",
         "auto.offset.reset": "earliest", "enable.auto.commit": False,
     })
-    _assign_all(c, settings.topic(topic))
+    _assign_all(c, topic if full_name else settings.topic(topic))
     out: list[Any] = []
     deadline = time.monotonic() + timeout_s
     last = time.monotonic()
@@ -225,3 +226,25 @@ def consume_all(settings: Settings, topic: str, idle_s: float = 3.0, timeout_s: 
     finally:
         c.close()
     return out
+
+
+def _changelog_topic(settings: Settings) -> str:
+    return f"{settings.topic_prefix}{settings.app_id}-state-changelog"
+
+
+def changelog_snapshot(settings: Settings) -> dict[tuple[int, bytes], bytes | None]:
+    """Return the worker's state changelog as it stands: the last value of each key per partition."""
+    return {(msg.partition(), msg.key()): msg.value()
+            for msg in consume_all(settings, _changelog_topic(settings), idle_s=1.0, full_name=True)}
+
+
+def restore_changelog(settings: Settings, snapshot: dict[tuple[int, bytes], bytes | None]) -> None:
+    """Put the changelog back to `snapshot`: its values again, tombstones for keys written since."""
+    import asyncio
+
+    from streams.changelog import ChangelogWriter
+
+    writer = ChangelogWriter(settings, _changelog_topic(settings))  # seals its partitions on flush
+    for key in changelog_snapshot(settings).keys() | snapshot.keys():
+        writer.write(key[0], key[1], snapshot.get(key))
+    asyncio.run(writer.flush())
