@@ -255,7 +255,7 @@ class Pipeline:
         # starts at 0, even when offsets were committed past records it lacks.
         return clock.offsets.get(base, -1) + 1
 
-    async def watchdog(self, idle_s: float = 20.0) -> bool:
+    async def watchdog(self, idle_s: float = 10.0) -> bool:
         """Read again, from the state's next offset, input partitions that stopped delivering records.
 
         Faust's fetch loop can leave the consumer's position past records it never delivered

@@ -80,17 +80,7 @@ def test_sigkill_mid_stream_loses_no_light_change_and_ends_in_the_same_state(
     worker.kill()
     produce(settings, _records(items[half:]))
     worker.start()
-    try:
-        _drain(worker, len(items) - half)  # the restarted worker counts from zero; it sees at least the rest
-    except AssertionError:
-        if worker.metric("churnlight_events_total") == 0:
-            # Seen twice in about 25 runs on Tansu: healthy, then no event at all, no watchdog line,
-            # as if the group's second rebalance (the killed member expiring) never completed. That
-            # is the broker's group coordination, not a wrong light; the correctness checks below
-            # fail hard whenever the restarted worker processes anything.
-            pytest.skip("the restarted worker consumed nothing within 120 s (consumer-group rejoin "
-                        "after SIGKILL on the embedded broker)")
-        raise
+    _drain(worker, len(items) - half)  # the restarted worker counts from zero; it sees at least the rest
     changes = set(_changes(settings))  # a repeated identical change is tolerated
     assert changes - scripted.EXPECTED_CHANGES == set(), "unexpected changes"
     assert scripted.EXPECTED_CHANGES - changes == set(), "missing changes"
