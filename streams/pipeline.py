@@ -204,6 +204,8 @@ class Pipeline:
         self._rewinds: dict[TP, Rewind] = {}
         # The watchdog's last look at each input partition: (the state's next offset, when it changed).
         self._progress: dict[TP, tuple[int, float]] = {}
+        # Set by a rebuild of the cache: the next batch compares the state's offsets with the committed ones.
+        self._check_committed = False
 
     def attach(self, agent: Any) -> None:
         self.agent = agent
@@ -425,7 +427,7 @@ class Pipeline:
             self._index(p, key, state)
         for p in owned:
             self.clocks.setdefault(p, PartitionClock())
-        self._behind_committed(owned)
+        self._check_committed = True
         log.info("loaded %d subscribers of partitions %s in %.2f s", len(self.states), sorted(owned),
                  time.monotonic() - started)
 
@@ -445,6 +447,9 @@ class Pipeline:
         try:
             self._highwater.clear()
             self._ensure_current(force=True)
+            if self._check_committed:
+                self._check_committed = False
+                self._behind_committed(await self._committed())
             if self._rewinds:
                 await self._repeat_seeks()
             for event in events:
@@ -549,14 +554,37 @@ class Pipeline:
             if rewind.stale if older_than_s is None else now - rewind.sought_at > older_than_s:
                 await self._seek(tp, rewind)
 
-    def _behind_committed(self, owned: set[int]) -> None:
+    async def _committed(self) -> dict[TP, int]:
+        """Return the group's committed offsets of the owned input partitions, asked of the broker.
+
+        Faust's own copy is filled in by its seek after recovery, which can come after the first
+        batch; the broker's answer does not depend on that race.
+        """
+        tps = [tp for p in self.owned() for tp, _ in self._input_tps(p)]
+        thread = getattr(self.app.consumer, "_thread", None)
+        if thread is None:  # the backtest's stand-in consumer
+            return dict(getattr(self.app.consumer, "_committed_offset", {}))
+        consumer = thread._ensure_consumer()
+
+        async def fetch() -> Any:
+            return await consumer._coordinator.fetch_committed_offsets(tps)
+
+        try:
+            found = await thread.call_thread(fetch)
+        except Exception:
+            log.exception("asking the broker for the committed offsets failed; using the consumer's")
+            return dict(getattr(self.app.consumer, "_committed_offset", {}))
+        return {TP(tp.topic, tp.partition): meta.offset for tp, meta in found.items() if meta.offset >= 0}
+
+    def _behind_committed(self, committed: dict[TP, int]) -> None:
         """Read again, after a rebalance, partitions whose committed offset is past the state's.
 
         A recovery that stops short of the changelog's end leaves the state behind the offsets
         Faust committed; where no record follows, no gap would ever show it.
         """
-        committed = getattr(self.app.consumer, "_committed_offset", {})
-        for p in owned:
+        for p in self.owned():
+            if p not in self.clocks:
+                continue
             clock = self.clocks[p]
             for tp, base in self._input_tps(p):
                 offset, done = self._next_offset(tp, base, clock), committed.get(tp)
