@@ -140,14 +140,15 @@ class PartitionClock:
 class Rewind:
     """An input partition read again from `seek_to`, after a gap seen at offset `gap_at`."""
 
-    __slots__ = ("gap_at", "seek_to", "sought_at", "stale", "seeks")
+    __slots__ = ("gap_at", "seek_to", "sought_at", "stale", "seeks", "first")
 
     def __init__(self, gap_at: int, seek_to: int) -> None:
         self.gap_at = gap_at
         self.seek_to = seek_to
         self.sought_at = 0.0
-        self.stale = True  # no seek yet, or a record read before the last one took effect was passed over
+        self.stale = True  # no seek yet, or a record passed over since the last one: seek again
         self.seeks = 0
+        self.first: int | None = None  # where the last re-read started, when not at `seek_to`
 
 
 @contextlib.contextmanager
@@ -509,20 +510,26 @@ class Pipeline:
         resumes at committed offsets that can be ahead of the recovered state. Either shows up
         here as a gap, and the partition is read again from the state's next offset. Records
         fetched before that seek took effect have offsets past the gap's and are passed over; the
-        first one at or before it is the re-read. A gap that the re-read shows again is real
-        (control records of a transactional producer) and is accepted. The compacted profiles
-        topic has gaps by design and is exempt.
+        re-read is taken from the state's next offset on, or from where two re-reads in a row
+        start (the records before it do not exist). The compacted profiles topic has gaps by
+        design and is exempt from the check.
         """
+        # A partition the state never read from starts at 0.
+        last = clock.offsets.get(base, -1)
         rewind = self._rewinds.get(tp)
         if rewind is not None:
-            if offset > rewind.gap_at:
-                rewind.stale = True
-                return False
-            del self._rewinds[tp]
-            return True
-        # A partition the state never read from starts at 0; with older records deleted, the
-        # re-read starts at the first one left, and that is accepted as above.
-        last = clock.offsets.get(base, -1)
+            if offset == last + 1:
+                del self._rewinds[tp]
+                return True
+            if offset <= rewind.gap_at and offset == rewind.first:
+                # The re-read starts here twice: the records before it do not exist (deleted or
+                # compacted away, or the control records of a transaction).
+                del self._rewinds[tp]
+                return True
+            if offset <= rewind.gap_at:
+                rewind.first = offset  # a re-read whose start Faust may have dropped: read again
+            rewind.stale = True
+            return False
         if offset == last + 1 or base == PROFILES:
             return True
         log.warning("%s/%d: the state has applied offset %d, the consumer delivered %d: reading again from %d",
