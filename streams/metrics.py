@@ -157,7 +157,7 @@ class Metrics:
         )
         self.consumer_lag = Gauge(
             "churnlight_consumer_lag",
-            "Messages between the committed position and the high watermark, per assigned partition.",
+            "Records not yet applied: from the state's next offset to the end the consumer knows, per partition.",
             ["topic", "partition"],
             registry=r,
         )

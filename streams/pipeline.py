@@ -235,7 +235,7 @@ class Pipeline:
         lags: dict[tuple[str, int], int] = {}
         for p, clock in self._owned_clocks():
             for tp, base in self._input_tps(p):
-                high = self._assigned_high(tp)
+                high = self._end(tp)
                 if high is not None:
                     lags[(base, p)] = max(0, high - self._next_offset(tp, base, clock))
         self.metrics.set_lags(lags)
@@ -244,13 +244,6 @@ class Pipeline:
         # Between a rebalance and the next batch the cache still holds revoked partitions.
         owned = self.owned()
         return [(p, c) for p, c in self.clocks.items() if p in owned]
-
-    def _assigned_high(self, tp: TP) -> int | None:
-        """Return the high watermark of `tp`, or None when it is not assigned (a rebalance ran)."""
-        try:
-            return self.app.consumer.highwater(tp)  # type: ignore[no-any-return]
-        except AssertionError:  # aiokafka asserts the partition is assigned
-            return None
 
     @staticmethod
     def _next_offset(tp: TP, base: str, clock: PartitionClock) -> int:
@@ -679,7 +672,7 @@ class Pipeline:
         consumer = self.app.consumer
         try:
             high = consumer.highwater(tp)
-        except AssertionError:  # aiokafka asserts the partition is assigned
+        except AssertionError:  # aiokafka asserts the partition is assigned: not (a rebalance ran)
             return None
         try:
             position = consumer._thread._consumer._subscription.subscription.assignment.state_value(tp).position
