@@ -237,7 +237,7 @@ class Pipeline:
             for tp, base in self._input_tps(p):
                 high = self._end(tp)
                 if high is not None:
-                    lags[(base, p)] = max(0, high - self._next_offset(tp, base, clock))
+                    lags[(base, p)] = max(0, high - self._next_offset(base, clock))
         self.metrics.set_lags(lags)
 
     def _owned_clocks(self) -> list[tuple[int, PartitionClock]]:
@@ -246,7 +246,7 @@ class Pipeline:
         return [(p, c) for p, c in self.clocks.items() if p in owned]
 
     @staticmethod
-    def _next_offset(tp: TP, base: str, clock: PartitionClock) -> int:
+    def _next_offset(base: str, clock: PartitionClock) -> int:
         # The state's own offsets, never the committed ones: a partition it never read from
         # starts at 0, even when offsets were committed past records it lacks.
         return clock.offsets.get(base, -1) + 1
@@ -271,10 +271,10 @@ class Pipeline:
                 log.info("the agent is %s for %.0f s", self.stage, time.monotonic() - self.stage_since)
             return False
         now = time.monotonic()
-        stalled: dict[TP, int] = {}
+        stalled: dict[TP, Rewind] = {}
         for p, clock in self._owned_clocks():
             for tp, base in self._input_tps(p):
-                offset = self._next_offset(tp, base, clock)
+                offset = self._next_offset(base, clock)
                 seen = self._progress.get(tp)
                 if seen is None or seen[0] != offset:
                     self._progress[tp] = (offset, now)
@@ -282,16 +282,19 @@ class Pipeline:
                 if now - seen[1] < idle_s or tp in self._rewinds:
                     continue
                 self._progress[tp] = (offset, now)
-                if (self._end(tp) or 0) > offset:
-                    stalled[tp] = offset
+                end = self._end(tp) or 0
+                if end > offset:
+                    # What arrives from the end on before the re-read is passed over and read again.
+                    stalled[tp] = Rewind(end - 1, offset)
         if not stalled:
             return False
         log.warning("%d input partitions made no progress for %.0f s with records left to read: reading them "
                     "again from the state's offsets (%s)", len(stalled), idle_s,
-                    ", ".join(f"{tp.topic}/{tp.partition}@{o}" for tp, o in sorted(stalled.items())))
-        for tp, offset in stalled.items():
+                    ", ".join(f"{tp.topic}/{tp.partition}@{r.seek_to}" for tp, r in sorted(stalled.items())))
+        for tp, rewind in stalled.items():
             self.metrics.rewind(self.base_topic[tp.topic])
-            await app.consumer.seek(tp, offset)
+            self._rewinds[tp] = rewind
+            await self._seek(tp, rewind)
         app.consumer.resume_partitions(list(stalled))
         app.flow_control.resume()
         return True
@@ -461,8 +464,6 @@ class Pipeline:
                 if base == TICKS:
                     await self._tick(p, clock, msg.value)
                     continue
-                if msg.offset <= clock.offsets.get(base, -1):
-                    continue  # re-delivered after a crash: its effects are in the recovered state
                 if not await self._in_sequence(msg.tp, base, msg.offset, clock):
                     continue
                 result = decode(base, msg.key, msg.value, self._future_reference(clock))
@@ -509,6 +510,8 @@ class Pipeline:
         """
         # A partition the state never read from starts at 0.
         last = clock.offsets.get(base, -1)
+        if offset <= last:
+            return False  # re-delivered after a crash, or read again: its effects are in the state
         rewind = self._rewinds.get(tp)
         if rewind is not None:
             if offset == last + 1:
@@ -587,7 +590,7 @@ class Pipeline:
                 continue
             clock = self.clocks[p]
             for tp, base in self._input_tps(p):
-                offset, done = self._next_offset(tp, base, clock), committed.get(tp)
+                offset, done = self._next_offset(base, clock), committed.get(tp)
                 if done is not None and done > offset and tp not in self._rewinds:
                     log.warning("%s/%d: the state needs offset %d, the committed offset is %d: reading again from %d",
                                 tp.topic, tp.partition, offset, done, offset)
@@ -646,7 +649,7 @@ class Pipeline:
         for tp, base in self._input_tps(partition):
             high = self._high(tp)
             # A partition being read again holds the watermark, whatever its high watermark says.
-            pending[base] = tp in self._rewinds or (high is not None and high > self._next_offset(tp, base, clock))
+            pending[base] = tp in self._rewinds or (high is not None and high > self._next_offset(base, clock))
         return pending
 
     def _input_tps(self, partition: int) -> list[tuple[TP, str]]:
@@ -697,7 +700,7 @@ class Pipeline:
     def _profiles_pending(self, p: int, clock: PartitionClock) -> bool:
         tp = TP(self.settings.topic(PROFILES), p)
         high = self._high(tp)
-        return high is not None and high > self._next_offset(tp, PROFILES, clock)
+        return high is not None and high > self._next_offset(PROFILES, clock)
 
     async def _advance(self, p: int, clock: PartitionClock) -> None:
         before = clock.watermark_ms
