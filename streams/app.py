@@ -1,10 +1,9 @@
-"""The Faust app factory: topics, the state table, the agent, timers and web views."""
+"""The Faust app factory: the group, the state table, the reader, timers and web views."""
 
 from __future__ import annotations
 
 import logging
 import ssl
-import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -12,11 +11,12 @@ import faust
 from aiohttp.web import Response
 from faust.web import Request, View
 
-from rules.events import INPUT_TOPICS, MSISDN_RE
+from rules.events import MSISDN_RE
 from rules.ruleset import RuleSet
 from streams.changelog import ChangelogWriter
 from streams.metrics import Metrics
 from streams.pipeline import Pipeline, TaskHandler
+from streams.reader import Reader
 from streams.settings import Settings
 from sinks.outcomes import OutcomeStore
 from sinks.redis_store import PolicyStore
@@ -26,7 +26,6 @@ from streams.topics import DEADLETTER, LIGHTS, TASK_TOPIC, TASKS_CALLCENTRE, TAS
 log = logging.getLogger(__name__)
 
 RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-TICK_INTERVAL_S = 10.0
 
 
 def _credentials(settings: Settings) -> Any:
@@ -84,7 +83,6 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
         web_in_thread=False,
         stream_wait_empty=True,
     )
-    source = app.topic(*(settings.topic(t) for t in (*INPUT_TOPICS, TICKS)), **RAW)
     ticks = app.topic(settings.topic(TICKS), **RAW)
     table = app.Table("state", partitions=settings.partitions, default=None, key_type=bytes, value_type=bytes)
     sender = Sender(app, settings)
@@ -98,25 +96,28 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
     pipeline = Pipeline(settings, metrics, rules, table=table, app=app, send=sender.enqueue, tasks=tasks,
                         changelog=changelog, outcomes=outcomes)
 
-    @app.agent(source, concurrency=1, name="subscribers")
-    async def subscribers(stream: faust.StreamT[bytes]) -> None:
-        # Batches amortise the table writes: the state of every subscriber touched by the batch is
-        # written once at its end, and the events are acked only after that write.
-        async for events in stream.take_events(settings.batch_max, settings.batch_within_s):
-            await pipeline.process(list(events))
+    reader = Reader(settings, app, pipeline)
+    pipeline.attach(reader)
 
-    @app.timer(interval=TICK_INTERVAL_S)
-    async def tick() -> None:
-        # Idle live partitions close days by the wall clock; the tick reaches the agent as an event
-        # of the partition, so the day close runs in order with that partition's events.
-        if app.rebalancing:
-            return
-        now = str(int(time.time() * 1000)).encode()
-        try:
-            for p in pipeline.owned():
-                await ticks.send(key=b"~tick", value=now, partition=p)
-        except Exception:
-            log.exception("sending wall-clock ticks failed; the next tick tries again")
+    @app.agent(ticks, concurrency=1, name="partitions")
+    async def partitions(stream: faust.StreamT[bytes]) -> None:
+        # The group's assignment of this co-partitioned topic says which partitions this worker
+        # owns; the reader reads their input records. Nothing is sent here (older versions sent
+        # wall-clock ticks): whatever arrives is acknowledged and left.
+        async for _ in stream:
+            pass
+
+    @app.task
+    async def read() -> None:
+        await reader.run()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(_app: faust.App, revoked: set[faust.types.TP], **_: object) -> None:
+        await reader.on_revoked()
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(_app: faust.App, **_: object) -> None:
+        await reader.stop()
 
     @app.timer(interval=5.0)
     async def gauges() -> None:
@@ -124,7 +125,6 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
         try:
             metrics.set_lights(pipeline.summary())
             pipeline.update_lag()
-            await pipeline.watchdog()
             await pipeline.update_kpis()
         except Exception:
             log.exception("updating the gauges failed; the worker goes on")
@@ -162,5 +162,4 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
             return web.json({"error": "unknown subscriber"}, status=404)
         return web.json(found)
 
-    pipeline.attach(subscribers)
     return app, pipeline, sender

@@ -30,7 +30,7 @@ from streams.metrics import Metrics
 from streams.pipeline import Pipeline, partition_of
 from streams.replay import iter_file, parse_line
 from streams.settings import Settings
-from streams.topics import LIGHTS
+from streams.topics import LIGHTS, TICKS
 
 
 @dataclass
@@ -48,11 +48,6 @@ class _Message:
         return TP(self.topic, self.partition)
 
 
-@dataclass
-class _Event:
-    message: _Message
-
-
 class _Consumer:
     """A consumer that has always read everything so far: the file is already in production order,
     so no topic is behind another and the watermark is simply the latest event time read."""
@@ -60,7 +55,7 @@ class _Consumer:
     def __init__(self, topics: list[str], partitions: int) -> None:
         self._assignment = {TP(t, p) for t in topics for p in range(partitions)}
 
-    def highwater(self, tp: TP) -> int | None:
+    def end(self, tp: TP) -> int | None:
         return None  # nothing is ever left to read behind the current line
 
     def assignment(self) -> set[TP]:
@@ -127,7 +122,7 @@ class RunResult:
 def run(path: Path, rules: RuleSet, settings: Settings, *, progress: Callable[[int], None] | None = None) -> RunResult:
     """Run `rules` over the history at `path`; return the light changes and the task decisions."""
     settings = settings.model_copy(update={"topic_prefix": ""})
-    consumer = _Consumer(list(INPUT_TOPICS), settings.partitions)
+    consumer = _Consumer([*INPUT_TOPICS, TICKS], settings.partitions)
     offsets: Counter[TP] = Counter()
     changes: list[dict[str, Any]] = []
 
@@ -142,15 +137,15 @@ def run(path: Path, rules: RuleSet, settings: Settings, *, progress: Callable[[i
     tasks = MemoryTasks(rules, settings)
     pipeline = Pipeline(settings, metrics, rules, table=_Table(), app=_App(consumer), send=send, tasks=tasks)
 
-    def batches() -> Iterator[list[_Event]]:
-        batch: list[_Event] = []
+    def batches() -> Iterator[list[_Message]]:
+        batch: list[_Message] = []
         for n, line in enumerate(iter_file(path), start=1):
             try:
                 topic, key, value = parse_line(line)
             except ValueError:
                 continue
             tp = TP(topic, partition_of(key or b"", settings.partitions))
-            batch.append(_Event(_Message(topic, tp.partition, offsets[tp], key, value)))
+            batch.append(_Message(topic, tp.partition, offsets[tp], key, value))
             offsets[tp] += 1
             if len(batch) >= 5000:
                 yield batch

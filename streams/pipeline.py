@@ -1,13 +1,13 @@
-"""What the agent does with a batch of raw messages: validate, watermark, close days, apply, decide.
+"""What the worker does with a batch of raw records: validate, watermark, close days, apply, decide.
 
 State lives in an in-memory cache of `SubscriberState` objects per owned partition, loaded from
 the Faust table after each rebalance. Each batch writes every touched subscriber to the table
-once, at its end, inside an event context of the subscriber's partition (so the changelog and
-the RocksDB store stay co-partitioned with the source), and only after the batch's outputs
-(dead letters, light changes, tasks) were acknowledged by the broker. Faust acks the batch's
-events after that and flushes the producer before it commits offsets, so a crash at any point
-re-processes events whose effects may already be in the changelog: the dedup memory inside each
-subscriber's state makes that harmless.
+once, at its end, to the changelog partition and RocksDB store of the subscriber's partition
+(co-partitioned with the source), and only after the batch's outputs (dead letters, light
+changes, tasks) were acknowledged by the broker. Each partition's clock record, written last,
+holds the offsets applied: the reader (streams.reader) resumes from them, so a crash at any
+point re-processes records whose effects may already be in the changelog, and the applied
+offsets and the dedup memory inside each subscriber's state make that harmless.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from faust.types import TP
 
 from rules import lights, tasks as triggers
 from rules.events import (
-    BILLING, INPUT_TOPICS, LIFECYCLE, PROFILES, Billing, Event, Lifecycle, Outcome, Profile, ProfileDeleted,
+    BILLING, INPUT_TOPICS, LIFECYCLE, PROFILES, USAGE, Billing, Event, Lifecycle, Outcome, Profile, ProfileDeleted,
     Rejection, decode, event_time_ms, mask,
 )
 from rules.kpi import local_month, region_kpis
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 META_PREFIX = b"~p:"
 HOUR_MS = 3600 * 1000
+# The topics whose event times say where a partition's data starts (a profile can be years old).
+SERIES = (USAGE, BILLING)
 # Reads of a partition from the state's offset that may bring nothing before the gap is accepted.
 MAX_SEEKS = 8
 
@@ -67,7 +69,7 @@ class TaskHandler(Protocol):
 class PartitionClock:
     """Event-time bookkeeping of one partition (CONTRACT §5, §7), persisted in the table."""
 
-    __slots__ = ("max_ts", "offsets", "watermark_ms", "first_day", "open_day", "parked", "waiting")
+    __slots__ = ("max_ts", "offsets", "watermark_ms", "first_ts", "first_day", "open_day", "parked", "waiting")
 
     def __init__(self) -> None:
         self.max_ts: dict[str, int] = {}
@@ -78,6 +80,9 @@ class PartitionClock:
         # the seconds between two offset commits can span weeks.
         self.offsets: dict[str, int] = {}
         self.watermark_ms: int | None = None
+        # The earliest usage or billing time seen before the first watermark: the partition's data
+        # starts on its day, however the topics were interleaved before a watermark could start.
+        self.first_ts: int | None = None
         self.first_day: date | None = None
         self.open_day: date | None = None
         # Lifecycle events ahead of the watermark: (ts, kafka timestamp, key, value), applied in
@@ -93,6 +98,8 @@ class PartitionClock:
     def observe(self, topic: str, ts_ms: int) -> None:
         if ts_ms > self.max_ts.get(topic, -1):
             self.max_ts[topic] = ts_ms
+        if self.watermark_ms is None and topic in SERIES and (self.first_ts is None or ts_ms < self.first_ts):
+            self.first_ts = ts_ms
 
     def advance(self, pending: dict[str, bool]) -> int | None:
         """Recompute the watermark: the minimum over the topics that still have records to read.
@@ -115,7 +122,7 @@ class PartitionClock:
 
     def to_bytes(self) -> bytes:
         return orjson.dumps({
-            "mx": self.max_ts, "wm": self.watermark_ms,
+            "mx": self.max_ts, "wm": self.watermark_ms, "ft": self.first_ts,
             "fd": self.first_day.toordinal() if self.first_day else None,
             "od": self.open_day.toordinal() if self.open_day else None,
             "pk": self.parked,
@@ -129,6 +136,7 @@ class PartitionClock:
         clock = cls()
         clock.max_ts = {str(k): int(v) for k, v in doc.get("mx", {}).items()}
         clock.watermark_ms = doc.get("wm")
+        clock.first_ts = doc.get("ft")
         clock.first_day = date.fromordinal(doc["fd"]) if doc.get("fd") else None
         clock.open_day = date.fromordinal(doc["od"]) if doc.get("od") else None
         clock.parked = [(int(t), k, str(key), str(v)) for t, k, key, v in doc.get("pk", [])]
@@ -151,6 +159,22 @@ class Rewind:
         self.first: int | None = None  # where the last re-read started, when not at `seek_to`
 
 
+class _PartitionEvent:
+    """Stands for an event of partition `p` where Faust's store asks for the current one."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, p: int) -> None:
+        self.message = _PartitionOnly(p)
+
+
+class _PartitionOnly:
+    __slots__ = ("partition",)
+
+    def __init__(self, p: int) -> None:
+        self.partition = p
+
+
 @contextlib.contextmanager
 def _in_event(event: Any) -> Iterator[None]:
     """Make `event` Faust's current event, so table writes go to its partition."""
@@ -162,13 +186,13 @@ def _in_event(event: Any) -> Iterator[None]:
 
 
 class Pipeline:
-    """Drive one worker's batches; the agent is a thin loop around `process`."""
+    """Drive one worker's batches; the reader (streams.reader) is a thin loop around `process`."""
 
     def __init__(
         self, settings: Settings, metrics: Metrics, rules: RuleSet, *, table: Any, app: Any,
         send: Callable[[str, bytes | None, bytes | None, list[tuple[str, bytes]]], Awaitable[Awaitable[Any]]],
         tasks: TaskHandler | None = None, changelog: ChangelogWriter | None = None,
-        outcomes: OutcomeStore | None = None,
+        outcomes: OutcomeStore | None = None, source: Any = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -180,7 +204,8 @@ class Pipeline:
         self.tasks = tasks
         self.changelog = changelog
         self.outcomes = outcomes
-        self.agent: Any = None
+        # What the records come from: `end(tp)`, `seek(tp, offset)`, `consuming` (streams.reader.Reader).
+        self.source: Any = source if source is not None else getattr(app, "consumer", None)
         self.base_topic = {settings.topic(t): t for t in (*INPUT_TOPICS, TICKS)}
         self.partitions = settings.partitions
         # Cache of owned partitions, rebuilt from the table after every rebalance.
@@ -191,37 +216,61 @@ class Pipeline:
         self.profiled: dict[int, set[bytes]] = {}
         self._dirty: dict[int, set[bytes]] = {}
         self._dirty_clocks: set[int] = set()
-        self._context: dict[int, Any] = {}
+        self._events: dict[int, _PartitionEvent] = {}
         self._acks: list[Awaitable[Any]] = []
         # High watermarks change only between fetches: one look-up per partition and batch.
         self._highwater: dict[TP, int | None] = {}
         self._tps: dict[int, list[tuple[TP, str]]] = {}
         self.batches = 0
-        # Where the agent is, for the watchdog's log when the stream stalls.
+        # Where the worker is, for the log of a long batch.
         self.stage = "waiting for a batch"
         self.stage_since = time.monotonic()
         self._in_batch = False
         # Input partitions being read again from the state's next offset after a gap.
         self._rewinds: dict[TP, Rewind] = {}
-        # The watchdog's last look at each input partition: (the state's next offset, when it changed).
-        self._progress: dict[TP, tuple[int, float]] = {}
-        # Set by a rebuild of the cache: the next batch compares the state's offsets with the committed ones.
-        self._check_committed = False
 
-    def attach(self, agent: Any) -> None:
-        self.agent = agent
+    def attach(self, source: Any) -> None:
+        self.source = source
 
     # --- health and queries --------------------------------------------------------------------
 
     def owned(self) -> set[int]:
-        usage = self.settings.topic(INPUT_TOPICS[0])
-        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == usage}
+        """The partitions Faust assigned this worker (of the ticks topic, co-partitioned with the inputs)."""
+        ticks = self.settings.topic(TICKS)
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == ticks}
+
+    def unstarted(self, p: int) -> list[TP]:
+        """Return the input partitions of `p` that have records to read but none read yet, while
+        `p` has no watermark: until each has given a record the watermark cannot start, and what
+        came before it would be applied with no day ever closing (the reader waits for them)."""
+        clock = self.clocks.get(p)
+        if clock is None or clock.watermark_ms is not None:
+            return []
+        out = []
+        for tp, base in self._input_tps(p):
+            end = self.source.end(tp)
+            if base not in clock.offsets and end is not None and end > self.source.start(tp):
+                out.append(tp)
+        return out
+
+    def rebuild(self) -> None:
+        """Bring the cache to the current assignment (the reader calls it before assigning)."""
+        self._ensure_current(force=True)
+
+    def next_offsets(self, partitions: set[int]) -> dict[TP, int]:
+        """Return, per input partition of `partitions`, the next offset the state needs."""
+        out: dict[TP, int] = {}
+        for p in partitions:
+            clock = self.clocks.get(p) or PartitionClock()
+            for tp, base in self._input_tps(p):
+                out[tp] = self._next_offset(base, clock)
+        return out
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Say whether the worker has recovered its tables, is consuming, and can reach Redis."""
         app = self.app
         recovered = app.tables.recovery.completed.is_set()
-        consuming = bool(self.agent is not None and self.agent.started and not app.rebalancing)
+        consuming = bool(getattr(self.source, "consuming", False) and not app.rebalancing)
         degraded = bool(self.tasks is not None and self.tasks.degraded)
         ok = recovered and consuming and not degraded
         status = "ok" if ok else ("degraded" if degraded else "starting")
@@ -250,54 +299,6 @@ class Pipeline:
         # The state's own offsets, never the committed ones: a partition it never read from
         # starts at 0, even when offsets were committed past records it lacks.
         return clock.offsets.get(base, -1) + 1
-
-    async def watchdog(self, idle_s: float = 10.0) -> bool:
-        """Read again, from the state's next offset, input partitions that stopped delivering records.
-
-        Faust's fetch loop can leave the consumer's position past records it never delivered
-        (records fetched as a rebalance began, or a re-read dropped behind older records still in
-        flight): such a partition makes no progress while the consumer has read past it. The
-        high watermark alone cannot tell, since the embedded broker under-reports it. Returns
-        True when it acted.
-        """
-        app = self.app
-        if app.rebalancing:
-            return False
-        if self._rewinds:
-            await self._repeat_seeks(older_than_s=3.0)
-        if self.stage != "waiting for a batch":
-            if time.monotonic() - self.stage_since > idle_s:
-                # A long batch, not a stall: a day close that decides thousands of tasks takes minutes.
-                log.info("the agent is %s for %.0f s", self.stage, time.monotonic() - self.stage_since)
-            return False
-        now = time.monotonic()
-        stalled: dict[TP, Rewind] = {}
-        for p, clock in self._owned_clocks():
-            for tp, base in self._input_tps(p):
-                offset = self._next_offset(base, clock)
-                seen = self._progress.get(tp)
-                if seen is None or seen[0] != offset:
-                    self._progress[tp] = (offset, now)
-                    continue
-                if now - seen[1] < idle_s or tp in self._rewinds:
-                    continue
-                self._progress[tp] = (offset, now)
-                end = self._end(tp) or 0
-                if end > offset:
-                    # What arrives from the end on before the re-read is passed over and read again.
-                    stalled[tp] = Rewind(end - 1, offset)
-        if not stalled:
-            return False
-        log.warning("%d input partitions made no progress for %.0f s with records left to read: reading them "
-                    "again from the state's offsets (%s)", len(stalled), idle_s,
-                    ", ".join(f"{tp.topic}/{tp.partition}@{r.seek_to}" for tp, r in sorted(stalled.items())))
-        for tp, rewind in stalled.items():
-            self.metrics.rewind(self.base_topic[tp.topic])
-            self._rewinds[tp] = rewind
-            await self._seek(tp, rewind)
-        app.consumer.resume_partitions(list(stalled))
-        app.flow_control.resume()
-        return True
 
     def month(self) -> str | None:
         """Return the operator-local month of the newest watermark owned here (event time)."""
@@ -424,7 +425,6 @@ class Pipeline:
             self._index(p, key, state)
         for p in owned:
             self.clocks.setdefault(p, PartitionClock())
-        self._check_committed = True
         log.info("loaded %d subscribers of partitions %s in %.2f s", len(self.states), sorted(owned),
                  time.monotonic() - started)
 
@@ -437,33 +437,25 @@ class Pipeline:
 
     # --- the batch -----------------------------------------------------------------------------
 
-    async def process(self, events: list[Any]) -> None:
-        """Handle one batch of events from the agent's stream."""
-        self._stage(f"processing a batch of {len(events)}")
+    async def process(self, records: list[Any]) -> None:
+        """Handle one batch of records (topic, partition, offset, key, value, timestamp, headers)."""
+        self._stage(f"processing a batch of {len(records)}")
         self._in_batch = True
         try:
             self._highwater.clear()
             self._ensure_current(force=True)
-            if self._check_committed:
-                self._check_committed = False
-                self._behind_committed(await self._committed())
             if self._rewinds:
                 await self._repeat_seeks()
-            for event in events:
-                msg = event.message
+            for msg in records:
                 base = self.base_topic.get(msg.topic)
                 p = msg.partition
-                if base is None:
+                if base is None or base == TICKS:
                     continue
                 clock = self.clocks.get(p)
                 if clock is None:
                     # An event of a partition the cache does not hold (the assignment seen at the last
                     # reload was partial, or a rebalance is settling): load it rather than drop it.
                     clock = self._adopt(p)
-                self._context[p] = event
-                if base == TICKS:
-                    await self._tick(p, clock, msg.value)
-                    continue
                 if not await self._in_sequence(msg.tp, base, msg.offset, clock):
                     continue
                 result = decode(base, msg.key, msg.value, self._future_reference(clock))
@@ -486,6 +478,12 @@ class Pipeline:
                     self._dirty_clocks.add(p)
                     await self._advance(p, clock)
                     continue
+                if base == PROFILES:
+                    # A profile is the state its subscriber's events refer to: applied before the
+                    # days its topic's catching up lets close, so they judge the subscriber.
+                    await self._apply(p, base, result, msg.key, _kafka_ms(msg))
+                    await self._advance(p, clock)
+                    continue
                 await self._advance(p, clock)
                 await self._apply(p, base, result, msg.key, _kafka_ms(msg))
             await self._commit()
@@ -496,17 +494,28 @@ class Pipeline:
         self.batches += 1
         self._stage("waiting for a batch")
 
+    async def tick(self, now_ms: int) -> None:
+        """Close days by the wall clock on idle, live partitions (CONTRACT §7), between two batches."""
+        self._in_batch = True
+        try:
+            self._ensure_current(force=True)
+            for p, clock in self._owned_clocks():
+                await self._tick(p, clock, now_ms)
+            await self._commit()
+        finally:
+            self._in_batch = False
+        self._stage("waiting for a batch")
+
     async def _in_sequence(self, tp: TP, base: str, offset: int, clock: PartitionClock) -> bool:
         """Say whether the record at `offset` is the next one the state needs; read again if not.
 
-        The state's applied offsets are the truth, not the consumer's: around rebalances Faust
-        drops records it had fetched (and may count the hole as acknowledged), and a restart
-        resumes at committed offsets that can be ahead of the recovered state. Either shows up
-        here as a gap, and the partition is read again from the state's next offset. Records
-        fetched before that seek took effect have offsets past the gap's and are passed over; the
-        re-read is taken from the state's next offset on, or from where two re-reads in a row
-        start (the records before it do not exist). The compacted profiles topic has gaps by
-        design and is exempt from the check.
+        The state's applied offsets are the truth, not the consumer's: the reader starts where
+        the state says, and a gap after that (records deleted by retention, a transaction's
+        control records, a consumer that skipped) is read again from the state's next offset.
+        Records fetched before that seek took effect have offsets past the gap's and are passed
+        over; the re-read is taken from the state's next offset on, or from where two re-reads in
+        a row start (the records before it do not exist). The compacted profiles topic has gaps
+        by design and is exempt from the check.
         """
         # A partition the state never read from starts at 0.
         last = clock.offsets.get(base, -1)
@@ -523,7 +532,7 @@ class Pipeline:
                 del self._rewinds[tp]
                 return True
             if offset <= rewind.gap_at:
-                rewind.first = offset  # a re-read whose start Faust may have dropped: read again
+                rewind.first = offset  # a re-read that did not start at the state's offset: read again
             rewind.stale = True
             return False
         if offset == last + 1 or base == PROFILES:
@@ -535,10 +544,7 @@ class Pipeline:
         return False
 
     async def _seek(self, tp: TP, rewind: Rewind) -> None:
-        # Faust's fetch loop drops records below the last offset it delivered: while records read
-        # before a seek still come through, the re-read behind them is dropped, so the seek is
-        # repeated until the re-read arrives (after each batch that passed stale records over,
-        # and from the watchdog).
+        # Repeated after each batch that passed stale records over, until the re-read arrives.
         if rewind.seeks >= MAX_SEEKS:
             # The records between the state's offset and the gap are gone (deleted by retention):
             # take what comes next rather than read again for ever.
@@ -549,54 +555,12 @@ class Pipeline:
         rewind.stale = False
         rewind.seeks += 1
         rewind.sought_at = time.monotonic()
-        await self.app.consumer.seek(tp, rewind.seek_to)
+        await self.source.seek(tp, rewind.seek_to)
 
-    async def _repeat_seeks(self, *, older_than_s: float | None = None) -> None:
-        now = time.monotonic()
+    async def _repeat_seeks(self) -> None:
         for tp, rewind in list(self._rewinds.items()):
-            if rewind.stale if older_than_s is None else now - rewind.sought_at > older_than_s:
+            if rewind.stale:
                 await self._seek(tp, rewind)
-
-    async def _committed(self) -> dict[TP, int]:
-        """Return the group's committed offsets of the owned input partitions, asked of the broker.
-
-        Faust's own copy is filled in by its seek after recovery, which can come after the first
-        batch; the broker's answer does not depend on that race.
-        """
-        tps = [tp for p in self.owned() for tp, _ in self._input_tps(p)]
-        thread = getattr(self.app.consumer, "_thread", None)
-        if thread is None:  # the backtest's stand-in consumer
-            return dict(getattr(self.app.consumer, "_committed_offset", {}))
-        consumer = thread._ensure_consumer()
-
-        async def fetch() -> Any:
-            return await consumer._coordinator.fetch_committed_offsets(tps)
-
-        try:
-            found = await thread.call_thread(fetch)
-        except Exception:
-            log.exception("asking the broker for the committed offsets failed; using the consumer's")
-            return dict(getattr(self.app.consumer, "_committed_offset", {}))
-        return {TP(tp.topic, tp.partition): meta.offset for tp, meta in found.items() if meta.offset >= 0}
-
-    def _behind_committed(self, committed: dict[TP, int]) -> None:
-        """Read again, after a rebalance, partitions whose committed offset is past the state's.
-
-        A recovery that stops short of the changelog's end leaves the state behind the offsets
-        Faust committed; where no record follows, no gap would ever show it.
-        """
-        for p in self.owned():
-            if p not in self.clocks:
-                continue
-            clock = self.clocks[p]
-            for tp, base in self._input_tps(p):
-                offset, done = self._next_offset(base, clock), committed.get(tp)
-                if done is not None and done > offset and tp not in self._rewinds:
-                    log.warning("%s/%d: the state needs offset %d, the committed offset is %d: reading again from %d",
-                                tp.topic, tp.partition, offset, done, offset)
-                    self.metrics.rewind(base)
-                    # Records from the committed offset on were read before the seek: passed over.
-                    self._rewinds[tp] = Rewind(done - 1, offset)
 
     def _stage(self, stage: str) -> None:
         self.stage, self.stage_since = stage, time.monotonic()
@@ -614,11 +578,9 @@ class Pipeline:
         store = self.table.data
         changelog = self.changelog
         for p in set(self._dirty) | self._dirty_clocks:
-            context = self._context.get(p)
-            if context is None:
-                continue
+            event = self._events.get(p) or self._events.setdefault(p, _PartitionEvent(p))
             # The RocksDB store picks its partition from Faust's current event.
-            with _in_event(context):
+            with _in_event(event):
                 for key in self._dirty.get(p, ()):
                     state = self.states.get(key)
                     value = None if state is None or state.is_empty() else state.to_bytes()
@@ -641,7 +603,6 @@ class Pipeline:
             await changelog.flush()
         self._dirty.clear()
         self._dirty_clocks.clear()
-        self._context.clear()
 
     def _pending(self, partition: int, clock: PartitionClock) -> dict[str, bool]:
         """Say, per input topic of `partition`, whether records are left to read."""
@@ -666,24 +627,12 @@ class Pipeline:
         return high
 
     def _end(self, tp: TP) -> int | None:
-        """Return how far the consumer knows `tp` to go: its high watermark or, when further, its fetch position.
+        """Return how far the source knows `tp` to go (streams.reader.Reader.end).
 
-        Tansu reports a partition's high watermark as one past the first offset of its last
-        record batch; the fetch position has seen the whole batch. A caught-up topic must not be
-        taken for one, or the watermark would run ahead of the records still to read.
+        A caught-up topic must not be taken for one, or the watermark would run ahead of the
+        records still to read.
         """
-        consumer = self.app.consumer
-        try:
-            high = consumer.highwater(tp)
-        except AssertionError:  # aiokafka asserts the partition is assigned: not (a rebalance ran)
-            return None
-        try:
-            position = consumer._thread._consumer._subscription.subscription.assignment.state_value(tp).position
-        except Exception:  # not assigned, or no position yet: the high watermark is all there is
-            position = None
-        if position is None:
-            return high  # type: ignore[no-any-return]
-        return position if high is None else max(high, position)  # type: ignore[no-any-return]
+        return self.source.end(tp)  # type: ignore[no-any-return]
 
     @staticmethod
     def _future_reference(clock: PartitionClock) -> int:
@@ -741,11 +690,16 @@ class Pipeline:
 
     async def _close_days(self, p: int, clock: PartitionClock, today: date) -> None:
         if clock.open_day is None:
-            # The partition's first day is that of its first watermark: in a replay burst the
-            # first event read may be a lifecycle event weeks ahead of the first usage event.
-            clock.open_day = clock.first_day = today
+            # The partition's first day is that of its earliest usage or billing event read before
+            # the first watermark, or of that watermark: in a replay burst the first record read
+            # may be a lifecycle event weeks ahead of the first usage event, and a topic whose first
+            # record comes late holds the watermark back. The days from there on close now, as
+            # they would have one by one.
+            first = today if clock.first_ts is None else min(today, local_day(clock.first_ts, self.tz))
+            clock.open_day = clock.first_day = first
             self._dirty_clocks.add(p)
-            return
+            if first == today:
+                return
         while clock.open_day < today:
             day = clock.open_day + timedelta(days=1)
             at_ms = day_start_ms(day, self.tz)

@@ -107,8 +107,8 @@ def test_a_state_recovered_behind_the_committed_offsets_is_caught_up_not_skipped
     restore_changelog(settings, early)
     produce(settings, _records(items[2 * third:]))
     worker.start()
-    _drain(worker, len(items) - third)  # the second third again, and the last
-    assert worker.metric("churnlight_rewinds_total") >= 1
+    # The reader starts from the state's own offsets: the second third is read again, and the last.
+    _drain(worker, len(items) - third)
     # Whether the late day-49 event of 13900000009 counts as late depends on how far its partition's
     # usage is read while the watermark waits for the lifecycle records being read again: both
     # outcomes are in the contract's terms, so its two changes are not asserted here.

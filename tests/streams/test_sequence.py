@@ -10,7 +10,7 @@ import orjson
 from faust.types import TP
 
 from rules.ruleset import load_rule_set
-from streams.backtest import _App, _Consumer, _Event, _Message, _Table
+from streams.backtest import _App, _Consumer, _Message, _Table
 from streams.metrics import Metrics
 from streams.pipeline import Pipeline, partition_of
 from streams.settings import Settings
@@ -21,7 +21,7 @@ MSISDN = "13900000001"
 
 class SeekingConsumer(_Consumer):
     def __init__(self, partitions: int) -> None:
-        super().__init__(["usage.events"], partitions)
+        super().__init__(["usage.events", "churnlight.ticks"], partitions)
         self.seeks: list[tuple[TP, int]] = []
 
     async def seek(self, tp: TP, offset: int) -> None:
@@ -43,11 +43,11 @@ def _pipeline(tmp_path: Path) -> tuple[Pipeline, SeekingConsumer, Metrics]:
     return pipeline, consumer, metrics
 
 
-def _usage(offset: int) -> _Event:
+def _usage(offset: int) -> _Message:
     value = {"event_id": f"u{offset}", "msisdn": MSISDN, "ts": f"2026-07-01T10:{offset:02d}:00+08:00",
              "type": "voice", "direction": "out", "minutes": 1.0, "charge": 1.0}
     partition = partition_of(MSISDN.encode(), 4)
-    return _Event(_Message("usage.events", partition, offset, MSISDN.encode(), orjson.dumps(value)))
+    return _Message("usage.events", partition, offset, MSISDN.encode(), orjson.dumps(value))
 
 
 def _applied(metrics: Metrics) -> float:

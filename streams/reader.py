@@ -1,0 +1,309 @@
+"""Read the input topics in batches with confluent-kafka, for the partitions Faust assigned.
+
+Faust's per-message path (aiokafka records, Faust messages and events, the conductor's queues,
+acks) cost about 160 us of CPU per event before any work was done, three times the pipeline
+itself. The Faust app still runs the group: its agent subscribes to the internal ticks topic,
+which is co-partitioned with the inputs and the state table, so a worker owns partition p of
+the ticks topic exactly when it owns partition p of every input and of the table's changelog.
+This reader assigns itself those input partitions at the state's own next offsets (the state
+records them with every batch, so no committed offset is needed to resume) and hands the
+pipeline lists of records as librdkafka fetched them.
+
+Around a rebalance: Faust's revocation waits for the batch in flight and the reader lets the
+partitions go; once Faust has recovered the table for the new assignment, the pipeline rebuilds
+its cache and the reader assigns the new partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from faust.types import TP
+
+from rules.events import INPUT_TOPICS, PROFILES
+from streams.settings import Settings
+from streams.topics import TICKS, client_config
+
+log = logging.getLogger(__name__)
+
+# Wall-clock ticks: how often idle live partitions are asked to close days by the wall clock.
+TICK_INTERVAL_S = 10.0
+# How long a partition's first records wait for a topic that has records but sent none yet.
+START_WAIT_S = 10.0
+
+
+class Record:
+    """One input record, with the attributes the pipeline reads."""
+
+    __slots__ = ("topic", "partition", "offset", "key", "value", "timestamp", "headers")
+
+    def __init__(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                 timestamp: float | None, headers: Any) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.key = key
+        self.value = value
+        self.timestamp = timestamp  # seconds, as Faust gives it
+        self.headers = headers
+
+    @property
+    def tp(self) -> TP:
+        return TP(self.topic, self.partition)
+
+
+def _timestamp(r: Record) -> float:
+    return r.timestamp or 0.0
+
+
+class Reader:
+    """The worker's consumer of the input topics: assign, seek, batches, ends of partitions."""
+
+    def __init__(self, settings: Settings, app: Any, pipeline: Any) -> None:
+        self.settings = settings
+        self.app = app
+        self.pipeline = pipeline
+        self.topics = [settings.topic(t) for t in INPUT_TOPICS]
+        self.ticks_topic = settings.topic(TICKS)
+        self.profiles_topic = settings.topic(PROFILES)
+        conf = client_config(settings)
+        conf.update({
+            # Assigned by hand, never subscribed: the group id only names the client to the broker.
+            "group.id": f"{settings.topic_prefix}{settings.app_id}-reader",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 100,
+            "queued.max.messages.kbytes": 65536,
+        })
+        self.consumer = Consumer(conf)
+        # consume() blocks in librdkafka without the GIL: one thread of its own.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="churnlight-reader")
+        self.assigned: set[TP] = set()
+        self.generation: Any = None
+        # One past the last offset handed to the pipeline per partition: Tansu reports a high
+        # watermark of one past the first offset of a partition's last record batch, so the
+        # records delivered tell the end better than it does.
+        self.delivered: dict[TP, int] = {}
+        # High watermarks asked of the broker at assignment: librdkafka knows a partition's only
+        # from its first fetch, and until then a topic with records to read must not pass for a
+        # caught-up one (the watermark would run ahead of it).
+        self.initial_high: dict[TP, int] = {}
+        self.initial_low: dict[TP, int] = {}
+        self._waiting_since: dict[int, float] = {}
+        self._revoked = True
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+        self._last_tick = time.monotonic()
+        self.batches = 0
+
+    # --- what the pipeline asks ----------------------------------------------------------------
+
+    def highwater(self, tp: TP) -> int | None:
+        if tp not in self.assigned:
+            return None
+        try:
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), cached=True)
+        except KafkaException:
+            high = None
+        if high is None or high < 0:
+            return self.initial_high.get(tp)
+        return max(high, self.initial_high.get(tp, high))  # type: ignore[no-any-return]
+
+    def end(self, tp: TP) -> int | None:
+        """How far the reader knows `tp` to go: its high watermark or, when further, what it delivered."""
+        high = self.highwater(tp)
+        done = self.delivered.get(tp)
+        if done is None:
+            return high
+        return done if high is None else max(high, done)
+
+    def start(self, tp: TP) -> int:
+        """The first offset of `tp` that exists (as the broker said at assignment)."""
+        return self.initial_low.get(tp, 0)
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        """Read `tp` again from `offset` (librdkafka purges what it had fetched past it)."""
+        target = TopicPartition(tp.topic, tp.partition, offset)
+        try:
+            self.consumer.seek(target)
+        except KafkaException:
+            # Not fetching yet (just assigned): assign it again at the offset instead.
+            self.consumer.incremental_unassign([TopicPartition(tp.topic, tp.partition)])
+            self.consumer.incremental_assign([target])
+        self.delivered.pop(tp, None)
+
+    @property
+    def consuming(self) -> bool:
+        return not self._revoked and not self._stopping
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    async def on_revoked(self) -> None:
+        """Faust is revoking partitions: finish the batch in flight, then let every partition go."""
+        self._revoked = True
+        await self._idle.wait()
+        if self.assigned:
+            self.consumer.unassign()
+            log.info("the reader let %d input partitions go", len(self.assigned))
+        self.assigned = set()
+        self.delivered.clear()
+
+    def _ready(self) -> bool:
+        app = self.app
+        return not app.rebalancing and app.tables.recovery.completed.is_set()
+
+    def _assign(self) -> None:
+        """Assign the input partitions of the ticks partitions Faust gave this worker, at the state's offsets."""
+        self.pipeline.rebuild()
+        owned = self.pipeline.owned()
+        offsets = self.pipeline.next_offsets(owned)
+        # Offset 0 rather than "the beginning": no offset look-up, so every partition's first fetch
+        # goes out together (records deleted by retention reset to the earliest).
+        wanted = [TopicPartition(tp.topic, tp.partition, offset) for tp, offset in sorted(offsets.items())]
+        self.initial_high, self.initial_low = {}, {}
+        for tp in offsets:
+            try:
+                low, high = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10.0)
+            except KafkaException:
+                log.warning("the high watermark of %s/%d is unknown until its first fetch", tp.topic, tp.partition)
+                continue
+            self.initial_high[tp], self.initial_low[tp] = high, low
+        self.consumer.assign(wanted)
+        self.assigned = set(offsets)
+        self.delivered.clear()
+        self.generation = self.app.consumer_generation_id
+        self._revoked = False
+        log.info("the reader reads partitions %s of %d input topics from the state's offsets",
+                 sorted(owned), len(self.topics))
+
+    async def run(self) -> None:
+        """Consume and process batches until the app stops."""
+        loop = asyncio.get_running_loop()
+        batch_max, within = self.settings.batch_max, self.settings.batch_within_s
+        while not self._stopping:
+            if not self._ready():
+                await asyncio.sleep(0.05)
+                continue
+            if self.generation != self.app.consumer_generation_id:
+                self._assign()
+            if self._revoked or not self.assigned:
+                await asyncio.sleep(0.05)
+                continue
+            self._idle.clear()
+            try:
+                if self._stopping:
+                    break
+                messages = await loop.run_in_executor(self._executor, self.consumer.consume, batch_max, within)
+                records = await self._started(self._records(messages))
+                if records:
+                    await self.pipeline.process(records)
+                    self.batches += 1
+                if time.monotonic() - self._last_tick >= TICK_INTERVAL_S:
+                    self._last_tick = time.monotonic()
+                    await self.pipeline.tick(int(time.time() * 1000))
+            except Exception:
+                # A batch that failed is read again: the state's offsets were not advanced past it.
+                log.exception("a batch failed; reading its partitions again from the state's offsets")
+                self.generation = None
+                await asyncio.sleep(1.0)
+            finally:
+                self._idle.set()
+
+    def _records(self, messages: list[Any]) -> list[Record]:
+        records: list[Record] = []
+        append = records.append
+        delivered = self.delivered
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("the reader got an error from the broker: %s", err)
+                continue
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            _, ts = m.timestamp()
+            append(Record(topic, partition, offset, m.key(), m.value(), None if ts < 0 else ts / 1000,
+                          m.headers()))
+            delivered[TP(topic, partition)] = offset + 1
+        return self._interleave(records)
+
+    async def _started(self, records: list[Record]) -> list[Record]:
+        """Hold back the records of a partition that has no watermark yet while one of its topics
+        with records to read is missing from the batch: they are read again with the next fetch,
+        which brings that topic too (librdkafka starts fetching partitions at different moments)."""
+        if not records:
+            return records
+        present = {(r.partition, r.topic) for r in records}
+        held: set[int] = set()
+        now = time.monotonic()
+        for p in {p for p, _ in present}:
+            missing = [tp for tp in self.pipeline.unstarted(p) if (p, tp.topic) not in present]
+            if not missing:
+                self._waiting_since.pop(p, None)
+                continue
+            since = self._waiting_since.setdefault(p, now)
+            if now - since < START_WAIT_S:
+                held.add(p)
+            else:
+                log.warning("partition %d: %s gave no record in %.0f s; starting without waiting for it",
+                            p, ", ".join(tp.topic for tp in missing), now - since)
+        if not held:
+            return records
+        first: dict[TP, int] = {}
+        kept: list[Record] = []
+        for r in records:
+            if r.partition in held:
+                first.setdefault(TP(r.topic, r.partition), r.offset)
+            else:
+                kept.append(r)
+        for tp, offset in first.items():
+            await self.seek(tp, offset)
+        await asyncio.sleep(0.05)
+        return kept
+
+    def _interleave(self, records: list[Record]) -> list[Record]:
+        """Merge each partition's topics by Kafka timestamp, every topic's records in offset order.
+
+        librdkafka hands over a fetch partition by partition: in a replay burst a batch can hold
+        hundreds of a partition's usage records before its first profile or lifecycle record,
+        while the watermark waits for every topic with records to read. Taking the records in
+        the order they were produced (as Kafka Streams picks the lowest timestamp of a task's
+        partitions) makes that independent of how the fetch was cut. Equal timestamps take the
+        profiles first: an event refers to its subscriber's profile, never the other way round.
+        """
+        lists: dict[tuple[int, str], list[Record]] = {}
+        for r in records:
+            key = (r.partition, r.topic)
+            found = lists.get(key)
+            if found is None:
+                lists[key] = [r]
+            else:
+                found.append(r)
+        if len(lists) <= 1:
+            return records
+        by_partition: dict[int, list[list[Record]]] = {}
+        for (p, topic), items in sorted(lists.items(), key=lambda kv: (kv[0][0], kv[0][1] != self.profiles_topic)):
+            by_partition.setdefault(p, []).append(items)
+        out: list[Record] = []
+        for streams in by_partition.values():
+            if len(streams) == 1:
+                out.extend(streams[0])
+            else:
+                out.extend(heapq.merge(*streams, key=_timestamp))
+        return out
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await self._idle.wait()
+        try:
+            self.consumer.close()
+        except Exception:
+            log.exception("closing the reader's consumer failed")
+        self._executor.shutdown(wait=False)
