@@ -97,6 +97,9 @@ class Reader:
         self.initial_high: dict[TP, int] = {}
         self.initial_low: dict[TP, int] = {}
         self._waiting_since: dict[int, float] = {}
+        # Records of partitions waiting for a topic's first record, and the partitions paused meanwhile.
+        self._held: list[Record] = []
+        self._paused: set[TP] = set()
         self._revoked = True
         self._idle = asyncio.Event()
         self._idle.set()
@@ -155,6 +158,7 @@ class Reader:
             log.info("the reader let %d input partitions go", len(self.assigned))
         self.assigned = set()
         self.delivered.clear()
+        self._held, self._paused, self._waiting_since = [], set(), {}
 
     def _ready(self) -> bool:
         app = self.app
@@ -179,6 +183,7 @@ class Reader:
         self.consumer.assign(wanted)
         self.assigned = set(offsets)
         self.delivered.clear()
+        self._held, self._paused, self._waiting_since = [], set(), {}
         self.generation = self.app.consumer_generation_id
         self._revoked = False
         log.info("the reader reads partitions %s of %d input topics from the state's offsets",
@@ -202,7 +207,7 @@ class Reader:
                 if self._stopping:
                     break
                 messages = await loop.run_in_executor(self._executor, self.consumer.consume, batch_max, within)
-                records = await self._started(self._records(messages))
+                records = self._started(self._records(messages))
                 if records:
                     await self.pipeline.process(records)
                     self.batches += 1
@@ -234,10 +239,15 @@ class Reader:
             delivered[TP(topic, partition)] = offset + 1
         return self._interleave(records)
 
-    async def _started(self, records: list[Record]) -> list[Record]:
+    def _started(self, records: list[Record]) -> list[Record]:
         """Hold back the records of a partition that has no watermark yet while one of its topics
-        with records to read is missing from the batch: they are read again with the next fetch,
-        which brings that topic too (librdkafka starts fetching partitions at different moments)."""
+        with records to read has sent none: until it has, the watermark cannot start, and what
+        came before would be applied with no day closing (librdkafka starts fetching partitions
+        at different moments, and one fetch of usage can fill a whole batch). The held
+        partitions' other topics are paused meanwhile, so that the fetch brings the missing one."""
+        if self._held:
+            records = self._interleave(self._held + records)
+            self._held = []
         if not records:
             return records
         present = {(r.partition, r.topic) for r in records}
@@ -252,20 +262,27 @@ class Reader:
             if now - since < START_WAIT_S:
                 held.add(p)
             else:
-                log.warning("partition %d: %s gave no record in %.0f s; starting without waiting for it",
+                log.warning("partition %d: %s sent no record in %.0f s; starting without waiting for it",
                             p, ", ".join(tp.topic for tp in missing), now - since)
+                self._waiting_since.pop(p, None)
+        resume = [tp for tp in self._paused if tp.partition not in held]
+        if resume:
+            self.consumer.resume([TopicPartition(tp.topic, tp.partition) for tp in resume])
+            self._paused.difference_update(resume)
         if not held:
             return records
-        first: dict[TP, int] = {}
         kept: list[Record] = []
+        pause: set[TP] = set()
         for r in records:
             if r.partition in held:
-                first.setdefault(TP(r.topic, r.partition), r.offset)
+                self._held.append(r)
+                pause.add(TP(r.topic, r.partition))
             else:
                 kept.append(r)
-        for tp, offset in first.items():
-            await self.seek(tp, offset)
-        await asyncio.sleep(0.05)
+        pause -= self._paused
+        if pause:
+            self.consumer.pause([TopicPartition(tp.topic, tp.partition) for tp in pause])
+            self._paused |= pause
         return kept
 
     def _interleave(self, records: list[Record]) -> list[Record]:
