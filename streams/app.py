@@ -1,4 +1,4 @@
-"""The Faust app factory: the group, the state table, the reader, timers and web views."""
+"""The Faust app factory: the group, the reader, timers and web views."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from streams.settings import Settings
 from sinks.outcomes import OutcomeStore
 from sinks.redis_store import PolicyStore
 from sinks.tasks import TaskSink
-from streams.topics import DEADLETTER, LIGHTS, TASK_TOPIC, TASKS_CALLCENTRE, TASKS_SMS, TICKS
+from streams.topics import DEADLETTER, LIGHTS, TASK_TOPIC, TASKS_CALLCENTRE, TASKS_SMS, TICKS, changelog_topic
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
         f"{settings.topic_prefix}{settings.app_id}",
         broker=[f"kafka://{hp.strip()}" for hp in settings.kafka.split(",")],
         broker_credentials=_credentials(settings),
-        store="rocksdb://" if settings.store == "rocksdb" else "memory://",
+        # No Faust table: the state is in memory and in its changelog (streams.recovery).
+        store="memory://",
         datadir=str(settings.data_dir / "faust"),
         topic_partitions=settings.partitions,
         topic_allow_declare=True,
@@ -85,7 +86,6 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
         stream_wait_empty=True,
     )
     ticks = app.topic(settings.topic(TICKS), **RAW)
-    table = app.Table("state", partitions=settings.partitions, default=None, key_type=bytes, value_type=bytes)
     sender = Sender(app, settings)
     tasks: TaskHandler | None = None
     outcomes: OutcomeStore | None = None
@@ -93,8 +93,8 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
         outcomes = OutcomeStore(store.client, tz=settings.zone)
         tasks = TaskSink(store, sender.acked, metrics, tz=settings.zone, salt=settings.holdout_salt, rules=rules,
                          topic_for=TASK_TOPIC.__getitem__, outcomes=outcomes)
-    changelog = ChangelogWriter(settings, table.changelog_topic.get_topic_name())
-    pipeline = Pipeline(settings, metrics, rules, table=table, app=app, send=sender.enqueue, tasks=tasks,
+    changelog = ChangelogWriter(settings, changelog_topic(settings))
+    pipeline = Pipeline(settings, metrics, rules, app=app, send=sender.enqueue, tasks=tasks,
                         changelog=changelog, outcomes=outcomes)
 
     reader = Reader(settings, app, pipeline)
@@ -153,9 +153,10 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
             return self.json({"partitions": sorted(pipeline.owned()), "totals": totals, "counts": rows})
 
     @app.page("/subscribers/{msisdn}")
-    @app.table_route(table=table, match_info="msisdn")
+    @app.topic_route(topic=ticks, match_info="msisdn")
     async def subscriber(web: Any, request: Request, msisdn: str) -> Response:
-        # table_route forwards the request to the worker that owns the key's partition.
+        # topic_route forwards the request to the worker that owns the key's partition of the
+        # ticks topic, co-partitioned with the inputs.
         if not MSISDN_RE.match(msisdn):
             return web.json({"error": "not an msisdn"}, status=400)
         found = pipeline.subscriber(msisdn)

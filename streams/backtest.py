@@ -1,7 +1,7 @@
 """Run rule sets offline over an event history, through the same pipeline the worker runs.
 
 No broker: the history's lines become messages of an in-process "consumer" (murmur2 partitions,
-per-partition offsets, high watermarks from a first pass over the file), the table is a dict and
+per-partition offsets, high watermarks from a first pass over the file), the state stays in memory and
 tasks go through the real contact policy with contact history kept in memory (no consent sets,
 since there is no Redis). The light changes are those the streaming worker gives on the same
 history; the report adds what a retention team asks of a rule set: who was lit, how early,
@@ -62,22 +62,6 @@ class _Consumer:
         return self._assignment
 
 
-class _Table:
-    """The slice of a Faust table the pipeline uses."""
-
-    def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
-
-    def __setitem__(self, key: bytes, value: bytes) -> None:
-        self.data[key] = value
-
-    def __delitem__(self, key: bytes) -> None:
-        del self.data[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.data
-
-
 class _App:
     consumer_generation_id = 1
     rebalancing = False
@@ -135,7 +119,7 @@ def run(path: Path, rules: RuleSet, settings: Settings, *, progress: Callable[[i
 
     metrics = Metrics()
     tasks = MemoryTasks(rules, settings)
-    pipeline = Pipeline(settings, metrics, rules, table=_Table(), app=_App(consumer), send=send, tasks=tasks)
+    pipeline = Pipeline(settings, metrics, rules, app=_App(consumer), send=send, tasks=tasks)
 
     def batches() -> Iterator[list[_Message]]:
         batch: list[_Message] = []

@@ -6,13 +6,13 @@ stack started for the run:
 1. produce a synthetic base (a profile per subscriber, a quarter photographed) and N usage events
    spread over ~30 days in time order, murmur2-keyed, into topics under a fresh prefix;
 2. (a) a raw confluent-kafka consumer (assign, no group) that decodes with orjson into a dict;
-3. (b) one `churnlight worker` subprocess with full semantics (RocksDB store), its rate read from
+3. (b) one `churnlight worker` subprocess with full semantics, its rate read from
    `churnlight_events_total` between the first and the last progress, start-up excluded;
 4. latency at half of b's rate: balance_low triggers measured end to end from outside, the
    worker's own end-to-end histogram, and a backlog/rate estimate for plain usage events;
 5. state bytes per subscriber from the state changelog (latest value per key);
 6. the worker's peak RSS (VmHWM);
-7. recovery: SIGKILL, then a worker with an empty data dir rebuilds RocksDB from the changelog;
+7. recovery: SIGKILL, then a worker with an empty data dir rebuilds the state from the changelog;
 8. scaling: two workers of one group on a fresh copy of the events.
 
 No figure is invented: a step that did not run or could not measure says so in the table and the
@@ -628,7 +628,7 @@ class Run:
 
         data_dir = self.work_dir / name
         own = settings.model_copy(update={
-            "store": "rocksdb", "data_dir": data_dir, "web_port": free_port(), "web_host": "127.0.0.1",
+            "data_dir": data_dir, "web_port": free_port(), "web_host": "127.0.0.1",
             "log_level": log_level or self.worker_log_level,
         })
         w = BenchWorker(name, own, data_dir / "worker.log")
@@ -845,9 +845,10 @@ def step_state(run: Run, settings: Settings) -> dict[str, Any]:
 def step_recovery(run: Run, settings: Settings, subscribers: int) -> dict[str, Any]:
     """Start a worker with an empty data dir after the crash; time health and the complete load.
 
-    The pipeline loads its cache from the restored table at its first batch, and an idle worker's
-    first batch is a wall-clock tick up to 10 s later. Live traffic never leaves it idle, so once
-    /health answers 200 the bench sends one valid usage event, as the next event of traffic would be.
+    The worker reads its partitions of the changelog after its assignment and answers /health 200
+    once the state is loaded; its log says how many subscribers it loaded and in how long (reading
+    the changelog included). Once /health answers the bench sends one valid usage event, as the
+    next event of traffic would be.
     """
     from streams.replay import make_producer
 
@@ -984,7 +985,7 @@ def render_table(doc: dict[str, Any]) -> Table:
         table.add_row("7 recovery", "skipped", rec["reason"])
     else:
         table.add_row("7 recovery", "seconds to healthy + fully loaded", _fmt(rec.get("seconds"), " s", 1))
-        table.add_row("", "of which to /health 200 (table restored)", _fmt(rec.get("health_s"), " s", 1))
+        table.add_row("", "of which to /health 200 (state loaded)", _fmt(rec.get("health_s"), " s", 1))
         table.add_row("", "subscribers loaded (worker's own load time)",
                       f"{_fmt(rec.get('subscribers_loaded'))} ({_fmt(rec.get('load_s_logged'), ' s', 2)})")
     sc = doc["scaling"]
@@ -1037,7 +1038,7 @@ def _skipped(reason: str) -> dict[str, Any]:
 @click.option("--worker-log-level", type=click.Choice(["debug", "info", "warn", "error"]), default="warn",
               show_default=True, help="log level of the measured workers (the recovery worker logs at info)")
 @click.option("--keep", is_flag=True,
-              help="keep the run's directory (worker logs, RocksDB); kept anyway when a step fails or stalls")
+              help="keep the run's directory (worker logs); kept anyway when a step fails or stalls")
 def bench(events: int | None, subscribers: int | None, partitions: int, json_path: Path, skip: tuple[str, ...],
           quick: bool, latency_seconds: float | None, worker_log_level: str, keep: bool) -> None:
     """Measure throughput (raw consumer vs one worker), latency, state size, memory, recovery and scaling."""
@@ -1158,7 +1159,7 @@ def _run_steps(run: Run, doc: dict[str, Any], skipped: dict[str, str], latency_s
     w, b = step_worker(run, settings, expected)
     rate_a, rate_b = doc["raw_baseline"]["events_per_s"], b.events_per_s
     doc["worker"] = {**b.as_json(), "ratio_to_raw": (rate_b / rate_a) if rate_a and rate_b else None,
-                     "store": "rocksdb"}
+                     "store": "memory + changelog"}
 
     if "latency" in skipped:
         doc["latency"] = _skipped(skipped["latency"])

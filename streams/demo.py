@@ -121,7 +121,7 @@ def run_demo(settings: Settings, out_dir: Path, *, subscribers: int, days: int, 
 
     settings = settings.model_copy(update={
         "topic_prefix": settings.topic_prefix or f"demo{int(time.time())}.",
-        "web_port": free_port(), "web_host": "127.0.0.1", "store": "memory",
+        "web_port": free_port(), "web_host": "127.0.0.1",
         "data_dir": out_dir / "worker-data", "log_level": "info",
     })
     ensure_topics(settings)

@@ -1,7 +1,7 @@
 """What the worker does with a batch of raw records: validate, watermark, close days, apply, decide.
 
-State lives in an in-memory cache of `SubscriberState` objects per owned partition, loaded from
-the Faust table after each rebalance (Faust's recovery fills it from the changelog). Each batch
+State lives in memory, as `SubscriberState` objects per owned partition, loaded from the state
+changelog after each rebalance (streams.recovery). Each batch
 writes every touched subscriber once, at its end, to the changelog partition of the subscriber's
 partition (co-partitioned with the source), and only after the batch's outputs (dead letters,
 light changes, tasks) were acknowledged by the broker. Each partition's clock record, written last,
@@ -66,7 +66,7 @@ class TaskHandler(Protocol):
 
 
 class PartitionClock:
-    """Event-time bookkeeping of one partition (CONTRACT §5, §7), persisted in the table."""
+    """Event-time bookkeeping of one partition (CONTRACT §5, §7), persisted in the changelog."""
 
     __slots__ = ("max_ts", "offsets", "watermark_ms", "first_ts", "first_day", "open_day", "parked", "waiting")
 
@@ -162,7 +162,7 @@ class Pipeline:
     """Drive one worker's batches; the reader (streams.reader) is a thin loop around `process`."""
 
     def __init__(
-        self, settings: Settings, metrics: Metrics, rules: RuleSet, *, table: Any, app: Any,
+        self, settings: Settings, metrics: Metrics, rules: RuleSet, *, app: Any,
         send: Callable[[str, bytes | None, bytes | None, list[tuple[str, bytes]]], Awaitable[Awaitable[Any]]],
         tasks: TaskHandler | None = None, changelog: ChangelogWriter | None = None,
         outcomes: OutcomeStore | None = None, source: Any = None,
@@ -171,7 +171,6 @@ class Pipeline:
         self.metrics = metrics
         self.rules = rules
         self.tz = settings.zone
-        self.table = table
         self.app = app
         self.send = send  # (topic base, key, value, headers) -> enqueue; returns the acknowledgement future
         self.tasks = tasks
@@ -181,7 +180,7 @@ class Pipeline:
         self.source: Any = source if source is not None else getattr(app, "consumer", None)
         self.base_topic = {settings.topic(t): t for t in (*INPUT_TOPICS, TICKS)}
         self.partitions = settings.partitions
-        # Cache of owned partitions, rebuilt from the table after every rebalance.
+        # The state of the owned partitions, loaded from the changelog after every rebalance.
         self.generation: Any = object()
         self.clocks: dict[int, PartitionClock] = {}
         self.states: dict[bytes, SubscriberState] = {}
@@ -199,7 +198,6 @@ class Pipeline:
         # Where the worker is, for the log of a long batch.
         self.stage = "waiting for a batch"
         self.stage_since = time.monotonic()
-        self._in_batch = False
         # Input partitions being read again from the state's next offset after a gap.
         self._rewinds: dict[TP, Rewind] = {}
 
@@ -227,9 +225,10 @@ class Pipeline:
                 out.append(tp)
         return out
 
-    def rebuild(self) -> None:
-        """Bring the cache to the current assignment (the reader calls it before assigning)."""
-        self._ensure_current(force=True)
+    @property
+    def loaded(self) -> bool:
+        """Whether the state of the current assignment is loaded."""
+        return bool(self.generation == self.app.consumer_generation_id)
 
     def next_offsets(self, partitions: set[int]) -> dict[TP, int]:
         """Return, per input partition of `partitions`, the next offset the state needs."""
@@ -241,9 +240,9 @@ class Pipeline:
         return out
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Say whether the worker has recovered its tables, is consuming, and can reach Redis."""
+        """Say whether the worker has loaded its state, is consuming, and can reach Redis."""
         app = self.app
-        recovered = app.tables.recovery.completed.is_set()
+        recovered = self.loaded
         consuming = bool(getattr(self.source, "consuming", False) and not app.rebalancing)
         degraded = bool(self.tasks is not None and self.tasks.degraded)
         ok = recovered and consuming and not degraded
@@ -290,9 +289,11 @@ class Pipeline:
 
     def summary(self) -> dict[tuple[str, str, str], int]:
         """Count watched subscribers by (light, region, brand) over the partitions owned now."""
-        self._ensure_current()
+        owned = self.owned()
         counts: dict[tuple[str, str, str], int] = {}
-        for keys in self.watched.values():
+        for p, keys in self.watched.items():
+            if p not in owned:
+                continue  # revoked, until the next load
             for key in keys:
                 s = self.states[key]
                 if s.light is None:
@@ -303,11 +304,11 @@ class Pipeline:
 
     def subscriber(self, msisdn: str) -> dict[str, Any] | None:
         """Describe one subscriber owned here, as GET /subscribers/{msisdn} returns it."""
-        self._ensure_current()
+        p = partition_of(msisdn.encode(), self.partitions)
         state = self.states.get(msisdn.encode())
-        if state is None:
+        if state is None or p not in self.owned():
             return None
-        clock = self.clocks.get(partition_of(msisdn.encode(), self.partitions))
+        clock = self.clocks.get(p)
         open_day = clock.open_day if clock and clock.open_day else None
         arpu, mou = state.window(open_day, self.rules.window_days) if open_day else (0, 0)
         c = state.contract
@@ -336,54 +337,24 @@ class Pipeline:
 
     # --- the cache -----------------------------------------------------------------------------
 
-    def _ensure_current(self, *, force: bool = False) -> None:
-        """Rebuild the cache when a rebalance happened since it was built.
-
-        The agent calls it before every batch; queries and gauges call it too, since a worker that
-        was handed partitions of a quiet topic may see no batch for a long time. Outside the agent
-        it waits until Faust has recovered the tables.
-        """
-        generation = self.app.consumer_generation_id
-        if generation == self.generation:
-            return
-        if not force and (self._in_batch or self.app.rebalancing
-                          or not self.app.tables.recovery.completed.is_set()):
-            # Never under a running batch: it holds references to the cached states and clocks,
-            # and a rebuild would swap older ones in under it (found by the SIGKILL test).
-            return
-        self._reload()
-        self.generation = generation
-
     def _adopt(self, p: int) -> PartitionClock:
-        """Add partition `p`'s clock and subscribers to the cache, leaving the others as they are."""
+        """Start partition `p` empty: a record of a partition no load covered (the backtest's)."""
         self.watched.setdefault(p, set())
         self.profiled.setdefault(p, set())
-        clock = PartitionClock()
-        meta_key = META_PREFIX + str(p).encode()
-        for key, value in self.table.data.items():
-            if value is None or (key.startswith(b"~") and key != meta_key):
-                continue
-            if key == meta_key:
-                clock = PartitionClock.from_bytes(value)
-            elif partition_of(key, self.partitions) == p and key not in self.states:
-                state = SubscriberState.from_bytes(value)
-                self.states[key] = state
-                self._index(p, key, state)
-        self.clocks[p] = clock
-        log.info("took on partition %d outside a rebalance", p)
+        clock = self.clocks[p] = PartitionClock()
         return clock
 
-    def _reload(self) -> None:
-        """Rebuild the cache from the table for the partitions owned now (after a rebalance)."""
-        owned = self.owned()
+    def load(self, owned: set[int], data: dict[bytes, bytes], generation: Any, *, started: float | None = None) -> None:
+        """Replace the state with what the changelog holds for partitions `owned` (after a rebalance).
+
+        `started` is when reading the changelog began (time.monotonic), for the log line.
+        """
         self.clocks.clear()
         self.states.clear()
         self.watched = {p: set() for p in owned}
         self.profiled = {p: set() for p in owned}
-        started = time.monotonic()
-        for key, value in self.table.data.items():
-            if value is None:
-                continue
+        started = time.monotonic() if started is None else started
+        for key, value in data.items():
             if key.startswith(META_PREFIX):
                 p = int(key[len(META_PREFIX):])
                 if p in owned:
@@ -399,6 +370,8 @@ class Pipeline:
             self._index(p, key, state)
         for p in owned:
             self.clocks.setdefault(p, PartitionClock())
+        self._rewinds.clear()
+        self.generation = generation
         log.info("loaded %d subscribers of partitions %s in %.2f s", len(self.states), sorted(owned),
                  time.monotonic() - started)
 
@@ -414,70 +387,60 @@ class Pipeline:
     async def process(self, records: list[Any]) -> None:
         """Handle one batch of records (topic, partition, offset, key, value, timestamp, headers)."""
         self._stage(f"processing a batch of {len(records)}")
-        self._in_batch = True
-        try:
-            self._highwater.clear()
-            self._ensure_current(force=True)
-            if self._rewinds:
-                await self._repeat_seeks()
-            for msg in records:
-                base = self.base_topic.get(msg.topic)
-                p = msg.partition
-                if base is None or base == TICKS:
-                    continue
-                clock = self.clocks.get(p)
-                if clock is None:
-                    # An event of a partition the cache does not hold (the assignment seen at the last
-                    # reload was partial, or a rebalance is settling): load it rather than drop it.
-                    clock = self._adopt(p)
-                if not await self._in_sequence(msg.tp, base, msg.offset, clock):
-                    continue
-                result = decode(base, msg.key, msg.value, self._future_reference(clock))
-                clock.offsets[base] = msg.offset
-                self._dirty_clocks.add(p)
-                if isinstance(result, Rejection):
-                    await self._reject(base, msg, result)
-                    await self._advance(p, clock)
-                    continue
-                ts = event_time_ms(result)
-                if ts is not None:
-                    clock.observe(base, ts)
-                if isinstance(result, Lifecycle) and (clock.watermark_ms is None or result.ts_ms > clock.watermark_ms):
-                    bisect.insort(clock.parked, (result.ts_ms, _kafka_ms(msg), msg.key.decode(), msg.value.decode()))
-                    self._dirty_clocks.add(p)
-                    await self._advance(p, clock)
-                    continue
-                if isinstance(result, Billing) and not self._has_profile(msg.key) and self._profiles_pending(p, clock):
-                    clock.waiting.append((result.ts_ms, _kafka_ms(msg), msg.key.decode(), msg.value.decode()))
-                    self._dirty_clocks.add(p)
-                    await self._advance(p, clock)
-                    continue
-                if base == PROFILES:
-                    # A profile is the state its subscriber's events refer to: applied before the
-                    # days its topic's catching up lets close, so they judge the subscriber.
-                    await self._apply(p, base, result, msg.key, _kafka_ms(msg))
-                    await self._advance(p, clock)
-                    continue
+        self._highwater.clear()
+        if self._rewinds:
+            await self._repeat_seeks()
+        for msg in records:
+            base = self.base_topic.get(msg.topic)
+            p = msg.partition
+            if base is None or base == TICKS:
+                continue
+            clock = self.clocks.get(p)
+            if clock is None:
+                # An event of a partition the cache does not hold (the assignment seen at the last
+                # reload was partial, or a rebalance is settling): load it rather than drop it.
+                clock = self._adopt(p)
+            if not await self._in_sequence(msg.tp, base, msg.offset, clock):
+                continue
+            result = decode(base, msg.key, msg.value, self._future_reference(clock))
+            clock.offsets[base] = msg.offset
+            self._dirty_clocks.add(p)
+            if isinstance(result, Rejection):
+                await self._reject(base, msg, result)
                 await self._advance(p, clock)
+                continue
+            ts = event_time_ms(result)
+            if ts is not None:
+                clock.observe(base, ts)
+            if isinstance(result, Lifecycle) and (clock.watermark_ms is None or result.ts_ms > clock.watermark_ms):
+                bisect.insort(clock.parked, (result.ts_ms, _kafka_ms(msg), msg.key.decode(), msg.value.decode()))
+                self._dirty_clocks.add(p)
+                await self._advance(p, clock)
+                continue
+            if isinstance(result, Billing) and not self._has_profile(msg.key) and self._profiles_pending(p, clock):
+                clock.waiting.append((result.ts_ms, _kafka_ms(msg), msg.key.decode(), msg.value.decode()))
+                self._dirty_clocks.add(p)
+                await self._advance(p, clock)
+                continue
+            if base == PROFILES:
+                # A profile is the state its subscriber's events refer to: applied before the
+                # days its topic's catching up lets close, so they judge the subscriber.
                 await self._apply(p, base, result, msg.key, _kafka_ms(msg))
-            await self._commit()
-            if self._rewinds:
-                await self._repeat_seeks()
-        finally:
-            self._in_batch = False
+                await self._advance(p, clock)
+                continue
+            await self._advance(p, clock)
+            await self._apply(p, base, result, msg.key, _kafka_ms(msg))
+        await self._commit()
+        if self._rewinds:
+            await self._repeat_seeks()
         self.batches += 1
         self._stage("waiting for a batch")
 
     async def tick(self, now_ms: int) -> None:
         """Close days by the wall clock on idle, live partitions (CONTRACT §7), between two batches."""
-        self._in_batch = True
-        try:
-            self._ensure_current(force=True)
-            for p, clock in self._owned_clocks():
-                await self._tick(p, clock, now_ms)
-            await self._commit()
-        finally:
-            self._in_batch = False
+        for p, clock in self._owned_clocks():
+            await self._tick(p, clock, now_ms)
+        await self._commit()
         self._stage("waiting for a batch")
 
     async def _in_sequence(self, tp: TP, base: str, offset: int, clock: PartitionClock) -> bool:
@@ -550,10 +513,6 @@ class Pipeline:
             self._stage(f"waiting for {len(self._acks)} output acknowledgements")
             await asyncio.gather(*self._acks)
             self._acks.clear()
-        # Only the changelog is written: Faust's recovery fills the table's store from it after
-        # every rebalance and restart (from the store's own changelog offset, which only its
-        # recovery advances), and between two rebalances the cache is the state. A write to
-        # the store here cost 14 % of the worker's time and was replayed over anyway.
         changelog = self.changelog
         for p in set(self._dirty) | self._dirty_clocks:
             for key in self._dirty.get(p, ()):

@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from faust.types import TP
 
 from rules.events import INPUT_TOPICS, PROFILES
+from streams.recovery import read_changelog
 from streams.settings import Settings
 from streams.topics import TICKS, client_config
 
@@ -101,6 +102,7 @@ class Reader:
         self._held: list[Record] = []
         self._paused: set[TP] = set()
         self._revoked = True
+        self._revocations = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
@@ -152,6 +154,7 @@ class Reader:
     async def on_revoked(self) -> None:
         """Faust is revoking partitions: finish the batch in flight, then let every partition go."""
         self._revoked = True
+        self._revocations += 1
         await self._idle.wait()
         if self.assigned:
             self.consumer.unassign()
@@ -161,13 +164,27 @@ class Reader:
         self._held, self._paused, self._waiting_since = [], set(), {}
 
     def _ready(self) -> bool:
-        app = self.app
-        return not app.rebalancing and app.tables.recovery.completed.is_set()
+        return not self.app.rebalancing
 
-    def _assign(self) -> None:
-        """Assign the input partitions of the ticks partitions Faust gave this worker, at the state's offsets."""
-        self.pipeline.rebuild()
+    async def _assign(self) -> None:
+        """Load the state of the partitions Faust gave this worker and read their inputs from its offsets.
+
+        The ticks topic's assignment says which partitions this worker owns. Their state is read
+        from the changelog (streams.recovery) in a thread; a rebalance meanwhile makes it start
+        over, and nothing is assigned until a load matches the current assignment.
+        """
+        generation, revocations = self.app.consumer_generation_id, self._revocations
         owned = self.pipeline.owned()
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+
+        def stale() -> bool:
+            return self._revocations != revocations or self._stopping
+
+        data = await loop.run_in_executor(None, lambda: read_changelog(self.settings, owned, cancelled=stale))
+        if stale() or self.app.consumer_generation_id != generation:
+            return  # a rebalance came while reading: the next assignment loads again
+        self.pipeline.load(owned, data, generation, started=started)
         offsets = self.pipeline.next_offsets(owned)
         # Offset 0 rather than "the beginning": no offset look-up, so every partition's first fetch
         # goes out together (records deleted by retention reset to the earliest).
@@ -175,19 +192,23 @@ class Reader:
         self.initial_high, self.initial_low = {}, {}
         for tp in offsets:
             try:
-                low, high = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10.0)
+                low, high = await loop.run_in_executor(
+                    None, lambda tp=tp: self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
+                                                                            timeout=10.0))
             except KafkaException:
                 log.warning("the high watermark of %s/%d is unknown until its first fetch", tp.topic, tp.partition)
                 continue
             self.initial_high[tp], self.initial_low[tp] = high, low
+        if stale() or self.app.consumer_generation_id != generation:
+            return
         self.consumer.assign(wanted)
         self.assigned = set(offsets)
         self.delivered.clear()
         self._held, self._paused, self._waiting_since = [], set(), {}
-        self.generation = self.app.consumer_generation_id
+        self.generation = generation
         self._revoked = False
-        log.info("the reader reads partitions %s of %d input topics from the state's offsets",
-                 sorted(owned), len(self.topics))
+        log.info("the reader reads partitions %s of %d input topics from the state's offsets (ready in %.1f s)",
+                 sorted(owned), len(self.topics), time.monotonic() - started)
 
     async def run(self) -> None:
         """Consume and process batches until the app stops."""
@@ -198,7 +219,12 @@ class Reader:
                 await asyncio.sleep(0.05)
                 continue
             if self.generation != self.app.consumer_generation_id:
-                self._assign()
+                try:
+                    await self._assign()
+                except Exception:
+                    log.exception("loading the state failed; trying again")
+                    await asyncio.sleep(1.0)
+                continue
             if self._revoked or not self.assigned:
                 await asyncio.sleep(0.05)
                 continue

@@ -43,7 +43,6 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./churnlight-data")
     # Not in the contract: operational knobs with defaults that work on the embedded broker.
     app_id: str = "churnlight"
-    store: Literal["rocksdb", "memory"] = "rocksdb"
     session_timeout_s: float = Field(6.0, gt=0)
     rebalance_timeout_s: float = Field(3.0, gt=0)
     batch_max: int = Field(2000, ge=1)

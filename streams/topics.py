@@ -16,8 +16,8 @@ LIGHTS: Final = "churn.lights"
 TASKS_CALLCENTRE: Final = "retention.tasks.callcentre"
 TASKS_SMS: Final = "retention.tasks.sms"
 DEADLETTER: Final = "churn.deadletter"
-# Internal: wall-clock ticks the worker sends to its own partitions so that idle live partitions
-# close days inside an event context (Faust table writes need one).
+# Internal: the topic Faust's group assigns; its partition p goes with partition p of every input
+# (co-partitioned), so its assignment says which partitions a worker owns. Nothing is written to it.
 TICKS: Final = "churnlight.ticks"
 OUTPUT_TOPICS: Final = (LIGHTS, TASKS_CALLCENTRE, TASKS_SMS, DEADLETTER)
 TASK_TOPIC: Final = {"callcentre": TASKS_CALLCENTRE, "sms": TASKS_SMS}
@@ -37,6 +37,14 @@ TOPIC_CONFIGS: Final[dict[str, dict[str, str]]] = {
     DEADLETTER: {"cleanup.policy": "delete", "retention.ms": str(4 * WEEK_MS)},
     TICKS: {"cleanup.policy": "delete", "retention.ms": str(3600 * 1000)},
 }
+
+
+def changelog_topic(settings: Settings) -> str:
+    """Return the state changelog's name (internal, compacted, co-partitioned with the inputs)."""
+    return f"{settings.topic_prefix}{settings.app_id}-state-changelog"
+
+
+CHANGELOG_CONFIG: Final = {"cleanup.policy": "compact"}
 
 
 class StartupError(RuntimeError):
@@ -73,6 +81,8 @@ def ensure_topics(settings: Settings, *, timeout_s: float = 15.0) -> None:
         for base in wanted
         if settings.topic(base) not in existing
     ]
+    if changelog_topic(settings) not in existing:
+        new.append(NewTopic(changelog_topic(settings), ticks_count, 1, config=CHANGELOG_CONFIG))
     if new:
         for name, fut in admin.create_topics(new, operation_timeout=timeout_s).items():
             try:
@@ -91,7 +101,7 @@ def partition_counts(admin: AdminClient, names: list[str], timeout_s: float = 15
 
 def check_copartitioned(admin: AdminClient, settings: Settings, *, timeout_s: float = 15.0) -> int:
     """Return the common partition count of the input topics, or refuse with a message naming them."""
-    names = [settings.topic(base) for base in (*INPUT_TOPICS, TICKS)]
+    names = [*(settings.topic(base) for base in (*INPUT_TOPICS, TICKS)), changelog_topic(settings)]
     counts = partition_counts(admin, names, timeout_s)
     missing = [n for n in names if n not in counts]
     if missing:

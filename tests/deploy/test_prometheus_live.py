@@ -266,7 +266,7 @@ def live(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> Iter
     db = next(_redis_dbs) % 16 or 1
     settings = Settings(
         kafka=stack.kafka, redis=SecretStr(stack.redis.rsplit("/", 1)[0] + f"/{db}"),
-        topic_prefix=f"p{os.urandom(4).hex()}.", partitions=4, store="memory",
+        topic_prefix=f"p{os.urandom(4).hex()}.", partitions=4,
         web_port=free_port(), web_host="127.0.0.1", data_dir=work / "data",
     )
     assert settings.redis is not None

@@ -10,7 +10,7 @@ import orjson
 from faust.types import TP
 
 from rules.ruleset import load_rule_set
-from streams.backtest import _App, _Consumer, _Message, _Table
+from streams.backtest import _App, _Consumer, _Message
 from streams.metrics import Metrics
 from streams.pipeline import Pipeline, partition_of
 from streams.settings import Settings
@@ -38,7 +38,7 @@ def _pipeline(tmp_path: Path) -> tuple[Pipeline, SeekingConsumer, Metrics]:
         done.set_result(None)
         return done
 
-    pipeline = Pipeline(settings, metrics, load_rule_set("cmcc-2010"), table=_Table(), app=_App(consumer),
+    pipeline = Pipeline(settings, metrics, load_rule_set("cmcc-2010"), app=_App(consumer),
                         send=send)
     return pipeline, consumer, metrics
 
