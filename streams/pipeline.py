@@ -185,7 +185,7 @@ class Pipeline:
         self.clocks: dict[int, PartitionClock] = {}
         self.states: dict[bytes, SubscriberState] = {}
         self.watched: dict[int, set[bytes]] = {}
-        self.profiled: dict[int, set[bytes]] = {}
+        self.dated: dict[int, set[bytes]] = {}
         self._dirty: dict[int, set[bytes]] = {}
         self._dirty_clocks: set[int] = set()
         self._acks: list[Awaitable[Any]] = []
@@ -340,7 +340,7 @@ class Pipeline:
     def _adopt(self, p: int) -> PartitionClock:
         """Start partition `p` empty: a record of a partition no load covered (the backtest's)."""
         self.watched.setdefault(p, set())
-        self.profiled.setdefault(p, set())
+        self.dated.setdefault(p, set())
         clock = self.clocks[p] = PartitionClock()
         return clock
 
@@ -352,7 +352,7 @@ class Pipeline:
         self.clocks.clear()
         self.states.clear()
         self.watched = {p: set() for p in owned}
-        self.profiled = {p: set() for p in owned}
+        self.dated = {p: set() for p in owned}
         started = time.monotonic() if started is None else started
         for key, value in data.items():
             if key.startswith(META_PREFIX):
@@ -377,7 +377,9 @@ class Pipeline:
 
     def _index(self, p: int, key: bytes, state: SubscriberState) -> None:
         (self.watched[p].add if state.photo is not None else self.watched[p].discard)(key)
-        (self.profiled[p].add if state.has_profile else self.profiled[p].discard)(key)
+        # Profiled subscribers a day opening can be due to (a contract stage, a birthday).
+        dated = state.has_profile and (state.contract is not None or state.birthday is not None)
+        (self.dated[p].add if dated else self.dated[p].discard)(key)
 
     def _touch(self, p: int, key: bytes) -> None:
         self._dirty.setdefault(p, set()).add(key)
@@ -635,7 +637,7 @@ class Pipeline:
             # The closing day's light evaluations come before the opening day's triggers.
             for key in sorted(self.watched.get(p, ())):
                 await self._evaluate(p, key, self.states[key], at_ms, clock, trigger_ts=None)
-            for key in sorted(self.profiled.get(p, ())):
+            for key in sorted(self.dated.get(p, ())):
                 await self._day_open(p, key, self.states[key], day, at_ms)
 
     async def _evaluate(self, p: int, key: bytes, state: SubscriberState, at_ms: int, clock: PartitionClock,
@@ -659,8 +661,8 @@ class Pipeline:
                 await self._decide(task, state, trigger_ts)
 
     async def _day_open(self, p: int, key: bytes, state: SubscriberState, day: date, at_ms: int) -> None:
-        if self.tasks is None or (state.contract is None and state.birthday is None):
-            return  # nothing a day opening can be due to (contract stages, birthdays): most subscribers
+        if self.tasks is None:
+            return
         for keyed in triggers.day_open_tasks(self._facts(key, state), self._contract(state), day, state.used,
                                              self.rules, self.tz):
             await self._decide(keyed.task, state, None)

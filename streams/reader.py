@@ -42,21 +42,17 @@ START_WAIT_S = 10.0
 class Record:
     """One input record, with the attributes the pipeline reads."""
 
-    __slots__ = ("topic", "partition", "offset", "key", "value", "timestamp", "headers")
+    __slots__ = ("tp", "topic", "partition", "offset", "key", "value", "timestamp", "headers")
 
-    def __init__(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+    def __init__(self, tp: TP, offset: int, key: bytes | None, value: bytes | None,
                  timestamp: float | None, headers: Any) -> None:
-        self.topic = topic
-        self.partition = partition
+        self.tp = tp
+        self.topic, self.partition = tp
         self.offset = offset
         self.key = key
         self.value = value
         self.timestamp = timestamp  # seconds, as Faust gives it
         self.headers = headers
-
-    @property
-    def tp(self) -> TP:
-        return TP(self.topic, self.partition)
 
 
 def _timestamp(r: Record) -> float:
@@ -87,6 +83,7 @@ class Reader:
         # consume() blocks in librdkafka without the GIL: one thread of its own.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="churnlight-reader")
         self.assigned: set[TP] = set()
+        self._tp_cache: dict[tuple[str, int], TP] = {}
         self.generation: Any = None
         # One past the last offset handed to the pipeline per partition: Tansu reports a high
         # watermark of one past the first offset of a partition's last record batch, so the
@@ -252,17 +249,20 @@ class Reader:
         records: list[Record] = []
         append = records.append
         delivered = self.delivered
+        tps = self._tp_cache
         for m in messages:
             err = m.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("the reader got an error from the broker: %s", err)
                 continue
-            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            name, partition, offset = m.topic(), m.partition(), m.offset()
+            tp = tps.get((name, partition))
+            if tp is None:
+                tp = tps[(name, partition)] = TP(name, partition)
             _, ts = m.timestamp()
-            append(Record(topic, partition, offset, m.key(), m.value(), None if ts < 0 else ts / 1000,
-                          m.headers()))
-            delivered[TP(topic, partition)] = offset + 1
+            append(Record(tp, offset, m.key(), m.value(), None if ts < 0 else ts / 1000, m.headers()))
+            delivered[tp] = offset + 1
         return self._interleave(records)
 
     def _started(self, records: list[Record]) -> list[Record]:
@@ -302,7 +302,7 @@ class Reader:
         for r in records:
             if r.partition in held:
                 self._held.append(r)
-                pause.add(TP(r.topic, r.partition))
+                pause.add(r.tp)
             else:
                 kept.append(r)
         pause -= self._paused
