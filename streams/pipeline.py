@@ -147,12 +147,11 @@ class PartitionClock:
 class Rewind:
     """An input partition read again from `seek_to`, after a gap seen at offset `gap_at`."""
 
-    __slots__ = ("gap_at", "seek_to", "sought_at", "stale", "seeks", "first")
+    __slots__ = ("gap_at", "seek_to", "stale", "seeks", "first")
 
     def __init__(self, gap_at: int, seek_to: int) -> None:
         self.gap_at = gap_at
         self.seek_to = seek_to
-        self.sought_at = 0.0
         self.stale = True  # no seek yet, or a record passed over since the last one: seek again
         self.seeks = 0
         self.first: int | None = None  # where the last re-read started, when not at `seek_to`
@@ -493,7 +492,6 @@ class Pipeline:
             return
         rewind.stale = False
         rewind.seeks += 1
-        rewind.sought_at = time.monotonic()
         await self.source.seek(tp, rewind.seek_to)
 
     async def _repeat_seeks(self) -> None:
@@ -776,7 +774,7 @@ class Pipeline:
 
 
 def _kafka_ms(msg: Any) -> int | None:
-    # Faust gives the record's Kafka timestamp in seconds.
+    # Records carry their Kafka timestamp in seconds.
     return None if msg.timestamp is None else int(msg.timestamp * 1000)
 
 

@@ -5,13 +5,12 @@ acks) cost about 160 us of CPU per event before any work was done, three times t
 itself. The Faust app still runs the group: its agent subscribes to the internal ticks topic,
 which is co-partitioned with the inputs and the state table, so a worker owns partition p of
 the ticks topic exactly when it owns partition p of every input and of the table's changelog.
-This reader assigns itself those input partitions at the state's own next offsets (the state
-records them with every batch, so no committed offset is needed to resume) and hands the
-pipeline lists of records as librdkafka fetched them.
+This reader loads those partitions' state from the changelog (streams.recovery), assigns itself
+their input partitions at the state's own next offsets (the state records them with every
+batch, so no committed offset is needed to resume) and hands the pipeline batches of records.
 
 Around a rebalance: Faust's revocation waits for the batch in flight and the reader lets the
-partitions go; once Faust has recovered the table for the new assignment, the pipeline rebuilds
-its cache and the reader assigns the new partitions.
+partitions go; after the new assignment it loads their state and assigns them.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ class Record:
         self.offset = offset
         self.key = key
         self.value = value
-        self.timestamp = timestamp  # seconds, as Faust gives it
+        self.timestamp = timestamp  # seconds
         self.headers = headers
 
 
@@ -263,7 +262,7 @@ class Reader:
             _, ts = m.timestamp()
             append(Record(tp, offset, m.key(), m.value(), None if ts < 0 else ts / 1000, m.headers()))
             delivered[tp] = offset + 1
-        return self._interleave(records)
+        return interleave(records, self.profiles_topic)
 
     def _started(self, records: list[Record]) -> list[Record]:
         """Hold back the records of a partition that has no watermark yet while one of its topics
@@ -272,7 +271,7 @@ class Reader:
         at different moments, and one fetch of usage can fill a whole batch). The held
         partitions' other topics are paused meanwhile, so that the fetch brings the missing one."""
         if self._held:
-            records = self._interleave(self._held + records)
+            records = interleave(self._held + records, self.profiles_topic)
             self._held = []
         if not records:
             return records
@@ -311,37 +310,6 @@ class Reader:
             self._paused |= pause
         return kept
 
-    def _interleave(self, records: list[Record]) -> list[Record]:
-        """Merge each partition's topics by Kafka timestamp, every topic's records in offset order.
-
-        librdkafka hands over a fetch partition by partition: in a replay burst a batch can hold
-        hundreds of a partition's usage records before its first profile or lifecycle record,
-        while the watermark waits for every topic with records to read. Taking the records in
-        the order they were produced (as Kafka Streams picks the lowest timestamp of a task's
-        partitions) makes that independent of how the fetch was cut. Equal timestamps take the
-        profiles first: an event refers to its subscriber's profile, never the other way round.
-        """
-        lists: dict[tuple[int, str], list[Record]] = {}
-        for r in records:
-            key = (r.partition, r.topic)
-            found = lists.get(key)
-            if found is None:
-                lists[key] = [r]
-            else:
-                found.append(r)
-        if len(lists) <= 1:
-            return records
-        by_partition: dict[int, list[list[Record]]] = {}
-        for (p, topic), items in sorted(lists.items(), key=lambda kv: (kv[0][0], kv[0][1] != self.profiles_topic)):
-            by_partition.setdefault(p, []).append(items)
-        out: list[Record] = []
-        for streams in by_partition.values():
-            if len(streams) == 1:
-                out.extend(streams[0])
-            else:
-                out.extend(heapq.merge(*streams, key=_timestamp))
-        return out
-
     async def stop(self) -> None:
         self._stopping = True
         await self._idle.wait()
@@ -350,3 +318,35 @@ class Reader:
         except Exception:
             log.exception("closing the reader's consumer failed")
         self._executor.shutdown(wait=False)
+
+
+def interleave(records: list[Record], profiles_topic: str) -> list[Record]:
+    """Merge each partition's topics by Kafka timestamp, every topic's records in offset order.
+
+    librdkafka hands over a fetch partition by partition: in a replay burst a batch can hold
+    hundreds of a partition's usage records before its first profile or lifecycle record, while
+    the watermark waits for every topic with records to read. Taking the records in the order
+    they were produced (as Kafka Streams picks the lowest timestamp of a task's partitions) makes
+    that independent of how the fetch was cut. Equal timestamps take the profiles first: an event
+    refers to its subscriber's profile, never the other way round.
+    """
+    lists: dict[tuple[int, str], list[Record]] = {}
+    for r in records:
+        key = (r.partition, r.topic)
+        found = lists.get(key)
+        if found is None:
+            lists[key] = [r]
+        else:
+            found.append(r)
+    if len(lists) <= 1:
+        return records
+    by_partition: dict[int, list[list[Record]]] = {}
+    for (p, topic), items in sorted(lists.items(), key=lambda kv: (kv[0][0], kv[0][1] != profiles_topic)):
+        by_partition.setdefault(p, []).append(items)
+    out: list[Record] = []
+    for streams in by_partition.values():
+        if len(streams) == 1:
+            out.extend(streams[0])
+        else:
+            out.extend(heapq.merge(*streams, key=_timestamp))
+    return out

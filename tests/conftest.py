@@ -22,6 +22,7 @@ from pydantic import SecretStr
 
 from streams.embedded import EmbeddedStack, free_port, stop_process
 from streams.settings import Settings
+from streams.topics import changelog_topic
 
 _redis_dbs = itertools.count(1)
 
@@ -42,7 +43,6 @@ def settings(stack: EmbeddedStack, tmp_path: Path) -> Settings:
         redis=SecretStr(stack.redis.rsplit("/", 1)[0] + f"/{db}"),
         topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
         partitions=4,
-        store="memory",
         web_port=free_port(),
         web_host="127.0.0.1",
         data_dir=tmp_path / "data",
@@ -228,14 +228,10 @@ def consume_all(settings: Settings, topic: str, idle_s: float = 3.0, timeout_s: 
     return out
 
 
-def _changelog_topic(settings: Settings) -> str:
-    return f"{settings.topic_prefix}{settings.app_id}-state-changelog"
-
-
 def changelog_snapshot(settings: Settings) -> dict[tuple[int, bytes], bytes | None]:
     """Return the worker's state changelog as it stands: the last value of each key per partition."""
     return {(msg.partition(), msg.key()): msg.value()
-            for msg in consume_all(settings, _changelog_topic(settings), idle_s=1.0, full_name=True)}
+            for msg in consume_all(settings, changelog_topic(settings), idle_s=1.0, full_name=True)}
 
 
 def restore_changelog(settings: Settings, snapshot: dict[tuple[int, bytes], bytes | None]) -> None:
@@ -244,7 +240,7 @@ def restore_changelog(settings: Settings, snapshot: dict[tuple[int, bytes], byte
 
     from streams.changelog import ChangelogWriter
 
-    writer = ChangelogWriter(settings, _changelog_topic(settings))  # seals its partitions on flush
+    writer = ChangelogWriter(settings, changelog_topic(settings))  # seals its partitions on flush
     for key in changelog_snapshot(settings).keys() | snapshot.keys():
         writer.write(key[0], key[1], snapshot.get(key))
     asyncio.run(writer.flush())
