@@ -439,6 +439,7 @@ class Pipeline:
 
     async def tick(self, now_ms: int) -> None:
         """Close days by the wall clock on idle, live partitions (CONTRACT §7), between two batches."""
+        self._highwater.clear()
         for p, clock in self._owned_clocks():
             await self._tick(p, clock, now_ms)
         await self._commit()
@@ -604,11 +605,10 @@ class Pipeline:
             if isinstance(event, Lifecycle):
                 await self._apply(p, LIFECYCLE, event, key.encode(), kafka_ts)
 
-    async def _tick(self, p: int, clock: PartitionClock, value: bytes | None) -> None:
+    async def _tick(self, p: int, clock: PartitionClock, now_ms: int) -> None:
         """Close days by the wall clock on an idle, live partition (CONTRACT §7)."""
-        if clock.watermark_ms is None or not value:
+        if clock.watermark_ms is None:
             return
-        now_ms = int(value)
         pending = self._pending(p, clock)
         if any(pending.values()) or clock.watermark_ms < now_ms - HOUR_MS:
             return  # busy, or replaying older data: event time alone closes days
