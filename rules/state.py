@@ -363,15 +363,13 @@ class SubscriberState:
         if n:
             wide = r.uint()
             first = r.uint()
-            fmt = f"<{n}{_OFFSET[wide >> 1]}{n}{'q' if wide & 1 else 'i'}{n}{'q' if wide & 1 else 'i'}"
-            values = struct.unpack(fmt, r.raw(struct.calcsize(fmt)))
+            values = r.unpack(f"<{n}{_OFFSET[wide >> 1]}{n}{'q' if wide & 1 else 'i'}{n}{'q' if wide & 1 else 'i'}")
             s.days = {first + values[i]: [values[n + i], values[2 * n + i]] for i in range(n)}
         m = r.uint()
         if m:
             far = r.uint()
             start = r.uint()
-            fmt = f"<{m}{'I' if far else 'H'}{m}Q"
-            values = struct.unpack(fmt, r.raw(struct.calcsize(fmt)))
+            values = r.unpack(f"<{m}{'I' if far else 'H'}{m}Q")
             seen = s.seen
             for offset, h in zip(values[:m], values[m:], strict=True):
                 minute = start + offset
@@ -508,6 +506,9 @@ class _Reader:
         out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
+
+    def unpack(self, fmt: str) -> tuple[int, ...]:
+        return struct.unpack(fmt, self.raw(struct.calcsize(fmt)))
 
     def end(self) -> None:
         if self.pos != len(self.data):
