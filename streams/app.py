@@ -118,7 +118,7 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
 
     @app.on_before_shutdown.connect
     async def on_shutdown(_app: faust.App, **_: object) -> None:
-        await reader.stop()
+        await reader.stop(give_up=tasks.stop if tasks is not None else None)
 
     @app.timer(interval=5.0)
     async def gauges() -> None:

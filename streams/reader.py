@@ -19,6 +19,7 @@ import asyncio
 import heapq
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -237,6 +238,8 @@ class Reader:
                     self._last_tick = time.monotonic()
                     await self.pipeline.tick(int(time.time() * 1000))
             except Exception:
+                if self._stopping:
+                    break  # stopped under it (Redis or the broker away): read again at the next start
                 # A batch that failed is read again: the state's offsets were not advanced past it.
                 log.exception("a batch failed; reading its partitions again from the state's offsets")
                 self.generation = None
@@ -310,9 +313,21 @@ class Reader:
             self._paused |= pause
         return kept
 
-    async def stop(self) -> None:
+    async def stop(self, *, give_up: Callable[[], None] | None = None, grace_s: float = 10.0) -> None:
+        """Let the batch in flight finish, then close; after `grace_s` call `give_up` (which makes
+        calls waiting out an outage of Redis or the broker raise) and wait as long again."""
         self._stopping = True
-        await self._idle.wait()
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+        except TimeoutError:
+            log.warning("the batch in flight did not finish within %.0f s of the stop (is Redis or the broker "
+                        "away?): giving it up; its records are read again at the next start", grace_s)
+            if give_up is not None:
+                give_up()
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace_s)
+            except TimeoutError:
+                pass
         try:
             self.consumer.close()
         except Exception:

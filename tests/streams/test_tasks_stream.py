@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -137,4 +138,31 @@ def test_redis_outage_loses_no_task_and_sends_none_unchecked(
     assert _issued(tasks) == st.EXPECTED_ISSUED
     feed = _feed(client)
     assert {(e["msisdn"], e["kind"], e["reason"]) for e in feed if e["status"] == "suppressed"} == st.EXPECTED_SUPPRESSED
+    client.close()
+
+
+def test_a_worker_stopped_during_a_redis_outage_exits_and_its_successor_loses_no_task(
+    worker: WorkerProc, settings: Settings, own_redis: EmbeddedStack
+) -> None:
+    assert own_redis.redis is not None
+    worker.settings = settings = settings.model_copy(update={"redis": SecretStr(own_redis.redis)})
+    client = redis_lib.Redis.from_url(own_redis.redis)
+    _seed_redis(client, t12_opted_out=True)
+    part1, part2 = st.history(settings.partitions)
+    produce(settings, _records(part1))
+    worker.start()
+    _drain(worker, len(part1))
+
+    own_redis.stop_redis()
+    produce(settings, _records(part2))
+    wait_for(lambda: worker.get("/health")[0] == 503, timeout_s=30, what="health degraded")
+    assert worker.proc is not None
+    worker.proc.send_signal(signal.SIGTERM)  # an ops engineer stops it while its batch waits on Redis
+    assert worker.proc.wait(60) == 0, worker.tail()
+
+    own_redis.restart_redis()
+    worker.start()
+    wait_for(lambda: _issued(_tasks(settings)) == st.EXPECTED_ISSUED, timeout_s=90, what="every task issued")
+    tasks = _tasks(settings)
+    assert len({d["task_id"] for _, d, _ in tasks}) == len(tasks)
     client.close()
