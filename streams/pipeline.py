@@ -79,8 +79,10 @@ class PartitionClock:
         # the seconds between two offset commits can span weeks.
         self.offsets: dict[str, int] = {}
         self.watermark_ms: int | None = None
-        # The earliest usage or billing time seen before the first watermark: the partition's data
-        # starts on its day, however the topics were interleaved before a watermark could start.
+        # The time of the first usage or billing event applied before the first watermark: the
+        # partition's data starts on its day, however the topics were interleaved before the
+        # watermark could start (CONTRACT §5: the first day is on or after the local date of the
+        # first event processed; a profile's time can be years old and does not count).
         self.first_ts: int | None = None
         self.first_day: date | None = None
         self.open_day: date | None = None
@@ -97,7 +99,7 @@ class PartitionClock:
     def observe(self, topic: str, ts_ms: int) -> None:
         if ts_ms > self.max_ts.get(topic, -1):
             self.max_ts[topic] = ts_ms
-        if self.watermark_ms is None and topic in SERIES and (self.first_ts is None or ts_ms < self.first_ts):
+        if self.first_ts is None and self.watermark_ms is None and topic in SERIES:
             self.first_ts = ts_ms
 
     def advance(self, pending: dict[str, bool]) -> int | None:
@@ -616,7 +618,7 @@ class Pipeline:
 
     async def _close_days(self, p: int, clock: PartitionClock, today: date) -> None:
         if clock.open_day is None:
-            # The partition's first day is that of its earliest usage or billing event read before
+            # The partition's first day is that of its first usage or billing event read before
             # the first watermark, or of that watermark: in a replay burst the first record read
             # may be a lifecycle event weeks ahead of the first usage event, and a topic whose first
             # record comes late holds the watermark back. The days from there on close now, as
