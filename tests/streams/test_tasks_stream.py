@@ -109,9 +109,11 @@ def test_scripted_history_gives_exactly_the_contract_tasks_feed_and_contacts(
     assert len(_feed(redis_client)) == len(feed)
 
 
-def test_redis_outage_loses_no_task_and_sends_none_unchecked(
-    worker: WorkerProc, settings: Settings, own_redis: EmbeddedStack
-) -> None:
+def _into_an_outage(worker: WorkerProc, settings: Settings, own_redis: EmbeddedStack) -> tuple[
+        Settings, redis_lib.Redis, list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]], int]:
+    """Run the first part of the scripted history, stop Redis, produce the second part, and wait
+    until the worker says it is degraded. Returns the settings on that Redis, a client of it, both
+    parts and the number of tasks published before the outage."""
     assert own_redis.redis is not None
     worker.settings = settings = settings.model_copy(update={"redis": SecretStr(own_redis.redis)})
     client = redis_lib.Redis.from_url(own_redis.redis)
@@ -121,10 +123,16 @@ def test_redis_outage_loses_no_task_and_sends_none_unchecked(
     worker.start()
     _drain(worker, len(part1))
     before = len(_tasks(settings))
-
     own_redis.stop_redis()
     produce(settings, _records(part2))
     wait_for(lambda: worker.get("/health")[0] == 503, timeout_s=30, what="health degraded")
+    return settings, client, part1, part2, before
+
+
+def test_redis_outage_loses_no_task_and_sends_none_unchecked(
+    worker: WorkerProc, settings: Settings, own_redis: EmbeddedStack
+) -> None:
+    settings, client, part1, part2, before = _into_an_outage(worker, settings, own_redis)
     assert worker.get("/health")[1]["status"] == "degraded"
     time.sleep(20)  # the outage: the stream waits, nothing is published without a policy check
     assert len(_tasks(settings)) == before
@@ -144,18 +152,7 @@ def test_redis_outage_loses_no_task_and_sends_none_unchecked(
 def test_a_worker_stopped_during_a_redis_outage_exits_and_its_successor_loses_no_task(
     worker: WorkerProc, settings: Settings, own_redis: EmbeddedStack
 ) -> None:
-    assert own_redis.redis is not None
-    worker.settings = settings = settings.model_copy(update={"redis": SecretStr(own_redis.redis)})
-    client = redis_lib.Redis.from_url(own_redis.redis)
-    _seed_redis(client, t12_opted_out=True)
-    part1, part2 = st.history(settings.partitions)
-    produce(settings, _records(part1))
-    worker.start()
-    _drain(worker, len(part1))
-
-    own_redis.stop_redis()
-    produce(settings, _records(part2))
-    wait_for(lambda: worker.get("/health")[0] == 503, timeout_s=30, what="health degraded")
+    settings, client, _, _, _ = _into_an_outage(worker, settings, own_redis)
     assert worker.proc is not None
     worker.proc.send_signal(signal.SIGTERM)  # an ops engineer stops it while its batch waits on Redis
     assert worker.proc.wait(60) == 0, worker.tail()
