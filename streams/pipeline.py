@@ -166,7 +166,7 @@ class Pipeline:
         self, settings: Settings, metrics: Metrics, rules: RuleSet, *, app: Any,
         send: Callable[[str, bytes | None, bytes | None, list[tuple[str, bytes]]], Awaitable[Awaitable[Any]]],
         tasks: TaskHandler | None = None, changelog: ChangelogWriter | None = None,
-        outcomes: OutcomeStore | None = None, source: Any = None,
+        outcomes: OutcomeStore | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -177,8 +177,9 @@ class Pipeline:
         self.tasks = tasks
         self.changelog = changelog
         self.outcomes = outcomes
-        # What the records come from: `end(tp)`, `seek(tp, offset)`, `consuming` (streams.reader.Reader).
-        self.source: Any = source if source is not None else getattr(app, "consumer", None)
+        # What the records come from: `end(tp)`, `seek(tp, offset)`, `consuming` (streams.reader.Reader,
+        # attached by the app; the backtest's stand-in consumer otherwise).
+        self.source: Any = getattr(app, "consumer", None)
         self.base_topic = {settings.topic(t): t for t in (*INPUT_TOPICS, TICKS)}
         self.partitions = settings.partitions
         # The state of the owned partitions, loaded from the changelog after every rebalance.
@@ -195,10 +196,6 @@ class Pipeline:
         # High watermarks change only between fetches: one look-up per partition and batch.
         self._highwater: dict[TP, int | None] = {}
         self._tps: dict[int, list[tuple[TP, str]]] = {}
-        self.batches = 0
-        # Where the worker is, for the log of a long batch.
-        self.stage = "waiting for a batch"
-        self.stage_since = time.monotonic()
         # Input partitions being read again from the state's next offset after a gap.
         self._rewinds: dict[TP, Rewind] = {}
 
@@ -389,7 +386,6 @@ class Pipeline:
 
     async def process(self, records: list[Any]) -> None:
         """Handle one batch of records (topic, partition, offset, key, value, timestamp, headers)."""
-        self._stage(f"processing a batch of {len(records)}")
         self._highwater.clear()
         if self._rewinds:
             await self._repeat_seeks()
@@ -436,8 +432,6 @@ class Pipeline:
         await self._commit()
         if self._rewinds:
             await self._repeat_seeks()
-        self.batches += 1
-        self._stage("waiting for a batch")
 
     async def tick(self, now_ms: int) -> None:
         """Close days by the wall clock on idle, live partitions (CONTRACT §7), between two batches."""
@@ -445,7 +439,6 @@ class Pipeline:
         for p, clock in self._owned_clocks():
             await self._tick(p, clock, now_ms)
         await self._commit()
-        self._stage("waiting for a batch")
 
     async def _in_sequence(self, tp: TP, base: str, offset: int, clock: PartitionClock) -> bool:
         """Say whether the record at `offset` is the next one the state needs; read again if not.
@@ -502,9 +495,6 @@ class Pipeline:
             if rewind.stale:
                 await self._seek(tp, rewind)
 
-    def _stage(self, stage: str) -> None:
-        self.stage, self.stage_since = stage, time.monotonic()
-
     async def _commit(self) -> None:
         """Wait for the batch's outputs, then write touched state once per subscriber.
 
@@ -513,7 +503,6 @@ class Pipeline:
         """
         await self._run_tasks()
         if self._acks:
-            self._stage(f"waiting for {len(self._acks)} output acknowledgements")
             await asyncio.gather(*self._acks)
             self._acks.clear()
         changelog = self.changelog
@@ -528,7 +517,6 @@ class Pipeline:
             if p in self._dirty_clocks and changelog is not None:
                 changelog.write(p, META_PREFIX + str(p).encode(), self.clocks[p].to_bytes())
         if changelog is not None:
-            self._stage("flushing the changelog")
             await changelog.flush()
         self._dirty.clear()
         self._dirty_clocks.clear()
@@ -725,7 +713,6 @@ class Pipeline:
         by_subscriber: dict[str, list[tuple[Task, bool, int | None]]] = {}
         for item in due:
             by_subscriber.setdefault(item[0].msisdn, []).append(item)
-        self._stage(f"deciding {len(due)} tasks")
         limit = asyncio.Semaphore(TASK_CONCURRENCY)
 
         async def run(items: list[tuple[Task, bool, int | None]]) -> None:
@@ -757,10 +744,7 @@ class Pipeline:
             "reasons": [_reason(r) for r in change.reasons],
             "region": state.region, "brand": state.brand, "rule_set": self.rules.name,
         }
-        previous = self.stage
-        self._stage("enqueueing a light change")
         self._acks.append(await self.send(LIGHTS, key, orjson.dumps(message), []))
-        self._stage(previous)
         self.metrics.light_change(change.previous or "green", change.light)
         log.info("light %s -> %s for %s", change.previous, change.light, mask(msisdn))
 

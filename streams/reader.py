@@ -104,7 +104,6 @@ class Reader:
         self._idle.set()
         self._stopping = False
         self._last_tick = time.monotonic()
-        self.batches = 0
 
     # --- what the pipeline asks ----------------------------------------------------------------
 
@@ -233,7 +232,6 @@ class Reader:
                 records = self._started(self._records(messages))
                 if records:
                     await self.pipeline.process(records)
-                    self.batches += 1
                 if time.monotonic() - self._last_tick >= TICK_INTERVAL_S:
                     self._last_tick = time.monotonic()
                     await self.pipeline.tick(int(time.time() * 1000))
