@@ -611,10 +611,12 @@ class Pipeline:
             # may be a lifecycle event weeks ahead of the first usage event, and a topic whose first
             # record comes late holds the watermark back. The days from there on close now, as
             # they would have one by one.
-            first = today if clock.first_ts is None else min(today, local_day(clock.first_ts, self.tz))
-            clock.open_day = clock.first_day = first
+            # The first day is never before the first usage or billing event's, even when the
+            # profiles read alongside (their times can be years old) hold the watermark back.
+            first = today if clock.first_ts is None else local_day(clock.first_ts, self.tz)
+            clock.first_day, clock.open_day = first, min(today, first)
             self._dirty_clocks.add(p)
-            if first == today:
+            if clock.open_day == today:
                 return
         while clock.open_day < today:
             day = clock.open_day + timedelta(days=1)

@@ -1,0 +1,82 @@
+"""No alarm storm at start-up: a subscriber is judged only after 30 whole days of usage (CONTRACT §5)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+from faust.types import TP
+
+from rules.ruleset import load_rule_set
+from streams.backtest import _App, _Consumer, _Message
+from streams.metrics import Metrics
+from streams.pipeline import Pipeline, partition_of
+from streams.settings import Settings
+
+PARTITIONS = 4
+SILENT = "13900000001"  # photographed, then an SMS a day: red once judged
+OTHER = "13900000002"
+P = partition_of(SILENT.encode(), PARTITIONS)
+
+
+def _other_in_partition() -> str:
+    n = int(OTHER)
+    while partition_of(str(n).encode(), PARTITIONS) != P:
+        n += 1
+    return str(n)
+
+
+class KnownEnds(_Consumer):
+    """A consumer that knows how far each topic goes, as the reader does from the broker."""
+
+    def __init__(self, ends: dict[str, int]) -> None:
+        super().__init__([*ends, "churnlight.ticks"], PARTITIONS)
+        self.ends = ends
+
+    def end(self, tp: TP) -> int | None:
+        return self.ends.get(tp.topic) if tp.partition == P else None
+
+
+def _profile(msisdn: str, offset: int, updated_at: str) -> _Message:
+    doc = {"msisdn": msisdn, "region": "zunyi", "brand": "gotone", "segment": "high", "activated_on": "2020-01-01",
+           "prepaid": False, "contract": None, "photo": {"month": "2026-06", "arpu": 200.0, "mou": 300.0},
+           "updated_at": updated_at}
+    return _Message("subscriber.profiles", P, offset, msisdn.encode(), orjson.dumps(doc))
+
+
+def _usage(msisdn: str, offset: int, ts: str) -> _Message:
+    doc = {"event_id": f"u{offset}", "msisdn": msisdn, "ts": ts, "type": "sms", "direction": "out", "charge": 0.1}
+    return _Message("usage.events", P, offset, msisdn.encode(), orjson.dumps(doc))
+
+
+def test_profiles_read_alongside_the_first_usage_do_not_move_the_first_day_back(tmp_path: Path) -> None:
+    # The profiles were updated the evening before the usage starts, and the second one is still to
+    # be read when the first usage event arrives: until then the profiles hold the watermark on
+    # the evening before. The window is whole only when 1 July to 30 July have closed.
+    other = _other_in_partition()
+    days = [f"2026-07-{d:02d}T12:00:00+08:00" for d in range(1, 32)] + ["2026-08-01T12:00:00+08:00"]
+    usage = [_usage(SILENT, i, ts) for i, ts in enumerate(days)]
+    consumer = KnownEnds({"subscriber.profiles": 2, "usage.events": len(usage)})
+    changes: list[dict[str, Any]] = []
+
+    async def send(base: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> Any:
+        if base == "churn.lights" and value is not None:
+            changes.append(orjson.loads(value))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    pipeline = Pipeline(Settings(data_dir=tmp_path, partitions=PARTITIONS), Metrics(), load_rule_set("cmcc-2010"),
+                        app=_App(consumer), send=send)
+
+    async def run() -> None:
+        await pipeline.process([_profile(SILENT, 0, "2026-06-30T23:00:00+08:00"), usage[0]])
+        await pipeline.process([_profile(other, 1, "2026-06-30T23:30:00+08:00"), *usage[1:]])
+
+    asyncio.run(run())
+    assert pipeline.clocks[P].first_day.isoformat() == "2026-07-01"
+    # Both are photographed and all but silent: judged red on the first whole window, not a day early.
+    assert sorted((c["msisdn"], c["light"], c["at"]) for c in changes) == [
+        (SILENT, "red", "2026-07-31T00:00:00+08:00"), (other, "red", "2026-07-31T00:00:00+08:00")]
