@@ -79,10 +79,10 @@ class PartitionClock:
         # the seconds between two offset commits can span weeks.
         self.offsets: dict[str, int] = {}
         self.watermark_ms: int | None = None
-        # The time of the first usage or billing event applied before the first watermark: the
-        # partition's data starts on its day, however the topics were interleaved before the
-        # watermark could start (CONTRACT §5: the first day is on or after the local date of the
-        # first event processed; a profile's time can be years old and does not count).
+        # The time of the first usage or billing event read: the partition's data starts on its
+        # day, however the topics were interleaved (CONTRACT §5: the first day of a judged window
+        # is on or after the local date of the first event processed). A profile's time can be
+        # years old, and the profiles can be read before any usage exists: they do not count.
         self.first_ts: int | None = None
         self.first_day: date | None = None
         self.open_day: date | None = None
@@ -99,7 +99,7 @@ class PartitionClock:
     def observe(self, topic: str, ts_ms: int) -> None:
         if ts_ms > self.max_ts.get(topic, -1):
             self.max_ts[topic] = ts_ms
-        if self.first_ts is None and self.watermark_ms is None and topic in SERIES:
+        if self.first_ts is None and topic in SERIES:
             self.first_ts = ts_ms
 
     def advance(self, pending: dict[str, bool]) -> int | None:
@@ -605,16 +605,17 @@ class Pipeline:
         await self._close_days(p, clock, local_day(now_ms, self.tz))
 
     async def _close_days(self, p: int, clock: PartitionClock, today: date) -> None:
+        if clock.first_day is None and clock.first_ts is not None:
+            # The partition's first day is that of its first usage or billing event, whatever held
+            # the watermark before it: profiles read alongside or before any usage existed, whose
+            # times can be years old. No window is judged before it (lights.judged).
+            clock.first_day = local_day(clock.first_ts, self.tz)
+            self._dirty_clocks.add(p)
         if clock.open_day is None:
-            # The partition's first day is that of its first usage or billing event read before
-            # the first watermark, or of that watermark: in a replay burst the first record read
-            # may be a lifecycle event weeks ahead of the first usage event, and a topic whose first
-            # record comes late holds the watermark back. The days from there on close now, as
-            # they would have one by one.
-            # The first day is never before the first usage or billing event's, even when the
-            # profiles read alongside (their times can be years old) hold the watermark back.
-            first = today if clock.first_ts is None else local_day(clock.first_ts, self.tz)
-            clock.first_day, clock.open_day = first, min(today, first)
+            # Days open from the first day, or from the watermark's when that is earlier: in a
+            # replay burst the first usage event read may be ahead of the watermark, and the days
+            # from there on close now, as they would have one by one.
+            clock.open_day = today if clock.first_day is None else min(today, clock.first_day)
             self._dirty_clocks.add(p)
             if clock.open_day == today:
                 return

@@ -51,14 +51,7 @@ def _usage(msisdn: str, offset: int, ts: str) -> _Message:
     return _Message("usage.events", P, offset, msisdn.encode(), orjson.dumps(doc))
 
 
-def test_profiles_read_alongside_the_first_usage_do_not_move_the_first_day_back(tmp_path: Path) -> None:
-    # The profiles were updated the evening before the usage starts, and the second one is still to
-    # be read when the first usage event arrives: until then the profiles hold the watermark on
-    # the evening before. The window is whole only when 1 July to 30 July have closed.
-    other = _other_in_partition()
-    days = [f"2026-07-{d:02d}T12:00:00+08:00" for d in range(1, 32)] + ["2026-08-01T12:00:00+08:00"]
-    usage = [_usage(SILENT, i, ts) for i, ts in enumerate(days)]
-    consumer = KnownEnds({"subscriber.profiles": 2, "usage.events": len(usage)})
+def _run(tmp_path: Path, consumer: _Consumer, batches: list[list[_Message]]) -> tuple[Pipeline, list[dict[str, Any]]]:
     changes: list[dict[str, Any]] = []
 
     async def send(base: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> Any:
@@ -72,11 +65,40 @@ def test_profiles_read_alongside_the_first_usage_do_not_move_the_first_day_back(
                         app=_App(consumer), send=send)
 
     async def run() -> None:
-        await pipeline.process([_profile(SILENT, 0, "2026-06-30T23:00:00+08:00"), usage[0]])
-        await pipeline.process([_profile(other, 1, "2026-06-30T23:30:00+08:00"), *usage[1:]])
+        for batch in batches:
+            await pipeline.process(batch)
 
     asyncio.run(run())
+    return pipeline, changes
+
+
+# Both subscribers are photographed and all but silent in July: red on the first whole window
+# (1 to 30 July, judged when 31 July opens), not a day early.
+JUDGED = "2026-07-31T00:00:00+08:00"
+USAGE = [_usage(SILENT, i, f"2026-07-{d:02d}T12:00:00+08:00") for i, d in enumerate(range(1, 32))]
+
+
+def test_profiles_read_alongside_the_first_usage_do_not_move_the_first_day_back(tmp_path: Path) -> None:
+    # The profiles were updated the evening before the usage starts, and the second one is still to
+    # be read when the first usage event arrives: until then the profiles hold the watermark on
+    # the evening before.
+    other = _other_in_partition()
+    consumer = KnownEnds({"subscriber.profiles": 2, "usage.events": len(USAGE)})
+    pipeline, changes = _run(tmp_path, consumer, [
+        [_profile(SILENT, 0, "2026-06-30T23:00:00+08:00"), USAGE[0]],
+        [_profile(other, 1, "2026-06-30T23:30:00+08:00"), *USAGE[1:]],
+    ])
     assert pipeline.clocks[P].first_day.isoformat() == "2026-07-01"
-    # Both are photographed and all but silent: judged red on the first whole window, not a day early.
-    assert sorted((c["msisdn"], c["light"], c["at"]) for c in changes) == [
-        (SILENT, "red", "2026-07-31T00:00:00+08:00"), (other, "red", "2026-07-31T00:00:00+08:00")]
+    assert sorted((c["msisdn"], c["light"], c["at"]) for c in changes) == [(SILENT, "red", JUDGED), (other, "red", JUDGED)]
+
+
+def test_profiles_read_before_any_usage_exists_do_not_start_the_window(tmp_path: Path) -> None:
+    # A fresh deployment: the profiles (updated in May) are read while no usage exists yet, so they
+    # alone move the watermark; the usage starts in July.
+    other = _other_in_partition()
+    pipeline, changes = _run(tmp_path, _Consumer(["subscriber.profiles", "usage.events"], PARTITIONS), [
+        [_profile(SILENT, 0, "2026-05-20T09:00:00+08:00"), _profile(other, 1, "2026-05-21T09:00:00+08:00")],
+        USAGE,
+    ])
+    assert pipeline.clocks[P].first_day.isoformat() == "2026-07-01"
+    assert sorted((c["msisdn"], c["light"], c["at"]) for c in changes) == [(SILENT, "red", JUDGED), (other, "red", JUDGED)]
