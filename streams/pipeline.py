@@ -1,13 +1,14 @@
 """What the worker does with a batch of raw records: validate, watermark, close days, apply, decide.
 
 State lives in memory, as `SubscriberState` objects per owned partition, loaded from the state
-changelog after each rebalance (streams.recovery). Each batch
-writes every touched subscriber once, at its end, to the changelog partition of the subscriber's
-partition (co-partitioned with the source), and only after the batch's outputs (dead letters,
-light changes, tasks) were acknowledged by the broker. Each partition's clock record, written last,
-holds the offsets applied: the reader (streams.reader) resumes from them, so a crash at any
-point re-processes records whose effects may already be in the changelog, and the applied
-offsets and the dedup memory inside each subscriber's state make that harmless.
+changelog after each rebalance (streams.recovery). Every `commit_interval_s`, and before
+partitions are let go or the worker stops, each subscriber touched since the last write goes once
+to the changelog partition of its partition (co-partitioned with the source), and only at the
+end of a batch whose outputs (dead letters, light changes, tasks) the broker acknowledged. Each
+partition's clock record, written last, holds the offsets applied: the reader (streams.reader)
+resumes from them, so a crash at any point re-processes records whose effects may already be in
+the changelog, and the applied offsets and the dedup memory inside each subscriber's state make
+that harmless.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ SERIES = (USAGE, BILLING)
 TASK_CONCURRENCY = 64
 # Reads of a partition from the state's offset that may bring nothing before the gap is accepted.
 MAX_SEEKS = 8
+# Touched subscribers that make the state go to the changelog before its interval is up: each
+# write holds up the batches behind it (about 13 us a subscriber).
+MAX_DIRTY = 50_000
 
 
 def partition_of(key: bytes, partitions: int) -> int:
@@ -190,6 +194,10 @@ class Pipeline:
         self.dated: dict[int, set[bytes]] = {}
         self._dirty: dict[int, set[bytes]] = {}
         self._dirty_clocks: set[int] = set()
+        # Whether every batch so far ended with its outputs acknowledged: only then may the state
+        # in memory go to the changelog (a failed batch's partial effects never do).
+        self._settled = True
+        self._written_at = time.monotonic()
         self._acks: list[Awaitable[Any]] = []
         # Tasks the batch decided on: (task, port-out request open, Kafka time of the trigger).
         self._due: list[tuple[Task, bool, int | None]] = []
@@ -369,6 +377,12 @@ class Pipeline:
         for p in owned:
             self.clocks.setdefault(p, PartitionClock())
         self._rewinds.clear()
+        # What the memory held before is gone, written or not: the inputs are read again from here.
+        self._dirty.clear()
+        self._dirty_clocks.clear()
+        self._due.clear()
+        self._acks.clear()
+        self._settled = True
         self.generation = generation
         log.info("loaded %d subscribers of partitions %s in %.2f s", len(self.states), sorted(owned),
                  time.monotonic() - started)
@@ -387,6 +401,7 @@ class Pipeline:
     async def process(self, records: list[Any]) -> None:
         """Handle one batch of records (topic, partition, offset, key, value, timestamp, headers)."""
         self._highwater.clear()
+        self._settled = False
         if self._rewinds:
             await self._repeat_seeks()
         for msg in records:
@@ -436,6 +451,7 @@ class Pipeline:
     async def tick(self, now_ms: int) -> None:
         """Close days by the wall clock on idle, live partitions (CONTRACT §7), between two batches."""
         self._highwater.clear()
+        self._settled = False
         for p, clock in self._owned_clocks():
             await self._tick(p, clock, now_ms)
         await self._commit()
@@ -496,15 +512,33 @@ class Pipeline:
                 await self._seek(tp, rewind)
 
     async def _commit(self) -> None:
-        """Wait for the batch's outputs, then write touched state once per subscriber.
-
-        Each partition's clock record goes after its states, to the same changelog partition,
-        so a recovered clock never claims offsets whose states were not written.
-        """
+        """Decide the batch's tasks and wait for its outputs; write the state when it is due."""
         await self._run_tasks()
         if self._acks:
             await asyncio.gather(*self._acks)
             self._acks.clear()
+        self._settled = True
+        await self.write_if_due()
+
+    async def write_if_due(self) -> None:
+        """Write the state when its interval is up or many subscribers wait (also between batches)."""
+        if not self._dirty and not self._dirty_clocks:
+            return
+        dirty = sum(len(keys) for keys in self._dirty.values())
+        if dirty >= MAX_DIRTY or time.monotonic() - self._written_at >= self.settings.commit_interval_s:
+            await self.write_state()
+
+    async def write_state(self) -> bool:
+        """Write every subscriber touched since the last write, once, and the partitions' clocks.
+
+        Each partition's clock record goes after its states, to the same changelog partition,
+        so a recovered clock never claims offsets whose states were not written. Returns False,
+        writing nothing, when the last batch did not end (failed or given up): its effects in
+        memory are partial, and the inputs are read again from the state already written.
+        """
+        if not self._settled:
+            return False
+        self._written_at = time.monotonic()
         changelog = self.changelog
         for p in set(self._dirty) | self._dirty_clocks:
             for key in self._dirty.get(p, ()):
@@ -516,10 +550,11 @@ class Pipeline:
                     changelog.write(p, key, value)
             if p in self._dirty_clocks and changelog is not None:
                 changelog.write(p, META_PREFIX + str(p).encode(), self.clocks[p].to_bytes())
-        if changelog is not None:
-            await changelog.flush()
         self._dirty.clear()
         self._dirty_clocks.clear()
+        if changelog is not None:
+            await changelog.flush()
+        return True
 
     def _pending(self, partition: int, clock: PartitionClock) -> dict[str, bool]:
         """Say, per input topic of `partition`, whether records are left to read."""

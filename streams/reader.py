@@ -153,6 +153,8 @@ class Reader:
         self._revocations += 1
         await self._idle.wait()
         if self.assigned:
+            # The next owner starts from the changelog: it must hold everything applied here.
+            await self.pipeline.write_state()
             self.consumer.unassign()
             log.info("the reader let %d input partitions go", len(self.assigned))
         self.assigned = set()
@@ -232,6 +234,8 @@ class Reader:
                 records = self._started(self._records(messages))
                 if records:
                     await self.pipeline.process(records)
+                else:
+                    await self.pipeline.write_if_due()
                 if time.monotonic() - self._last_tick >= TICK_INTERVAL_S:
                     self._last_tick = time.monotonic()
                     await self.pipeline.tick(int(time.time() * 1000))
@@ -326,6 +330,16 @@ class Reader:
                 await asyncio.wait_for(self._idle.wait(), grace_s)
             except TimeoutError:
                 pass
+        if self.assigned:
+            try:
+                # Unless the last batch was given up (then its records are read again from the
+                # state written before it).
+                await asyncio.wait_for(self.pipeline.write_state(), grace_s)
+            except TimeoutError:
+                log.warning("the state touched since the last write did not reach the changelog within %.0f s of "
+                            "the stop: its records are read again at the next start", grace_s)
+            except Exception:
+                log.exception("writing the state at the stop failed: its records are read again at the next start")
         try:
             self.consumer.close()
         except Exception:

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     rebalance_timeout_s: float = Field(3.0, gt=0)
     batch_max: int = Field(2000, ge=1)
     batch_within_s: float = Field(0.05, gt=0)
+    # How often the touched state goes to the changelog (each batch's outputs are acknowledged
+    # before the next batch either way): a subscriber touched several times in between is written
+    # once, and a crash re-reads at most this much.
+    commit_interval_s: float = Field(2.0, ge=0)
     log_level: Literal["debug", "info", "warn", "error"] = "info"
 
     @field_validator("kafka")
