@@ -8,8 +8,11 @@ The state keeps day buckets instead of raw events so that a window is a sum of a
 
 from __future__ import annotations
 
-import struct
+import sys
+from array import array
+from bisect import bisect_left
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from hashlib import blake2b
@@ -38,18 +41,19 @@ ApplyOutcome = Literal["applied", "duplicate", "late_dropped"]
 ReasonValue = str | int | float | None
 
 DAY_MS: Final = 24 * 3600 * 1000
-_I32_MIN: Final = -(2**31)
-_I32_MAX: Final = 2**31 - 1
 _OFFSET: Final = ("B", "H", "I")
+# The array item sizes the format assumes (those of every mainstream platform).
+assert [array(code).itemsize for code in ("B", "H", "I", "i", "q", "Q")] == [1, 2, 4, 4, 8, 8]
 DUPLICATE_MINUTES: Final = 24 * 60
 # Resends are recognised for events of the open day and of this many closed days before it.
 # Remembering every event id of a 30-day window (~300 ids) would not fit the 1 KiB budget of a
 # state; resends in practice arrive within hours. An older resend is applied again.
 DEDUP_CLOSED_DAYS: Final = 2
 
-# 2: scalars as one orjson array, the day buckets and the dedup memory as fixed-width arrays
-# (struct); 1 wrote everything as varints in Python loops, a quarter of the worker's time.
+# 2: scalars as one orjson array, the day buckets and the dedup memory as fixed-width arrays;
+# 1 wrote everything as varints in Python loops, a quarter of the worker's time.
 _VERSION: Final = 2
+_LITTLE: Final = sys.byteorder == "little"
 _LIGHT_CODE: Final[dict[Light | None, int]] = {None: 0, "green": 1, "yellow": 2, "red": 3, "black": 4}
 _LIGHT_OF: Final = {v: k for k, v in _LIGHT_CODE.items()}
 _CHURN_CODE: Final[dict[Churn | None, int]] = {None: 0, "deactivated": 1, "ported_out": 2}
@@ -81,11 +85,32 @@ class Applied:
         return before is not None and after is not None and before >= limit_fen > after
 
 
+_QUARTER_MS: Final = 15 * 60 * 1000
+_QUARTERS: dict[ZoneInfo, dict[int, date]] = {}
+
+
 def local_day(ts_ms: int, tz: ZoneInfo) -> date:
     """Return the local date of UTC epoch milliseconds `ts_ms` in `tz`."""
-    return datetime.fromtimestamp(ts_ms / 1000, tz).date()
+    # Remembered per UTC quarter of an hour when the date is the same at both of its ends (true of
+    # every zone since 1972: offsets and their changes come in quarters of an hour).
+    quarters = _QUARTERS.get(tz)
+    if quarters is None:
+        quarters = _QUARTERS[tz] = {}
+    quarter = ts_ms // _QUARTER_MS
+    day = quarters.get(quarter)
+    if day is not None:
+        return day
+    day = datetime.fromtimestamp(ts_ms / 1000, tz).date()
+    start = quarter * _QUARTER_MS
+    if datetime.fromtimestamp(start / 1000, tz).date() == day == datetime.fromtimestamp(
+            (start + _QUARTER_MS - 1) / 1000, tz).date():
+        if len(quarters) >= 200_000:  # about five years of quarters
+            quarters.clear()
+        quarters[quarter] = day
+    return day
 
 
+@lru_cache(maxsize=4096)
 def day_start_ms(day: date, tz: ZoneInfo) -> int:
     """Return local 00:00 of `day` in `tz` as UTC epoch milliseconds."""
     return int(datetime.combine(day, dtime(0), tzinfo=tz).timestamp() * 1000)
@@ -100,7 +125,9 @@ class SubscriberState:
     """The compact, mutable state of one subscriber."""
 
     __slots__ = (
-        "days",
+        "day_ord",
+        "day_fen",
+        "day_sec",
         "has_profile",
         "region",
         "brand",
@@ -119,14 +146,17 @@ class SubscriberState:
         "light",
         "light_since_ms",
         "reasons",
-        "seen",
+        "seen_h",
+        "seen_m",
         "used",
         "_seen_min",
     )
 
     def __init__(self) -> None:
-        # local day ordinal -> [revenue fen, outgoing voice seconds]
-        self.days: dict[int, list[int]] = {}
+        # Day buckets, oldest first: local day ordinal, revenue fen, outgoing voice seconds.
+        self.day_ord = array("i")
+        self.day_fen = array("q")
+        self.day_sec = array("q")
         self.has_profile = False
         self.region: str | None = None
         self.brand: str | None = None
@@ -145,24 +175,36 @@ class SubscriberState:
         self.light: Light | None = None
         self.light_since_ms: int | None = None
         self.reasons: tuple[Reason, ...] = ()
-        # dedup memory: 64-bit hash of event_id -> event times in UTC epoch minutes
-        self.seen: dict[int, list[int]] = {}
+        # Dedup memory, in the order remembered: 64-bit hashes of event ids and their event times
+        # in UTC epoch minutes.
+        self.seen_h = array("Q")
+        self.seen_m = array("q")
         self.used: set[str] = set()
         # the oldest minute in `seen`, so that pruning costs nothing until something can go
         self._seen_min: int | None = None
 
     # --- queries -------------------------------------------------------------------------------
 
+    @property
+    def days(self) -> dict[int, list[int]]:
+        """The day buckets as {local day ordinal: [revenue fen, outgoing voice seconds]} (a copy)."""
+        return {d: [f, s] for d, f, s in zip(self.day_ord, self.day_fen, self.day_sec, strict=True)}
+
+    @property
+    def seen(self) -> dict[int, list[int]]:
+        """The dedup memory as {event hash: [epoch minutes]} (a copy)."""
+        out: dict[int, list[int]] = {}
+        for h, m in zip(self.seen_h, self.seen_m, strict=True):
+            out.setdefault(h, []).append(m)
+        return out
+
     def window(self, open_day: date, window_days: int) -> tuple[int, int]:
         """Return (revenue fen, outgoing voice seconds) over [open_day - window_days, open_day - 1]."""
         end = open_day.toordinal()
-        start = end - window_days
-        fen = seconds = 0
-        for day, (day_fen, day_seconds) in self.days.items():
-            if start <= day < end:
-                fen += day_fen
-                seconds += day_seconds
-        return fen, seconds
+        ords = self.day_ord
+        lo = bisect_left(ords, end - window_days)
+        hi = bisect_left(ords, end, lo)
+        return sum(self.day_fen[lo:hi]), sum(self.day_sec[lo:hi])
 
     def port_out_open(self, at_ms: int, open_days: int) -> bool:
         """Tell whether a port-out request is open at `at_ms` (it lapses after `open_days`)."""
@@ -179,7 +221,7 @@ class SubscriberState:
     def is_empty(self) -> bool:
         """Tell whether the state holds nothing worth keeping."""
         # Cheap fields first: this runs for every state written.
-        if self.days or self.seen or self.has_profile or self.used or self.light is not None:
+        if self.day_ord or self.seen_h or self.has_profile or self.used or self.light is not None:
             return False
         return self == _EMPTY
 
@@ -187,41 +229,57 @@ class SubscriberState:
 
     def prune(self, open_day: date, tz: ZoneInfo, window_days: int) -> None:
         """Drop day buckets older than the window and dedup entries that can no longer match."""
-        oldest = open_day.toordinal() - window_days
-        if self.days and min(self.days) < oldest:
-            for day in [d for d in self.days if d < oldest]:
-                del self.days[day]
+        ords = self.day_ord
+        if ords and ords[0] < open_day.toordinal() - window_days:
+            n = bisect_left(ords, open_day.toordinal() - window_days)
+            del ords[:n], self.day_fen[:n], self.day_sec[:n]
         if self._seen_min is None:
             return
         # An incoming event that is still deduplicated has ts >= this day start; an entry
         # 24 h or more before that can match none of them.
-        horizon = day_start_ms(open_day - timedelta(days=DEDUP_CLOSED_DAYS), tz) // 60_000
-        limit = horizon - DUPLICATE_MINUTES
+        limit = _dedup_limit(open_day, tz)
         if self._seen_min > limit:
             return
-        for h in list(self.seen):
-            kept = [m for m in self.seen[h] if m > limit]
-            if kept:
-                self.seen[h] = kept
-            else:
-                del self.seen[h]
-        self._seen_min = min((min(ms) for ms in self.seen.values()), default=None)
+        keep = [i for i, m in enumerate(self.seen_m) if m > limit]
+        hashes, minutes = self.seen_h, self.seen_m
+        self.seen_h = array("Q", [hashes[i] for i in keep])
+        self.seen_m = array("q", [minutes[i] for i in keep])
+        self._seen_min = min(self.seen_m) if keep else None
 
     def _is_duplicate(self, h: int, minute: int) -> bool:
-        return any(abs(minute - m) < DUPLICATE_MINUTES for m in self.seen.get(h, ()))
+        hashes = self.seen_h
+        if h not in hashes:
+            return False
+        minutes = self.seen_m
+        i = hashes.index(h)
+        while True:
+            if abs(minute - minutes[i]) < DUPLICATE_MINUTES:
+                return True
+            try:
+                i = hashes.index(h, i + 1)
+            except ValueError:
+                return False
 
     def _remember(self, h: int, minute: int) -> None:
-        self.seen.setdefault(h, []).append(minute)
+        self.seen_h.append(h)
+        self.seen_m.append(minute)
         if self._seen_min is None or minute < self._seen_min:
             self._seen_min = minute
 
     def _add(self, day: date, fen: int, seconds: int) -> None:
-        bucket = self.days.get(day.toordinal())
-        if bucket is None:
-            self.days[day.toordinal()] = [fen, seconds]
+        o = day.toordinal()
+        ords = self.day_ord
+        n = len(ords)
+        if n and ords[n - 1] == o:
+            i = n - 1
         else:
-            bucket[0] += fen
-            bucket[1] += seconds
+            i = bisect_left(ords, o)
+            if i == n or ords[i] != o:
+                ords.insert(i, o)
+                self.day_fen.insert(i, 0)
+                self.day_sec.insert(i, 0)
+        self.day_fen[i] += fen
+        self.day_sec[i] += seconds
         if self.contract is not None:
             self.contract_spent_fen += fen
 
@@ -271,17 +329,19 @@ class SubscriberState:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SubscriberState):
             return NotImplemented
-        return all(getattr(self, s) == getattr(other, s) for s in _FIELDS)
+        # The dedup memory is a set of (hash, minute): the order it was remembered in does not count.
+        return all(getattr(self, s) == getattr(other, s) for s in _FIELDS) and sorted(
+            zip(self.seen_h, self.seen_m, strict=True)) == sorted(zip(other.seen_h, other.seen_m, strict=True))
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{s}={getattr(self, s)!r}" for s in _FIELDS)
+        fields = ", ".join(f"{s}={getattr(self, s)!r}" for s in (*_FIELDS, "seen"))
         return f"SubscriberState({fields})"
 
     def to_bytes(self) -> bytes:
         """Serialise compactly: a version byte, the scalar fields as one JSON array (orjson), then
-        the day buckets and the dedup memory as fixed-width arrays (struct, one call each)."""
+        the day buckets and the dedup memory as fixed-width little-endian arrays."""
         photo, c = self.photo, self.contract
         head = orjson.dumps([
             self.has_profile | self.prepaid << 1 | _LIGHT_CODE[self.light] << 2 | _CHURN_CODE[self.churned] << 5,
@@ -301,30 +361,25 @@ class SubscriberState:
         w.raw(head)
         # Days: the first ordinal, then offsets from it (uint8, or uint16 / uint32 as the span
         # needs: flag bits 1-2), revenue fen and voice seconds (int32, or int64: flag bit 0).
-        days = sorted(self.days)
-        n = len(days)
+        ords = self.day_ord
+        n = len(ords)
         w.uint(n)
         if n:
-            first = days[0]
-            buckets = self.days
-            fens = [buckets[d][0] for d in days]
-            secs = [buckets[d][1] for d in days]
-            wide = min(fens) < _I32_MIN or max(fens) > _I32_MAX or min(secs) < _I32_MIN or max(secs) > _I32_MAX
-            span = days[-1] - first
+            first = ords[0]
+            span = ords[-1] - first
             size = 0 if span <= 0xFF else 1 if span <= 0xFFFF else 2
+            wide = 0
+            try:
+                fens, secs = array("i", self.day_fen), array("i", self.day_sec)
+            except OverflowError:
+                wide, fens, secs = 1, self.day_fen, self.day_sec
             w.uint(wide | size << 1)
             w.uint(first)
-            w.raw(struct.pack(f"<{n}{_OFFSET[size]}{n}{'q' if wide else 'i'}{n}{'q' if wide else 'i'}",
-                              *[d - first for d in days], *fens, *secs))
-        # Dedup memory, in no particular order: the earliest minute since the epoch, then each
+            w.raw(_le(array(_OFFSET[size], map(first.__rsub__, ords))) + _le(fens) + _le(secs))
+        # Dedup memory, in the order remembered: the earliest minute since the epoch, then each
         # entry's minutes after it (uint16, or uint32 when they span more: flag 1) and its event
-        # hash (uint64). Not sorting it halves the cost for a busy subscriber.
-        hashes: list[int] = []
-        minutes: list[int] = []
-        for h, kept in self.seen.items():
-            for minute in kept:
-                hashes.append(h)
-                minutes.append(minute)
+        # hash (uint64).
+        minutes = self.seen_m
         m = len(minutes)
         w.uint(m)
         if m:
@@ -332,7 +387,7 @@ class SubscriberState:
             far = max(minutes) - start > 0xFFFF
             w.uint(far)
             w.uint(start)
-            w.raw(struct.pack(f"<{m}{'I' if far else 'H'}{m}Q", *[t - start for t in minutes], *hashes))
+            w.raw(_le(array("I" if far else "H", map(start.__rsub__, minutes))) + _le(self.seen_h))
         return w.getvalue()
 
     @classmethod
@@ -340,7 +395,7 @@ class SubscriberState:
         """Rebuild a state written by `to_bytes`; raise ValueError on anything else."""
         try:
             return cls._decode(_Reader(data))
-        except (KeyError, IndexError, OverflowError, TypeError, struct.error, orjson.JSONDecodeError) as exc:
+        except (KeyError, IndexError, OverflowError, TypeError, orjson.JSONDecodeError) as exc:
             raise ValueError(f"corrupt subscriber state: {exc!r}") from None
 
     @classmethod
@@ -367,29 +422,49 @@ class SubscriberState:
         s.used = set(used)
         n = r.uint()
         if n:
-            wide = r.uint()
+            flags = r.uint()
             first = r.uint()
-            values = r.unpack(f"<{n}{_OFFSET[wide >> 1]}{n}{'q' if wide & 1 else 'i'}{n}{'q' if wide & 1 else 'i'}")
-            s.days = {first + values[i]: [values[n + i], values[2 * n + i]] for i in range(n)}
+            size, code = 1 << (flags >> 1), "q" if flags & 1 else "i"
+            width = 8 if flags & 1 else 4
+            s.day_ord = array("i", map(first.__add__, _from_le(_OFFSET[flags >> 1], r.raw(size * n))))
+            s.day_fen = _from_le(code, r.raw(width * n), "q")
+            s.day_sec = _from_le(code, r.raw(width * n), "q")
         m = r.uint()
         if m:
             far = r.uint()
             start = r.uint()
-            values = r.unpack(f"<{m}{'I' if far else 'H'}{m}Q")
-            seen = s.seen
-            for offset, h in zip(values[:m], values[m:], strict=True):
-                minute = start + offset
-                kept = seen.get(h)
-                if kept is None:
-                    seen[h] = [minute]
-                else:
-                    kept.append(minute)
+            s.seen_m = array("q", map(start.__add__, _from_le("I" if far else "H", r.raw((4 if far else 2) * m))))
+            s.seen_h = _from_le("Q", r.raw(8 * m))
             s._seen_min = start  # the earliest
         r.end()
         return s
 
 
-_FIELDS: Final = tuple(s for s in SubscriberState.__slots__ if not s.startswith("_"))
+# What equality and repr compare; the dedup memory is compared as a set (SubscriberState.__eq__).
+_FIELDS: Final = tuple(s for s in SubscriberState.__slots__ if not s.startswith("_") and not s.startswith("seen_"))
+
+
+@lru_cache(maxsize=1024)
+def _dedup_limit(open_day: date, tz: ZoneInfo) -> int:
+    """The newest epoch minute a remembered event can have and still match none to come."""
+    return day_start_ms(open_day - timedelta(days=DEDUP_CLOSED_DAYS), tz) // 60_000 - DUPLICATE_MINUTES
+
+
+def _le(values: array[int]) -> bytes:
+    """The array's items little-endian, whatever this machine's byte order."""
+    if _LITTLE:
+        return values.tobytes()
+    swapped = array(values.typecode, values)
+    swapped.byteswap()
+    return swapped.tobytes()
+
+
+def _from_le(code: str, data: bytes, into: str | None = None) -> array[int]:
+    values = array(code)
+    values.frombytes(data)
+    if not _LITTLE:
+        values.byteswap()
+    return values if into is None or into == code else array(into, values)
 
 
 _EMPTY = SubscriberState()
@@ -512,9 +587,6 @@ class _Reader:
         out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
-
-    def unpack(self, fmt: str) -> tuple[int, ...]:
-        return struct.unpack(fmt, self.raw(struct.calcsize(fmt)))
 
     def end(self) -> None:
         if self.pos != len(self.data):
