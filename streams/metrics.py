@@ -193,13 +193,13 @@ class Metrics:
 
     # -- counters and histogram -------------------------------------------------------------
 
-    def event(self, topic: str, outcome: Outcome) -> None:
-        """Count one input event of `topic` with its `outcome`."""
+    def event(self, topic: str, outcome: Outcome, n: int = 1) -> None:
+        """Count `n` input events of `topic` with their `outcome`."""
         child = self._events.get((topic, outcome))
         if child is None:
             child = self.events.labels(free_label(topic), _closed(outcome, OUTCOMES, "outcome"))
             self._events[(topic, outcome)] = child
-        child.inc()
+        child.inc(n)
 
     def rewind(self, topic: str) -> None:
         """Count one input partition of `topic` read again from the state's offsets."""

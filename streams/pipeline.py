@@ -28,7 +28,7 @@ from faust.types import TP
 from rules import lights, tasks as triggers
 from rules.events import (
     BILLING, INPUT_TOPICS, LIFECYCLE, PROFILES, USAGE, Billing, Event, Lifecycle, Outcome, Profile, ProfileDeleted,
-    Rejection, decode, event_time_ms, mask,
+    Rejection, Usage, decode, event_time_ms, mask,
 )
 from rules.kpi import local_month, region_kpis
 from rules.lights import LightChange
@@ -100,11 +100,14 @@ class PartitionClock:
         # subscriber's depends on the profile, so they wait for it.
         self.waiting: list[tuple[int, int | None, str, str]] = []
 
-    def observe(self, topic: str, ts_ms: int) -> None:
-        if ts_ms > self.max_ts.get(topic, -1):
-            self.max_ts[topic] = ts_ms
+    def observe(self, topic: str, ts_ms: int) -> bool:
+        """Take in an event time of `topic`; say whether the topic's latest time moved."""
         if self.first_ts is None and topic in SERIES:
             self.first_ts = ts_ms
+        if ts_ms > self.max_ts.get(topic, -1):
+            self.max_ts[topic] = ts_ms
+            return True
+        return False
 
     def advance(self, pending: dict[str, bool]) -> int | None:
         """Recompute the watermark: the minimum over the topics that still have records to read.
@@ -203,6 +206,12 @@ class Pipeline:
         self._due: list[tuple[Task, bool, int | None]] = []
         # High watermarks change only between fetches: one look-up per partition and batch.
         self._highwater: dict[TP, int | None] = {}
+        # Per partition, whether each input topic has records left (`_pending`), kept up to date
+        # record by record within a batch.
+        self._pend: dict[int, dict[str, bool]] = {}
+        # Events counted in the batch so far, by (topic, outcome): the metric is updated once a batch.
+        self._counts: dict[tuple[str, str], int] = {}
+        self._now_ms = int(time.time() * 1000)
         self._tps: dict[int, list[tuple[TP, str]]] = {}
         # Input partitions being read again from the state's next offset after a gap.
         self._rewinds: dict[TP, Rewind] = {}
@@ -394,16 +403,36 @@ class Pipeline:
         (self.dated[p].add if dated else self.dated[p].discard)(key)
 
     def _touch(self, p: int, key: bytes) -> None:
-        self._dirty.setdefault(p, set()).add(key)
+        keys = self._dirty.get(p)
+        if keys is None:
+            keys = self._dirty[p] = set()
+        keys.add(key)
+
+    def _count(self) -> None:
+        for (base, outcome), n in self._counts.items():
+            self.metrics.event(base, outcome, n)  # type: ignore[arg-type]
+        self._counts.clear()
 
     # --- the batch -----------------------------------------------------------------------------
 
     async def process(self, records: list[Any]) -> None:
         """Handle one batch of records (topic, partition, offset, key, value, timestamp, headers)."""
         self._highwater.clear()
+        self._pend.clear()
+        self._now_ms = int(time.time() * 1000)
         self._settled = False
         if self._rewinds:
             await self._repeat_seeks()
+        try:
+            await self._records(records)
+        finally:
+            self._count()
+        await self._commit()
+        if self._rewinds:
+            await self._repeat_seeks()
+
+    async def _records(self, records: list[Any]) -> None:
+        rewinds = self._rewinds
         for msg in records:
             base = self.base_topic.get(msg.topic)
             p = msg.partition
@@ -414,43 +443,42 @@ class Pipeline:
                 # An event of a partition the cache does not hold (the assignment seen at the last
                 # reload was partial, or a rebalance is settling): load it rather than drop it.
                 clock = self._adopt(p)
-            if not await self._in_sequence(msg.tp, base, msg.offset, clock):
+            tp = msg.tp
+            offset = msg.offset
+            # The next record the state needs, or the slow path (a re-delivery, a gap, a re-read).
+            if (offset != clock.offsets.get(base, -1) + 1 or tp in rewinds) and not await self._in_sequence(
+                    tp, base, offset, clock):
                 continue
             result = decode(base, msg.key, msg.value, self._future_reference(clock))
-            clock.offsets[base] = msg.offset
+            clock.offsets[base] = offset
             self._dirty_clocks.add(p)
             if isinstance(result, Rejection):
                 await self._reject(base, msg, result)
-                await self._advance(p, clock)
+                await self._advance(p, clock, base, tp, False)
                 continue
             ts = event_time_ms(result)
-            if ts is not None:
-                clock.observe(base, ts)
+            moved = ts is not None and clock.observe(base, ts)
             if isinstance(result, Lifecycle) and (clock.watermark_ms is None or result.ts_ms > clock.watermark_ms):
                 bisect.insort(clock.parked, (result.ts_ms, _kafka_ms(msg), msg.key.decode(), msg.value.decode()))
-                self._dirty_clocks.add(p)
-                await self._advance(p, clock)
+                await self._advance(p, clock, base, tp, moved)
                 continue
             if isinstance(result, Billing) and not self._has_profile(msg.key) and self._profiles_pending(p, clock):
                 clock.waiting.append((result.ts_ms, _kafka_ms(msg), msg.key.decode(), msg.value.decode()))
-                self._dirty_clocks.add(p)
-                await self._advance(p, clock)
+                await self._advance(p, clock, base, tp, moved)
                 continue
             if base == PROFILES:
                 # A profile is the state its subscriber's events refer to: applied before the
                 # days its topic's catching up lets close, so they judge the subscriber.
                 await self._apply(p, base, result, msg.key, _kafka_ms(msg))
-                await self._advance(p, clock)
+                await self._advance(p, clock, base, tp, moved)
                 continue
-            await self._advance(p, clock)
+            await self._advance(p, clock, base, tp, moved)
             await self._apply(p, base, result, msg.key, _kafka_ms(msg))
-        await self._commit()
-        if self._rewinds:
-            await self._repeat_seeks()
 
     async def tick(self, now_ms: int) -> None:
         """Close days by the wall clock on idle, live partitions (CONTRACT §7), between two batches."""
         self._highwater.clear()
+        self._pend.clear()
         self._settled = False
         for p, clock in self._owned_clocks():
             await self._tick(p, clock, now_ms)
@@ -471,6 +499,7 @@ class Pipeline:
         last = clock.offsets.get(base, -1)
         if offset <= last:
             return False  # re-delivered after a crash, or read again: its effects are in the state
+        self._pend.pop(tp.partition, None)  # a re-read starting or ending changes what is pending
         rewind = self._rewinds.get(tp)
         if rewind is not None:
             if offset == last + 1:
@@ -586,13 +615,14 @@ class Pipeline:
         """
         return self.source.end(tp)  # type: ignore[no-any-return]
 
-    @staticmethod
-    def _future_reference(clock: PartitionClock) -> int:
+    def _future_reference(self, clock: PartitionClock) -> int:
         # CONTRACT §1 rejects times more than 1 day ahead of the partition's watermark. During a
         # replay the watermark lags the wall clock by months, and the consumer may read one topic
-        # far ahead of another, so valid events would be rejected; the wall clock bounds it there.
-        now_ms = int(time.time() * 1000)
-        return max(clock.watermark_ms or now_ms, now_ms)
+        # far ahead of another, so valid events would be rejected; the wall clock (as the batch
+        # began) bounds it there.
+        now_ms = self._now_ms
+        watermark = clock.watermark_ms
+        return now_ms if watermark is None or watermark < now_ms else watermark
 
     def _has_profile(self, key: bytes) -> bool:
         state = self.states.get(key)
@@ -603,9 +633,19 @@ class Pipeline:
         high = self._high(tp)
         return high is not None and high > self._next_offset(PROFILES, clock)
 
-    async def _advance(self, p: int, clock: PartitionClock) -> None:
+    async def _advance(self, p: int, clock: PartitionClock, base: str, tp: TP, moved: bool) -> None:
+        """Move the watermark after the record at `tp` (of topic `base`), whose time `moved` the
+        topic's latest or not; close the days it passes and release what waited for it."""
+        pending = self._pend.get(p)
+        if pending is None:
+            pending = self._pend[p] = self._pending(p, clock)
+        else:
+            high = self._high(tp)
+            more = tp in self._rewinds or (high is not None and high > clock.offsets.get(base, -1) + 1)
+            if more == pending.get(base) and not moved:
+                return  # neither the topic's time nor whether it has records left changed
+            pending[base] = more
         before = clock.watermark_ms
-        pending = self._pending(p, clock)
         watermark = clock.advance(pending)
         if clock.waiting and not pending[PROFILES]:
             waiting, clock.waiting = sorted(clock.waiting), []
@@ -700,12 +740,16 @@ class Pipeline:
         if state is None:
             state = self.states[key] = SubscriberState()
         clock = self.clocks[p]
-        lifecycle_before = (state.churned, state.churned_ms, state.port_out_request_ms, state.contract)
+        lifecycle_before = (state.churned, state.churned_ms, state.port_out_request_ms, state.contract) if type(
+            event) is Lifecycle else None
         applied = apply(state, event, open_day=clock.open_day, tz=self.tz, rules=self.rules)
-        self.metrics.event(base, applied.outcome)
+        counted = (base, applied.outcome)
+        self._counts[counted] = self._counts.get(counted, 0) + 1
         if applied.outcome != "applied":
             return
         self._touch(p, key)
+        if type(event) is Usage:
+            return  # the bulk of the traffic: nothing to judge or decide on it
         if isinstance(event, (Profile, ProfileDeleted)):
             self._index(p, key, state)
             return

@@ -10,6 +10,7 @@ from rules.events import (
     Rejection, Usage,
     decode, mask,
 )
+from rules.events import _Reject, _usage, _usage_fast
 
 MSISDN = "13800000001"
 json_scalars = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
@@ -80,3 +81,38 @@ def test_profile_tombstone_deletes_and_other_null_values_are_rejected() -> None:
 def test_mask_hides_the_middle_of_a_number() -> None:
     assert mask("13800000001") == "138****0001"
     assert MSISDN not in mask(MSISDN)
+
+
+usage_docs = st.fixed_dictionaries({
+    "event_id": st.text(min_size=1, max_size=8), "msisdn": st.just(MSISDN),
+    "ts": st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
+    "type": st.sampled_from(["voice", "sms", "data"]),
+    "charge": st.floats(0, 1000) | st.integers(0, 1000),
+}).flatmap(lambda d: st.fixed_dictionaries({
+    **{k: st.just(v) for k, v in d.items()},
+    **({"direction": st.sampled_from(["out", "in"])} if d["type"] != "data" else {}),
+    **({"minutes": st.floats(0, 600) | st.integers(0, 600)} if d["type"] == "voice" else {}),
+    **({"mb": st.none() | st.floats(0, 10**4)} if d["type"] == "data" else {}),
+}))
+
+
+def _slow(doc: dict[str, object]) -> Usage | str:
+    try:
+        return _usage(doc, MSISDN)
+    except _Reject as r:
+        return r.error
+
+
+@settings(max_examples=400, deadline=None)
+@given(doc=usage_docs | plausible)
+def test_the_fast_usage_path_accepts_only_what_the_full_validation_accepts_and_the_same_way(
+        doc: dict[str, object]) -> None:
+    fast, slow = _usage_fast(doc, MSISDN), _slow(doc)
+    assert fast is None or fast == slow
+
+
+@settings(max_examples=200, deadline=None)
+@given(doc=usage_docs)
+def test_the_fast_usage_path_takes_every_well_formed_usage_event(doc: dict[str, object]) -> None:
+    fast = _usage_fast(doc, MSISDN)
+    assert fast is not None and fast == _slow(doc)
