@@ -153,10 +153,11 @@ class SubscriberState:
     )
 
     def __init__(self) -> None:
-        # Day buckets, oldest first: local day ordinal, revenue fen, outgoing voice seconds.
+        # Day buckets, oldest first: local day ordinal, revenue fen, outgoing voice seconds (int32,
+        # widened to int64 by the first sum that needs it).
         self.day_ord = array("i")
-        self.day_fen = array("q")
-        self.day_sec = array("q")
+        self.day_fen = array("i")
+        self.day_sec = array("i")
         self.has_profile = False
         self.region: str | None = None
         self.brand: str | None = None
@@ -278,8 +279,12 @@ class SubscriberState:
                 ords.insert(i, o)
                 self.day_fen.insert(i, 0)
                 self.day_sec.insert(i, 0)
-        self.day_fen[i] += fen
-        self.day_sec[i] += seconds
+        total_fen, total_seconds = self.day_fen[i] + fen, self.day_sec[i] + seconds
+        try:
+            self.day_fen[i], self.day_sec[i] = total_fen, total_seconds
+        except OverflowError:
+            self.day_fen, self.day_sec = array("q", self.day_fen), array("q", self.day_sec)
+            self.day_fen[i], self.day_sec[i] = total_fen, total_seconds
         if self.contract is not None:
             self.contract_spent_fen += fen
 
@@ -355,40 +360,32 @@ class SubscriberState:
             [[r.code, r.value, r.threshold] for r in self.reasons],
             sorted(self.used),
         ])
-        w = _Writer()
-        w.uint(_VERSION)
-        w.uint(len(head))
-        w.raw(head)
+        parts = [_varint(_VERSION), _varint(len(head)), head]
         # Days: the first ordinal, then offsets from it (uint8, or uint16 / uint32 as the span
         # needs: flag bits 1-2), revenue fen and voice seconds (int32, or int64: flag bit 0).
         ords = self.day_ord
         n = len(ords)
-        w.uint(n)
+        parts.append(_varint(n))
         if n:
             first = ords[0]
             span = ords[-1] - first
             size = 0 if span <= 0xFF else 1 if span <= 0xFFFF else 2
-            wide = 0
-            try:
-                fens, secs = array("i", self.day_fen), array("i", self.day_sec)
-            except OverflowError:
-                wide, fens, secs = 1, self.day_fen, self.day_sec
-            w.uint(wide | size << 1)
-            w.uint(first)
-            w.raw(_le(array(_OFFSET[size], map(first.__rsub__, ords))) + _le(fens) + _le(secs))
+            fens, secs = self.day_fen, self.day_sec
+            wide = fens.typecode == "q"
+            parts += (_varint(wide | size << 1), _varint(first), _le(array(_OFFSET[size], map(first.__rsub__, ords))),
+                      _le(fens), _le(secs))
         # Dedup memory, in the order remembered: the earliest minute since the epoch, then each
         # entry's minutes after it (uint16, or uint32 when they span more: flag 1) and its event
         # hash (uint64).
         minutes = self.seen_m
         m = len(minutes)
-        w.uint(m)
+        parts.append(_varint(m))
         if m:
             start = min(minutes)
             far = max(minutes) - start > 0xFFFF
-            w.uint(far)
-            w.uint(start)
-            w.raw(_le(array("I" if far else "H", map(start.__rsub__, minutes))) + _le(self.seen_h))
-        return w.getvalue()
+            parts += (_varint(far), _varint(start), _le(array("I" if far else "H", map(start.__rsub__, minutes))),
+                      _le(self.seen_h))
+        return b"".join(parts)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SubscriberState:
@@ -427,8 +424,8 @@ class SubscriberState:
             size, code = 1 << (flags >> 1), "q" if flags & 1 else "i"
             width = 8 if flags & 1 else 4
             s.day_ord = array("i", map(first.__add__, _from_le(_OFFSET[flags >> 1], r.raw(size * n))))
-            s.day_fen = _from_le(code, r.raw(width * n), "q")
-            s.day_sec = _from_le(code, r.raw(width * n), "q")
+            s.day_fen = _from_le(code, r.raw(width * n))
+            s.day_sec = _from_le(code, r.raw(width * n))
         m = r.uint()
         if m:
             far = r.uint()
@@ -475,25 +472,29 @@ def apply(
 ) -> Applied:
     """Fold one validated event into `state` (CONTRACT §5) and say what it did."""
     balance = state.balance_fen
-    if isinstance(event, Profile):
+    kind = type(event)
+    if kind is Profile:
+        assert isinstance(event, Profile)
         before = state._profile_fields()
         state._set_profile(event)
         return Applied("applied", balance, balance, None, state._profile_fields() != before)
-    if isinstance(event, ProfileDeleted):
+    if kind is ProfileDeleted:
         before = state._profile_fields()
         state._clear_profile()
         return Applied("applied", balance, balance, None, state._profile_fields() != before)
 
+    assert not isinstance(event, (Profile, ProfileDeleted))
     minute = event.ts_ms // 60_000
-    h = None if isinstance(event, Outcome) else event_hash(event.event_id)
+    h = None if kind is Outcome else event_hash(event.event_id)  # type: ignore[union-attr]
     if h is not None and state._is_duplicate(h, minute):
         return Applied("duplicate", balance, balance)
     day = local_day(event.ts_ms, tz)
-    if open_day is not None and day < open_day - timedelta(days=rules.window_days):
+    if open_day is not None and day.toordinal() < open_day.toordinal() - rules.window_days:
         return Applied("late_dropped", balance, balance)
 
     lifecycle: LifecycleType | None = None
-    if isinstance(event, Usage):
+    if kind is Usage:
+        assert isinstance(event, Usage)
         seconds = event.seconds if event.type == "voice" and event.direction == "out" else 0
         if event.charge_fen or seconds:
             state._add(day, event.charge_fen, seconds)
@@ -539,25 +540,21 @@ def _lifecycle(state: SubscriberState, event: Lifecycle) -> None:
 # --- binary codec ------------------------------------------------------------------------------
 
 
-class _Writer:
-    __slots__ = ("buf",)
+_SMALL: Final = tuple(bytes((i,)) for i in range(128))
 
-    def __init__(self) -> None:
-        self.buf = bytearray()
 
-    def uint(self, n: int) -> None:
+def _varint(n: int) -> bytes:
+    """An unsigned LEB128 varint."""
+    if n < 0x80:
         if n < 0:
             raise ValueError("negative unsigned")
-        while n >= 0x80:
-            self.buf.append(n & 0x7F | 0x80)
-            n >>= 7
-        self.buf.append(n)
-
-    def raw(self, data: bytes) -> None:
-        self.buf += data
-
-    def getvalue(self) -> bytes:
-        return bytes(self.buf)
+        return _SMALL[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 class _Reader:
