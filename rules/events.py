@@ -341,7 +341,7 @@ def _usage_fast(doc: dict[str, Any], msisdn: str) -> Usage | None:
     event_id, ts, kind, charge = doc.get("event_id"), doc.get("ts"), doc.get("type"), doc.get("charge")
     if type(event_id) is not str or not event_id or type(ts) is not str or not _is_amount(charge):
         return None
-    with_direction = _WITH_DIRECTION.get(kind)  # type: ignore[arg-type]
+    with_direction = _WITH_DIRECTION.get(kind) if type(kind) is str else None
     if with_direction is None:
         return None
     direction = doc.get("direction")
@@ -349,7 +349,7 @@ def _usage_fast(doc: dict[str, Any], msisdn: str) -> Usage | None:
     mb = doc.get("mb")
     seconds = 0
     if with_direction:
-        if direction not in _DIRECTIONS or mb is not None:
+        if type(direction) is not str or direction not in _DIRECTIONS or mb is not None:
             return None
         if kind == "voice":
             if not _is_amount(minutes):

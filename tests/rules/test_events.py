@@ -104,9 +104,11 @@ def _slow(doc: dict[str, object]) -> Usage | str:
 
 
 @settings(max_examples=400, deadline=None)
-@given(doc=usage_docs | plausible)
+@given(doc=usage_docs | plausible, damage=st.dictionaries(
+    st.sampled_from(["event_id", "ts", "type", "direction", "minutes", "mb", "charge"]), json_values, max_size=2))
 def test_the_fast_usage_path_accepts_only_what_the_full_validation_accepts_and_the_same_way(
-        doc: dict[str, object]) -> None:
+        doc: dict[str, object], damage: dict[str, object]) -> None:
+    doc = {**doc, **damage}
     fast, slow = _usage_fast(doc, MSISDN), _slow(doc)
     assert fast is None or fast == slow
 
