@@ -125,7 +125,8 @@ class SubscriberState:
     """The compact, mutable state of one subscriber."""
 
     __slots__ = (
-        "day_ord",
+        "day_first",
+        "day_off",
         "day_fen",
         "day_sec",
         "has_profile",
@@ -146,16 +147,18 @@ class SubscriberState:
         "light",
         "light_since_ms",
         "reasons",
+        "seen_base",
+        "seen_off",
         "seen_h",
-        "seen_m",
         "used",
-        "_seen_min",
     )
 
     def __init__(self) -> None:
-        # Day buckets, oldest first: local day ordinal, revenue fen, outgoing voice seconds (int32,
-        # widened to int64 by the first sum that needs it).
-        self.day_ord = array("i")
+        # Day buckets, oldest first, kept as `to_bytes` writes them: the local day ordinals as
+        # offsets from the first one's (uint8, widened as the span needs), revenue fen and outgoing
+        # voice seconds (int32, widened to int64 by the first sum that needs it).
+        self.day_first = 0
+        self.day_off = array("B")
         self.day_fen = array("i")
         self.day_sec = array("i")
         self.has_profile = False
@@ -176,35 +179,39 @@ class SubscriberState:
         self.light: Light | None = None
         self.light_since_ms: int | None = None
         self.reasons: tuple[Reason, ...] = ()
-        # Dedup memory, in the order remembered: 64-bit hashes of event ids and their event times
-        # in UTC epoch minutes.
+        # Dedup memory, in the order remembered: event times in UTC epoch minutes as offsets from
+        # the earliest (uint16, or uint32 when they span more), and 64-bit hashes of event ids.
+        self.seen_base = 0
+        self.seen_off = array("H")
         self.seen_h = array("Q")
-        self.seen_m = array("q")
         self.used: set[str] = set()
-        # the oldest minute in `seen`, so that pruning costs nothing until something can go
-        self._seen_min: int | None = None
 
     # --- queries -------------------------------------------------------------------------------
 
     @property
     def days(self) -> dict[int, list[int]]:
         """The day buckets as {local day ordinal: [revenue fen, outgoing voice seconds]} (a copy)."""
-        return {d: [f, s] for d, f, s in zip(self.day_ord, self.day_fen, self.day_sec, strict=True)}
+        first = self.day_first
+        return {first + d: [f, s] for d, f, s in zip(self.day_off, self.day_fen, self.day_sec, strict=True)}
 
     @property
     def seen(self) -> dict[int, list[int]]:
         """The dedup memory as {event hash: [epoch minutes]} (a copy)."""
         out: dict[int, list[int]] = {}
-        for h, m in zip(self.seen_h, self.seen_m, strict=True):
-            out.setdefault(h, []).append(m)
+        for h, k in zip(self.seen_h, self.seen_off, strict=True):
+            out.setdefault(h, []).append(self.seen_base + k)
         return out
+
+    def forget_seen(self) -> None:
+        """Empty the dedup memory."""
+        self.seen_base, self.seen_off, self.seen_h = 0, array("H"), array("Q")
 
     def window(self, open_day: date, window_days: int) -> tuple[int, int]:
         """Return (revenue fen, outgoing voice seconds) over [open_day - window_days, open_day - 1]."""
-        end = open_day.toordinal()
-        ords = self.day_ord
-        lo = bisect_left(ords, end - window_days)
-        hi = bisect_left(ords, end, lo)
+        end = open_day.toordinal() - self.day_first
+        offsets = self.day_off
+        lo = bisect_left(offsets, end - window_days)
+        hi = bisect_left(offsets, end, lo)
         return sum(self.day_fen[lo:hi]), sum(self.day_sec[lo:hi])
 
     def port_out_open(self, at_ms: int, open_days: int) -> bool:
@@ -222,7 +229,7 @@ class SubscriberState:
     def is_empty(self) -> bool:
         """Tell whether the state holds nothing worth keeping."""
         # Cheap fields first: this runs for every state written.
-        if self.day_ord or self.seen_h or self.has_profile or self.used or self.light is not None:
+        if self.day_off or self.seen_h or self.has_profile or self.used or self.light is not None:
             return False
         return self == _EMPTY
 
@@ -230,31 +237,41 @@ class SubscriberState:
 
     def prune(self, open_day: date, tz: ZoneInfo, window_days: int) -> None:
         """Drop day buckets older than the window and dedup entries that can no longer match."""
-        ords = self.day_ord
-        if ords and ords[0] < open_day.toordinal() - window_days:
-            n = bisect_left(ords, open_day.toordinal() - window_days)
-            del ords[:n], self.day_fen[:n], self.day_sec[:n]
-        if self._seen_min is None:
+        offsets = self.day_off
+        if offsets:
+            cut = open_day.toordinal() - window_days - self.day_first
+            if offsets[0] < cut:
+                n = bisect_left(offsets, cut)
+                del offsets[:n], self.day_fen[:n], self.day_sec[:n]
+                if offsets:
+                    self._rebase_days(self.day_first + offsets[0])
+        hashes = self.seen_h
+        if not hashes:
             return
         # An incoming event that is still deduplicated has ts >= this day start; an entry
         # 24 h or more before that can match none of them.
-        limit = _dedup_limit(open_day, tz)
-        if self._seen_min > limit:
+        cut = _dedup_limit(open_day, tz) - self.seen_base
+        if cut < 0:  # the earliest remembered (offset 0) is still needed
             return
-        keep = [i for i, m in enumerate(self.seen_m) if m > limit]
-        hashes, minutes = self.seen_h, self.seen_m
+        seen = self.seen_off
+        keep = [i for i, k in enumerate(seen) if k > cut]
+        if not keep:
+            self.forget_seen()
+            return
+        least = min(seen[i] for i in keep)
+        self.seen_base += least
+        self.seen_off = array(_width(max(seen[i] for i in keep) - least, _SEEN_WIDTHS), [seen[i] - least for i in keep])
         self.seen_h = array("Q", [hashes[i] for i in keep])
-        self.seen_m = array("q", [minutes[i] for i in keep])
-        self._seen_min = min(self.seen_m) if keep else None
 
     def _is_duplicate(self, h: int, minute: int) -> bool:
         hashes = self.seen_h
         if h not in hashes:
             return False
-        minutes = self.seen_m
+        k = minute - self.seen_base
+        seen = self.seen_off
         i = hashes.index(h)
         while True:
-            if abs(minute - minutes[i]) < DUPLICATE_MINUTES:
+            if abs(k - seen[i]) < DUPLICATE_MINUTES:
                 return True
             try:
                 i = hashes.index(h, i + 1)
@@ -262,21 +279,51 @@ class SubscriberState:
                 return False
 
     def _remember(self, h: int, minute: int) -> None:
+        if not self.seen_h:
+            self.seen_base = minute
+        k = minute - self.seen_base
+        if k < 0:  # earlier than any remembered: offsets from this one
+            self._rebase_seen(minute)
+            k = 0
+        try:
+            self.seen_off.append(k)
+        except OverflowError:
+            self.seen_off = array("I", self.seen_off)
+            self.seen_off.append(k)
         self.seen_h.append(h)
-        self.seen_m.append(minute)
-        if self._seen_min is None or minute < self._seen_min:
-            self._seen_min = minute
+
+    def _rebase_seen(self, base: int) -> None:
+        shift = self.seen_base - base
+        offsets = [k + shift for k in self.seen_off]
+        self.seen_off = array(_width(max(offsets, default=0), _SEEN_WIDTHS), offsets)
+        self.seen_base = base
+
+    def _rebase_days(self, first: int) -> None:
+        shift = self.day_first - first
+        offsets = [d + shift for d in self.day_off]
+        self.day_off = array(_width(max(offsets, default=0), _OFFSET), offsets)
+        self.day_first = first
 
     def _add(self, day: date, fen: int, seconds: int) -> None:
         o = day.toordinal()
-        ords = self.day_ord
-        n = len(ords)
-        if n and ords[n - 1] == o:
+        offsets = self.day_off
+        n = len(offsets)
+        if not n:
+            self.day_first = o
+        elif o < self.day_first:  # a late event for a day before the first bucket
+            self._rebase_days(o)
+            offsets = self.day_off
+        k = o - self.day_first
+        if n and offsets[n - 1] == k:
             i = n - 1
         else:
-            i = bisect_left(ords, o)
-            if i == n or ords[i] != o:
-                ords.insert(i, o)
+            i = bisect_left(offsets, k)
+            if i == n or offsets[i] != k:
+                try:
+                    offsets.insert(i, k)
+                except OverflowError:
+                    offsets = self.day_off = array(_width(k, _OFFSET), offsets)
+                    offsets.insert(i, k)
                 self.day_fen.insert(i, 0)
                 self.day_sec.insert(i, 0)
         total_fen, total_seconds = self.day_fen[i] + fen, self.day_sec[i] + seconds
@@ -334,14 +381,17 @@ class SubscriberState:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SubscriberState):
             return NotImplemented
-        # The dedup memory is a set of (hash, minute): the order it was remembered in does not count.
-        return all(getattr(self, s) == getattr(other, s) for s in _FIELDS) and sorted(
-            zip(self.seen_h, self.seen_m, strict=True)) == sorted(zip(other.seen_h, other.seen_m, strict=True))
+        # Compared as what they hold: the days by ordinal, the dedup memory as a set of (hash, minute).
+        return all(getattr(self, s) == getattr(other, s) for s in _FIELDS) and self.days == other.days and sorted(
+            self._seen_pairs()) == sorted(other._seen_pairs())
+
+    def _seen_pairs(self) -> list[tuple[int, int]]:
+        return [(h, self.seen_base + k) for h, k in zip(self.seen_h, self.seen_off, strict=True)]
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{s}={getattr(self, s)!r}" for s in (*_FIELDS, "seen"))
+        fields = ", ".join(f"{s}={getattr(self, s)!r}" for s in (*_FIELDS, "days", "seen"))
         return f"SubscriberState({fields})"
 
     def to_bytes(self) -> bytes:
@@ -363,27 +413,20 @@ class SubscriberState:
         parts = [_varint(_VERSION), _varint(len(head)), head]
         # Days: the first ordinal, then offsets from it (uint8, or uint16 / uint32 as the span
         # needs: flag bits 1-2), revenue fen and voice seconds (int32, or int64: flag bit 0).
-        ords = self.day_ord
-        n = len(ords)
+        offsets = self.day_off
+        n = len(offsets)
         parts.append(_varint(n))
         if n:
-            first = ords[0]
-            span = ords[-1] - first
-            size = 0 if span <= 0xFF else 1 if span <= 0xFFFF else 2
-            fens, secs = self.day_fen, self.day_sec
-            wide = fens.typecode == "q"
-            parts += (_varint(wide | size << 1), _varint(first), _le(array(_OFFSET[size], map(first.__rsub__, ords))),
-                      _le(fens), _le(secs))
+            fens = self.day_fen
+            parts += (_varint((fens.typecode == "q") | _OFFSET.index(offsets.typecode) << 1), _varint(self.day_first),
+                      _le(offsets), _le(fens), _le(self.day_sec))
         # Dedup memory, in the order remembered: the earliest minute since the epoch, then each
         # entry's minutes after it (uint16, or uint32 when they span more: flag 1) and its event
         # hash (uint64).
-        minutes = self.seen_m
-        m = len(minutes)
+        m = len(self.seen_h)
         parts.append(_varint(m))
         if m:
-            start = min(minutes)
-            far = max(minutes) - start > 0xFFFF
-            parts += (_varint(far), _varint(start), _le(array("I" if far else "H", map(start.__rsub__, minutes))),
+            parts += (_varint(self.seen_off.typecode == "I"), _varint(self.seen_base), _le(self.seen_off),
                       _le(self.seen_h))
         return b"".join(parts)
 
@@ -420,19 +463,18 @@ class SubscriberState:
         n = r.uint()
         if n:
             flags = r.uint()
-            first = r.uint()
-            size, code = 1 << (flags >> 1), "q" if flags & 1 else "i"
+            s.day_first = r.uint()
+            code = "q" if flags & 1 else "i"
             width = 8 if flags & 1 else 4
-            s.day_ord = array("i", map(first.__add__, _from_le(_OFFSET[flags >> 1], r.raw(size * n))))
+            s.day_off = _from_le(_OFFSET[flags >> 1], r.raw((1 << (flags >> 1)) * n))
             s.day_fen = _from_le(code, r.raw(width * n))
             s.day_sec = _from_le(code, r.raw(width * n))
         m = r.uint()
         if m:
             far = r.uint()
-            start = r.uint()
-            s.seen_m = array("q", map(start.__add__, _from_le("I" if far else "H", r.raw((4 if far else 2) * m))))
+            s.seen_base = r.uint()
+            s.seen_off = _from_le("I" if far else "H", r.raw((4 if far else 2) * m))
             s.seen_h = _from_le("Q", r.raw(8 * m))
-            s._seen_min = start  # the earliest
         r.end()
         return s
 
@@ -456,12 +498,23 @@ def _le(values: array[int]) -> bytes:
     return swapped.tobytes()
 
 
-def _from_le(code: str, data: bytes, into: str | None = None) -> array[int]:
+def _from_le(code: str, data: bytes) -> array[int]:
     values = array(code)
     values.frombytes(data)
     if not _LITTLE:
         values.byteswap()
-    return values if into is None or into == code else array(into, values)
+    return values
+
+
+_SEEN_WIDTHS: Final = ("H", "I")
+
+
+def _width(largest: int, codes: tuple[str, ...]) -> str:
+    """The narrowest of the unsigned array `codes` that holds 0..`largest`."""
+    for code in codes:
+        if largest < 1 << 8 * array(code).itemsize:
+            return code
+    raise OverflowError(f"offset {largest} too large")
 
 
 _EMPTY = SubscriberState()
