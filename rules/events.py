@@ -18,6 +18,7 @@ import orjson
 MAX_MESSAGE_BYTES: Final = 64 * 1024
 FUTURE_LIMIT_MS: Final = 24 * 3600 * 1000
 MSISDN_RE: Final = re.compile(r"^\+?[0-9]{5,20}$")
+_MSISDN_MATCH: Final = MSISDN_RE.match
 BIRTHDAY_RE: Final = re.compile(r"^(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")
 MONTH_RE: Final = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
 
@@ -186,7 +187,9 @@ def _decode(topic: str, key: bytes | None, value: bytes | None, watermark_ms: in
         raise _Reject("invalid_json", "not JSON") from None
     if not isinstance(doc, dict):
         raise _Reject("not_object", type(doc).__name__)
-    msisdn = _msisdn(doc)
+    msisdn = doc.get("msisdn")
+    if type(msisdn) is not str or not _MSISDN_MATCH(msisdn):
+        msisdn = _msisdn(doc)  # which says what is wrong with it
     if key is None or key.decode("utf-8", "replace") != msisdn:
         raise _Reject("key_mismatch", "key differs from msisdn")
     event: Event

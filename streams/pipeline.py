@@ -700,9 +700,17 @@ class Pipeline:
             await self._unpark(p, clock, at_ms, before=True)
             clock.open_day = day
             self._dirty_clocks.add(p)
-            # The closing day's light evaluations come before the opening day's triggers.
+            # The closing day's light evaluations come before the opening day's triggers. Until the
+            # window is whole a green subscriber without a churn or a port-out request stays green
+            # (lights.evaluate judges no threshold): a replay's first month skips them.
+            whole = lights.judged(day, clock.first_day, self.rules.window_days)
+            states = self.states
             for key in sorted(self.watched.get(p, ())):
-                await self._evaluate(p, key, self.states[key], at_ms, clock, trigger_ts=None)
+                state = states[key]
+                if (not whole and state.light == "green" and not state.reasons and state.churned is None
+                        and state.port_out_request_ms is None):
+                    continue
+                await self._evaluate(p, key, state, at_ms, clock, trigger_ts=None)
             for key in sorted(self.dated.get(p, ())):
                 await self._day_open(p, key, self.states[key], day, at_ms)
 
