@@ -16,7 +16,7 @@ from functools import lru_cache
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from hashlib import blake2b
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -69,9 +69,9 @@ class Reason:
     threshold: ReasonValue = None
 
 
-@dataclass(frozen=True, slots=True)
-class Applied:
-    """What applying one event did, and the signals the task side acts on."""
+class Applied(NamedTuple):
+    """What applying one event did, and the signals the task side acts on (a tuple: one is made
+    for every event, three times faster than a frozen dataclass)."""
 
     outcome: ApplyOutcome
     balance_before_fen: int | None = None
