@@ -254,10 +254,10 @@ class SubscriberState:
         if cut < 0:  # the earliest remembered (offset 0) is still needed
             return
         seen = self.seen_off
-        keep = [i for i, k in enumerate(seen) if k > cut]
-        if not keep:
+        if max(seen) <= cut:  # the usual case for a subscriber quiet for days: all of it goes
             self.forget_seen()
             return
+        keep = [i for i, k in enumerate(seen) if k > cut]
         least = min(seen[i] for i in keep)
         self.seen_base += least
         self.seen_off = array(_width(max(seen[i] for i in keep) - least, _SEEN_WIDTHS), [seen[i] - least for i in keep])
