@@ -42,6 +42,8 @@ ReasonValue = str | int | float | None
 
 DAY_MS: Final = 24 * 3600 * 1000
 _OFFSET: Final = ("B", "H", "I")
+_I32_MIN: Final = -(2**31)
+_I32_MAX: Final = 2**31 - 1
 # The array item sizes the format assumes (those of every mainstream platform).
 assert [array(code).itemsize for code in ("B", "H", "I", "i", "q", "Q")] == [1, 2, 4, 4, 8, 8]
 DUPLICATE_MINUTES: Final = 24 * 60
@@ -441,6 +443,8 @@ class SubscriberState:
     @classmethod
     def _decode(cls, r: _Reader) -> SubscriberState:
         version = r.uint()
+        if version == 1:
+            return cls._decode_v1(r)
         if version != _VERSION:
             raise ValueError(f"unknown subscriber state version {version}")
         s = cls()
@@ -475,6 +479,61 @@ class SubscriberState:
             s.seen_base = r.uint()
             s.seen_off = _from_le("I" if far else "H", r.raw((4 if far else 2) * m))
             s.seen_h = _from_le("Q", r.raw(8 * m))
+        r.end()
+        return s
+
+    @classmethod
+    def _decode_v1(cls, r: _Reader) -> SubscriberState:
+        """Read format 1 (until 2026-12-01: varints and short strings in fixed order), which the
+        changelog of a deployment of that time holds; the next write of the subscriber is format 2."""
+        s = cls()
+        flags = r.uint()
+        s.has_profile = bool(flags & 1)
+        s.prepaid = bool(flags >> 1 & 1)
+        s.light = _LIGHT_OF[flags >> 2 & 7]
+        s.churned = _CHURN_OF[flags >> 5 & 3]
+        s.region, s.brand, s.segment, s.birthday = r.opt_str(), r.opt_str(), r.opt_str(), r.opt_str()
+        activated = r.opt_int()
+        s.activated_on = None if activated is None else date.fromordinal(activated)
+        if r.uint():
+            s.photo = Photo(r.text(), r.sint(), r.sint())
+        if r.uint():
+            ends_on = date.fromordinal(r.uint())
+            committed, spent = r.sint(), r.sint()
+            starts = r.opt_int()
+            s.contract = Contract(ends_on, committed, spent, None if starts is None else date.fromordinal(starts))
+        s.contract_spent_fen = r.sint()
+        s.balance_fen, s.balance_ms, s.churned_ms = r.opt_int(), r.opt_int(), r.opt_int()
+        s.port_out_request_ms, s.light_since_ms = r.opt_int(), r.opt_int()
+        s.reasons = tuple(Reason(r.text(), r.value(), r.value()) for _ in range(r.uint()))
+        # Days: ordinal deltas (the first is the ordinal) and zigzag fen and seconds, oldest first.
+        n_days = r.uint()
+        days: list[int] = []
+        fens: list[int] = []
+        secs: list[int] = []
+        day = 0
+        for _ in range(n_days):
+            day += r.uint()
+            days.append(day)
+            fens.append(r.sint())
+            secs.append(r.sint())
+        if days:
+            s.day_first = days[0]
+            s.day_off = array(_width(days[-1] - days[0], _OFFSET), [d - days[0] for d in days])
+            wide = any(not _I32_MIN <= v <= _I32_MAX for v in (*fens, *secs))
+            s.day_fen, s.day_sec = array("q" if wide else "i", fens), array("q" if wide else "i", secs)
+        # Dedup memory: zigzag minute deltas in time order, then the hashes (big-endian uint64).
+        minutes: list[int] = []
+        minute = 0
+        for _ in range(r.uint()):
+            minute += r.sint()
+            minutes.append(minute)
+        hashes = r.raw(8 * len(minutes))
+        if minutes:
+            s.seen_base = minutes[0]
+            s.seen_off = array(_width(minutes[-1] - minutes[0], _SEEN_WIDTHS), [m - minutes[0] for m in minutes])
+            s.seen_h = array("Q", [int.from_bytes(hashes[i:i + 8], "big") for i in range(0, len(hashes), 8)])
+        s.used = {r.text() for _ in range(r.uint())}
         r.end()
         return s
 
@@ -630,6 +689,37 @@ class _Reader:
             shift += 7
             if shift > 70:
                 raise ValueError("varint too long")
+
+    def sint(self) -> int:
+        z = self.uint()
+        return (z >> 1) ^ -(z & 1)
+
+    def opt_int(self) -> int | None:
+        z = self.uint()
+        return None if z == 0 else ((z - 1) >> 1) ^ -((z - 1) & 1)
+
+    def opt_str(self) -> str | None:
+        n = self.uint()
+        return None if n == 0 else self.raw(n - 1).decode("utf-8")
+
+    def text(self) -> str:
+        text = self.opt_str()
+        if text is None:
+            raise ValueError("missing string in subscriber state")
+        return text
+
+    def value(self) -> ReasonValue:
+        """A reason's value in format 1: tag 0 None, 1 str, 2 int, 3 float (as its repr)."""
+        tag = self.uint()
+        if tag == 0:
+            return None
+        if tag == 1:
+            return self.text()
+        if tag == 2:
+            return self.sint()
+        if tag == 3:
+            return float(self.text())
+        raise ValueError(f"unknown reason value tag {tag}")
 
     def raw(self, n: int) -> bytes:
         if self.pos + n > len(self.data):

@@ -481,3 +481,42 @@ def test_a_state_written_by_the_earlier_writer_loads_and_is_written_back_byte_fo
     assert len(s.days) == 14 and len(s.seen) == 41
     assert s.to_bytes() == V2_STATE
     assert SubscriberState.from_bytes(s.to_bytes()) == s
+
+
+# The same state as written by format 1, the writer of the first landed version (varints): a
+# deployment of that version holds such records in its changelog.
+V1_STATE = bytes.fromhex(
+    "0107067a756e796907676f746f6e6505686967680630372d3134dfe5590108323032362d3038b0ea01d08c0101c2962d"
+    "c0cf24d00fd3a15ad48901c10c91fe83c59868000081b083c59868000ea5942d14000300780178f40201b8038c04019c"
+    "049e0301d005b00301d809dc0401f408da0301880e940501980c840401b812cc0501bc0fae0401f010c00401840c8a03"
+    "29eae1b91c00c806c806c806c806c806c806c806c806c806c806c806c806c806c806c806c806c806c806c806c806c806"
+    "c806c806c806c806c806c806c806c806c806c806c806c806c806c806c806c806c806c806992e9a7e321efcdabfdbdece"
+    "e14d1ae292994d683f4e6ad57a9b42743285daae03e826a968c9851fca328f9cfa31e153e82cc1f44ed54dd19ccf9a13"
+    "e0a49e35e019a2d54d7dd300ceb3aad8a67ec6276a2664352ad11a922cf7dc40e5c901aed9a0d564d932fd50e3271c08"
+    "013a62c20f84eb1e9223a4728b7d66df2e29fe0e263c072c55d86a8a9660858906f1b5106d178356b574c0200f28a233"
+    "89e2909fde328213e9b674e61b0fc95525c19787f4d906cb3e5c67908144f0fe6674ededfa1086c7f086cb596587d8a8"
+    "532bf199e6725d678f5c1e8487090705f231b536a2068ff1151493c959792208dd01593226e47de139eb8e3b96265b2f"
+    "598ce5cac252214380861c513b027d47c5fbd1bb334b1a7eff24bcc62793025e3e1f86a07c0845addb14ab74156a151e"
+    "9064974b6fc2875b824a36ca301f53e336ea87f2b33d2647c4191f86010e62697274686461793a32303236"
+)
+
+
+def test_a_state_of_format_1_loads_as_it_was_and_is_written_back_in_format_2() -> None:
+    s = SubscriberState.from_bytes(V1_STATE)
+    assert s == SubscriberState.from_bytes(V2_STATE)
+    assert SubscriberState.from_bytes(s.to_bytes()) == s and s.to_bytes()[0] == 2
+
+
+@settings(max_examples=500)
+@given(ts_ms=st.integers(0, 4_102_444_800_000), zone=st.sampled_from([
+    "Asia/Shanghai", "America/New_York", "Europe/London", "Asia/Kathmandu", "Australia/Lord_Howe",
+    "America/St_Johns", "Pacific/Chatham", "Africa/Monrovia"]))
+def test_the_remembered_local_day_is_the_calendar_s(ts_ms: int, zone: str) -> None:
+    tz = ZoneInfo(zone)
+    expected = datetime.fromtimestamp(ts_ms / 1000, tz).date()
+    # The second look-up is answered from what the first remembered.
+    assert local_day(ts_ms, tz) == expected == local_day(ts_ms, tz)
+    # So is the rest of its quarter hour, on both sides of a midnight or an offset change inside it.
+    start = ts_ms - ts_ms % 900_000
+    for t in (start, start + 899_999):
+        assert local_day(t, tz) == datetime.fromtimestamp(t / 1000, tz).date()
