@@ -14,7 +14,8 @@ from rules.ruleset import RuleSet
 from rules.state import DAY_MS, Reason, SubscriberState
 from rules.vocabulary import LIGHTS, Light
 
-__all__ = ["LIGHTS", "Judgement", "Light", "LightChange", "Reason", "change", "evaluate", "is_worsening", "judged"]
+__all__ = ["LIGHTS", "Judgement", "Light", "LightChange", "Reason", "change", "evaluate", "is_worsening", "judged",
+           "steady_before_window"]
 
 _RANK: Final = {light: rank for rank, light in enumerate(LIGHTS)}
 # decline_ratio is compared in integers, exact for ratios with up to 6 decimals.
@@ -47,6 +48,14 @@ def is_worsening(previous: Light | None, light: Light | None) -> bool:
 def judged(open_day: date, first_day: date | None, window_days: int) -> bool:
     """Tell whether the whole window before `open_day` has been seen, so thresholds apply."""
     return first_day is not None and open_day - timedelta(days=window_days) >= first_day
+
+
+def steady_before_window(state: SubscriberState) -> bool:
+    """Tell whether judging `state` while its window is not yet whole (`judged` is False) is sure
+    to change nothing: it is green for no reason, and has no churn and no port-out request, so
+    `evaluate` finds it green again without a threshold to judge."""
+    return (state.light == "green" and not state.reasons and state.churned is None
+            and state.port_out_request_ms is None)
 
 
 def evaluate(

@@ -1,7 +1,7 @@
 """Run rule sets offline over an event history, through the same pipeline the worker runs.
 
 No broker: the history's lines become messages of an in-process "consumer" (murmur2 partitions,
-per-partition offsets, high watermarks from a first pass over the file), the state stays in memory and
+per-partition offsets, nothing ever left to read behind the line), the state stays in memory and
 tasks go through the real contact policy with contact history kept in memory (no consent sets,
 since there is no Redis). The light changes are those the streaming worker gives on the same
 history; the report adds what a retention team asks of a rule set: who was lit, how early,

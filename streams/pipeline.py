@@ -52,7 +52,7 @@ TASK_CONCURRENCY = 64
 # Reads of a partition from the state's offset that may bring nothing before the gap is accepted.
 MAX_SEEKS = 8
 # Touched subscribers that make the state go to the changelog before its interval is up: each
-# write holds up the batches behind it (about 13 us a subscriber).
+# write holds up the batches behind it (about 10 us a subscriber).
 MAX_DIRTY = 50_000
 
 
@@ -440,8 +440,7 @@ class Pipeline:
                 continue
             clock = self.clocks.get(p)
             if clock is None:
-                # An event of a partition the cache does not hold (the assignment seen at the last
-                # reload was partial, or a rebalance is settling): load it rather than drop it.
+                # A partition no load covered: the backtest's, whose records are all there is.
                 clock = self._adopt(p)
             tp = msg.tp
             offset = msg.offset
@@ -701,18 +700,15 @@ class Pipeline:
             clock.open_day = day
             self._dirty_clocks.add(p)
             # The closing day's light evaluations come before the opening day's triggers. Until the
-            # window is whole a green subscriber without a churn or a port-out request stays green
-            # (lights.evaluate judges no threshold): a replay's first month skips them.
+            # window is whole most subscribers are steady (a replay's first month judges nobody).
             whole = lights.judged(day, clock.first_day, self.rules.window_days)
             states = self.states
             for key in sorted(self.watched.get(p, ())):
                 state = states[key]
-                if (not whole and state.light == "green" and not state.reasons and state.churned is None
-                        and state.port_out_request_ms is None):
-                    continue
-                await self._evaluate(p, key, state, at_ms, clock, trigger_ts=None)
+                if whole or not lights.steady_before_window(state):
+                    await self._evaluate(p, key, state, at_ms, clock, trigger_ts=None)
             for key in sorted(self.dated.get(p, ())):
-                await self._day_open(p, key, self.states[key], day, at_ms)
+                self._day_open(p, key, self.states[key], day, at_ms)
 
     async def _evaluate(self, p: int, key: bytes, state: SubscriberState, at_ms: int, clock: PartitionClock,
                         trigger_ts: int | None) -> None:
@@ -732,14 +728,14 @@ class Pipeline:
         if self.tasks is not None and lights.is_worsening(change.previous, change.light):
             for task in triggers.light_tasks(change, self._facts(key, state), self._contract(state), self.rules,
                                              self.tz):
-                await self._decide(task, state, trigger_ts)
+                self._decide(task, state, trigger_ts)
 
-    async def _day_open(self, p: int, key: bytes, state: SubscriberState, day: date, at_ms: int) -> None:
+    def _day_open(self, p: int, key: bytes, state: SubscriberState, day: date, at_ms: int) -> None:
         if self.tasks is None:
             return
         for keyed in triggers.day_open_tasks(self._facts(key, state), self._contract(state), day, state.used,
                                              self.rules, self.tz):
-            await self._decide(keyed.task, state, None)
+            self._decide(keyed.task, state, None)
             state.mark_used(keyed.key)
             self._touch(p, key)
 
@@ -774,15 +770,15 @@ class Pipeline:
                 await self._evaluate(p, key, state, ts_ms, clock, trigger_ts=kafka_ts)
             if self.tasks is not None and state.has_profile:
                 for task in triggers.lifecycle_tasks(event, self._facts(key, state), self.rules, self.tz):
-                    await self._decide(task, state, kafka_ts)
+                    self._decide(task, state, kafka_ts)
         elif isinstance(event, Billing) and self.tasks is not None and state.has_profile and state.prepaid:
             if applied.balance_crossed_below(self.rules.balance_low_below_fen):
                 assert applied.balance_after_fen is not None
                 for task in triggers.balance_low_tasks(self._facts(key, state), applied.balance_before_fen,
                                                        applied.balance_after_fen, ts_ms, self.rules, self.tz):
-                    await self._decide(task, state, kafka_ts)
+                    self._decide(task, state, kafka_ts)
 
-    async def _decide(self, task: Task, state: SubscriberState, trigger_ts: int | None) -> None:
+    def _decide(self, task: Task, state: SubscriberState, trigger_ts: int | None) -> None:
         # The policy sees the state after the triggering event (CONTRACT §5): the port-out flag is
         # taken now; the decision itself runs with the batch's other tasks before its commit.
         port_out = state.port_out_open(task.created_at_ms, self.rules.port_out_request_open_days)

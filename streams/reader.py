@@ -3,14 +3,14 @@
 Faust's per-message path (aiokafka records, Faust messages and events, the conductor's queues,
 acks) cost about 160 us of CPU per event before any work was done, three times the pipeline
 itself. The Faust app still runs the group: its agent subscribes to the internal ticks topic,
-which is co-partitioned with the inputs and the state table, so a worker owns partition p of
-the ticks topic exactly when it owns partition p of every input and of the table's changelog.
-This reader loads those partitions' state from the changelog (streams.recovery), assigns itself
+which is co-partitioned with the inputs and the state changelog, so a worker owns partition p
+of the ticks topic exactly when it owns partition p of every input and of the changelog. This
+reader loads those partitions' state from the changelog (streams.recovery), assigns itself
 their input partitions at the state's own next offsets (the state records them with every
-batch, so no committed offset is needed to resume) and hands the pipeline batches of records.
+write, so no committed offset is needed to resume) and hands the pipeline batches of records.
 
-Around a rebalance: Faust's revocation waits for the batch in flight and the reader lets the
-partitions go; after the new assignment it loads their state and assigns them.
+Around a rebalance: Faust's revocation waits for the batch in flight, the state is written, and
+the reader lets the partitions go; after the new assignment it loads their state and assigns them.
 """
 
 from __future__ import annotations

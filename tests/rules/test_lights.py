@@ -7,11 +7,13 @@ from datetime import date, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rules.events import Billing, Event, Lifecycle, LifecycleType, Photo, Profile, ProfileDeleted, Usage
-from rules.lights import LIGHTS, Judgement, LightChange, Reason, change, evaluate, is_worsening, judged
+from rules.lights import (
+    LIGHTS, Judgement, LightChange, Reason, change, evaluate, is_worsening, judged, steady_before_window,
+)
 from rules.ruleset import RuleSet, load_rule_set
 from rules.state import SubscriberState, apply, day_start_ms
 
@@ -253,3 +255,25 @@ def test_a_light_never_gets_worse_when_revenue_or_minutes_only_grow(
     for back, fen, seconds in more:
         usage(s, fen, seconds, rules, back + 1)
     assert not is_worsening(before, judge(s, rules).light)
+
+
+@settings(max_examples=300)
+@given(light=st.sampled_from(["green", "green", "green", None, "yellow", "red"]), reasoned=st.booleans(),
+       churned=st.sampled_from([None, None, "deactivated"]),
+       port_out_back_days=st.one_of(st.none(), st.none(), st.integers(0, 40)),
+       fen=st.integers(0, 50_000), first_back_days=st.none() | st.integers(0, 29))
+def test_a_steady_subscriber_is_left_as_it_is_by_a_day_close_before_its_window_is_whole(
+        light: str | None, reasoned: bool, churned: str | None, port_out_back_days: int | None, fen: int,
+        first_back_days: int | None) -> None:
+    s = watched()
+    usage(s, fen, fen // 10)
+    s.light = light  # type: ignore[assignment]
+    s.reasons = (Reason("arpu_below", 1.0, 120.0),) if reasoned else ()
+    s.churned = churned  # type: ignore[assignment]
+    s.port_out_request_ms = None if port_out_back_days is None else NOW - port_out_back_days * DAY
+    first_day = None if first_back_days is None else OPEN - timedelta(days=first_back_days)
+    assert not judged(OPEN, first_day, CMCC.window_days)
+    if steady_before_window(s):
+        before = (s.light, s.reasons)
+        assert change(s, judge(s, first_day=first_day), NOW) is None
+        assert (s.light, s.reasons) == before

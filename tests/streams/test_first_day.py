@@ -14,6 +14,7 @@ from streams.backtest import _App, _Consumer, _Message
 from streams.metrics import Metrics
 from streams.pipeline import Pipeline, partition_of
 from streams.settings import Settings
+from tests.conftest import WorkerProc, consume_all, produce, wait_for
 
 PARTITIONS = 4
 SILENT = "13900000001"  # photographed, then an SMS a day: red once judged
@@ -92,13 +93,16 @@ def test_profiles_read_alongside_the_first_usage_do_not_move_the_first_day_back(
     assert sorted((c["msisdn"], c["light"], c["at"]) for c in changes) == [(SILENT, "red", JUDGED), (other, "red", JUDGED)]
 
 
-def test_profiles_read_before_any_usage_exists_do_not_start_the_window(tmp_path: Path) -> None:
-    # A fresh deployment: the profiles (updated in May) are read while no usage exists yet, so they
-    # alone move the watermark; the usage starts in July.
+def test_profiles_read_before_any_usage_exists_do_not_start_the_window(worker: WorkerProc, settings: Settings) -> None:
+    # A fresh deployment on the real broker: the profiles (updated in May) are all the worker has
+    # read, so they alone moved the watermark, when the usage of July starts to arrive.
     other = _other_in_partition()
-    pipeline, changes = _run(tmp_path, _Consumer(["subscriber.profiles", "usage.events"], PARTITIONS), [
-        [_profile(SILENT, 0, "2026-05-20T09:00:00+08:00"), _profile(other, 1, "2026-05-21T09:00:00+08:00")],
-        USAGE,
-    ])
-    assert pipeline.clocks[P].first_day.isoformat() == "2026-07-01"
+    produce(settings, [(m.topic, m.key, m.value) for m in (
+        _profile(SILENT, 0, "2026-05-20T09:00:00+08:00"), _profile(other, 1, "2026-05-21T09:00:00+08:00"))])
+    worker.start()
+    wait_for(lambda: worker.metric("churnlight_events_total", outcome="applied") >= 2, what="the profiles applied")
+    produce(settings, [(m.topic, m.key, m.value) for m in USAGE])
+    wait_for(lambda: worker.metric("churnlight_events_total", outcome="applied") >= 2 + len(USAGE),
+             timeout_s=60, what="the usage applied")
+    changes = [orjson.loads(msg.value()) for msg in consume_all(settings, "churn.lights")]
     assert sorted((c["msisdn"], c["light"], c["at"]) for c in changes) == [(SILENT, "red", JUDGED), (other, "red", JUDGED)]
