@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from faust.types import TP
 
 from rules.events import INPUT_TOPICS, PROFILES
+from streams import collector
 from streams.recovery import read_changelog
 from streams.settings import Settings
 from streams.topics import TICKS, client_config
@@ -183,6 +184,8 @@ class Reader:
         if stale() or self.app.consumer_generation_id != generation:
             return  # a rebalance came while reading: the next assignment loads again
         self.pipeline.load(owned, data, generation, started=started)
+        del data
+        collector.settle()  # the states loaded stay for the assignment: out of the collector's walks
         offsets = self.pipeline.next_offsets(owned)
         # Offset 0 rather than "the beginning": no offset look-up, so every partition's first fetch
         # goes out together (records deleted by retention reset to the earliest).

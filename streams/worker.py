@@ -8,6 +8,7 @@ from faust.worker import Worker
 
 from rules.ruleset import load_rule_set
 from sinks.redis_store import PolicyStore
+from streams import collector
 from streams.app import create_app
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -32,4 +33,5 @@ def run_worker(settings: Settings) -> None:
     worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     # mode logs every timer wake-up at debug level: 3 % of the worker's time in a profile.
     logging.getLogger("mode.timers").setLevel(logging.INFO)
+    collector.tune()
     worker.execute_from_commandline()
