@@ -123,6 +123,9 @@ def event_hash(event_id: str) -> int:
     return int.from_bytes(blake2b(event_id.encode("utf-8"), digest_size=8).digest(), "big")
 
 
+_NO_KEYS: Final[frozenset[str]] = frozenset()
+
+
 class SubscriberState:
     """The compact, mutable state of one subscriber."""
 
@@ -186,7 +189,9 @@ class SubscriberState:
         self.seen_base = 0
         self.seen_off = array("H")
         self.seen_h = array("Q")
-        self.used: set[str] = set()
+        # Frozen, and shared while empty: a set per subscriber was 100k more objects for the
+        # garbage collector to walk.
+        self.used: frozenset[str] = _NO_KEYS
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -225,7 +230,7 @@ class SubscriberState:
         """Mark a once-only stage (e.g. a contract stage or a birthday year) used; True if new."""
         if key in self.used:
             return False
-        self.used.add(key)
+        self.used = self.used | {key}
         return True
 
     def is_empty(self) -> bool:
@@ -259,11 +264,11 @@ class SubscriberState:
         if max(seen) <= cut:  # the usual case for a subscriber quiet for days: all of it goes
             self.forget_seen()
             return
-        keep = [i for i, k in enumerate(seen) if k > cut]
-        least = min(seen[i] for i in keep)
+        kept = [k for k in seen if k > cut]
+        least = min(kept)
         self.seen_base += least
-        self.seen_off = array(_width(max(seen[i] for i in keep) - least, _SEEN_WIDTHS), [seen[i] - least for i in keep])
-        self.seen_h = array("Q", [hashes[i] for i in keep])
+        self.seen_off = array("H" if max(kept) - least <= 0xFFFF else "I", [k - least for k in kept])
+        self.seen_h = array("Q", [h for k, h in zip(seen, hashes) if k > cut])
 
     def _is_duplicate(self, h: int, minute: int) -> bool:
         hashes = self.seen_h
@@ -463,7 +468,7 @@ class SubscriberState:
             s.contract = Contract(date.fromordinal(ends), committed, spent,
                                   None if starts is None else date.fromordinal(starts))
         s.reasons = tuple(Reason(code, value, threshold) for code, value, threshold in reasons)
-        s.used = set(used)
+        s.used = frozenset(used) if used else _NO_KEYS
         n = r.uint()
         if n:
             flags = r.uint()
@@ -533,7 +538,7 @@ class SubscriberState:
             s.seen_base = minutes[0]
             s.seen_off = array(_width(minutes[-1] - minutes[0], _SEEN_WIDTHS), [m - minutes[0] for m in minutes])
             s.seen_h = array("Q", [int.from_bytes(hashes[i:i + 8], "big") for i in range(0, len(hashes), 8)])
-        s.used = {r.text() for _ in range(r.uint())}
+        s.used = frozenset(r.text() for _ in range(r.uint())) or _NO_KEYS
         r.end()
         return s
 
