@@ -11,7 +11,8 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Final, Literal, Union
+from collections.abc import Callable
+from typing import Any, Final, Literal, NamedTuple, Union
 
 import orjson
 
@@ -77,8 +78,10 @@ class Photo:
     mou_seconds: int
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+class Usage(NamedTuple):
+    """One usage event (a tuple, unlike the other events: one is made for every record of the
+    busiest topic, three times faster than a frozen dataclass)."""
+
     event_id: str
     msisdn: str
     ts_ms: int
@@ -165,6 +168,13 @@ def decode(
     topic: str, key: bytes | None, value: bytes | None, watermark_ms: int | None = None
 ) -> Event | Rejection:
     """Validate one raw message of input `topic` (without prefix) against CONTRACT §1."""
+    if topic == USAGE:
+        try:
+            usage = _usage_fast(key, value, watermark_ms)
+        except Exception:  # what it cannot take, the full validation explains
+            usage = None
+        if usage is not None:
+            return usage
     try:
         return _decode(topic, key, value, watermark_ms)
     except _Reject as r:
@@ -178,8 +188,7 @@ def _decode(topic: str, key: bytes | None, value: bytes | None, watermark_ms: in
         raise _Reject("too_large", f"{len(value)} bytes")
     if value is None or value == b"":
         if topic == PROFILES and key:
-            msisdn = _msisdn_of_key(key)
-            return ProfileDeleted(msisdn)
+            return ProfileDeleted(_msisdn_of_key(key))
         raise _Reject("invalid_json", "empty value")
     try:
         doc = orjson.loads(value)
@@ -187,14 +196,14 @@ def _decode(topic: str, key: bytes | None, value: bytes | None, watermark_ms: in
         raise _Reject("invalid_json", "not JSON") from None
     if not isinstance(doc, dict):
         raise _Reject("not_object", type(doc).__name__)
-    msisdn = doc.get("msisdn")
+    msisdn: Any = doc.get("msisdn")
     if type(msisdn) is not str or not _MSISDN_MATCH(msisdn):
         msisdn = _msisdn(doc)  # which says what is wrong with it
     if key is None or key.decode("utf-8", "replace") != msisdn:
         raise _Reject("key_mismatch", "key differs from msisdn")
     event: Event
     if topic == USAGE:
-        event = _usage_fast(doc, msisdn) or _usage(doc, msisdn)
+        event = _usage(doc, msisdn)
     elif topic == BILLING:
         event = _billing(doc, msisdn)
     elif topic == PROFILES:
@@ -328,39 +337,49 @@ def _usage(doc: dict[str, Any], msisdn: str) -> Usage:
 
 
 _INF: Final = math.inf
-_WITH_DIRECTION: Final = {"voice": True, "sms": True, "data": False}
-_DIRECTIONS: Final = frozenset(("out", "in"))
 
 
-def _is_amount(value: Any) -> bool:
-    """A JSON number (not a bool), finite and not negative."""
-    kind = type(value)
-    return (kind is float or kind is int) and 0 <= value < _INF
-
-
-def _usage_fast(doc: dict[str, Any], msisdn: str) -> Usage | None:
-    """Accept the common, valid usage event in one pass; None leaves it to `_usage`, which says
-    what is wrong (or accepts an unusual valid one). Accepts nothing `_usage` rejects."""
-    event_id, ts, kind, charge = doc.get("event_id"), doc.get("ts"), doc.get("type"), doc.get("charge")
-    if type(event_id) is not str or not event_id or type(ts) is not str or not _is_amount(charge):
+def _usage_fast(key: bytes | None, value: bytes | None, watermark_ms: int | None) -> Usage | None:
+    """Accept the common, valid usage record in one pass; None leaves it to `_decode`, which says
+    what is wrong (or accepts an unusual valid one). Accepts nothing `_decode` rejects."""
+    if value is None or len(value) > MAX_MESSAGE_BYTES:
         return None
-    with_direction = _WITH_DIRECTION.get(kind) if type(kind) is str else None
-    if with_direction is None:
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
         return None
-    direction = doc.get("direction")
-    minutes = doc.get("minutes")
-    mb = doc.get("mb")
+    if type(doc) is not dict:
+        return None
+    get: Callable[[str], Any] = doc.get
+    msisdn, event_id, ts, kind, charge = get("msisdn"), get("event_id"), get("ts"), get("type"), get("charge")
+    if type(msisdn) is not str or type(event_id) is not str or not event_id or type(ts) is not str:
+        return None
+    amount = type(charge)
+    if not ((amount is float or amount is int) and 0 <= charge < _INF):
+        return None
+    # An msisdn is ASCII: its key is exactly its bytes.
+    if not _MSISDN_MATCH(msisdn) or key is None or key != msisdn.encode():
+        return None
+    direction, minutes, mb = get("direction"), get("minutes"), get("mb")
     seconds = 0
-    if with_direction:
-        if type(direction) is not str or direction not in _DIRECTIONS or mb is not None:
+    if kind == "voice" or kind == "sms":
+        if not (direction == "out" or direction == "in") or mb is not None:
             return None
         if kind == "voice":
-            if not _is_amount(minutes):
+            quantity = type(minutes)
+            if not ((quantity is float or quantity is int) and 0 <= minutes < _INF):
                 return None
-            seconds = int(round(minutes * 60))
+            seconds = int(round(float(minutes) * 60))
         elif minutes is not None:
             return None
-    elif direction is not None or minutes is not None or (mb is not None and not _is_amount(mb)):
+    elif kind == "data":
+        if direction is not None or minutes is not None:
+            return None
+        if mb is not None:
+            quantity = type(mb)
+            if not ((quantity is float or quantity is int) and 0 <= mb < _INF):
+                return None
+    else:
         return None
     try:
         parsed = datetime.fromisoformat(ts)
@@ -368,8 +387,10 @@ def _usage_fast(doc: dict[str, Any], msisdn: str) -> Usage | None:
         return None
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         return None
-    return Usage(event_id, msisdn, int(parsed.timestamp() * 1000), kind, direction, seconds,  # type: ignore[arg-type]
-                 int(round(charge * 100)))
+    ts_ms = int(parsed.timestamp() * 1000)
+    if watermark_ms is not None and ts_ms > watermark_ms + FUTURE_LIMIT_MS:
+        return None
+    return Usage(event_id, msisdn, ts_ms, kind, direction, seconds, _fen(float(charge)))
 
 
 def _billing(doc: dict[str, Any], msisdn: str) -> Billing:

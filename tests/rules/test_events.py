@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import orjson
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from rules.events import (
     BILLING, ERRORS, INPUT_TOPICS, LIFECYCLE, PROFILES, USAGE, Billing, Lifecycle, Outcome, Profile, ProfileDeleted,
     Rejection, Usage,
     decode, mask,
 )
-from rules.events import _Reject, _usage, _usage_fast
+from rules.events import Event, _decode, _Reject, _usage_fast
 
 MSISDN = "13800000001"
 json_scalars = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
@@ -96,25 +98,75 @@ usage_docs = st.fixed_dictionaries({
 }))
 
 
-def _slow(doc: dict[str, object]) -> Usage | str:
+def _slow(key: bytes | None, value: bytes, watermark: int | None = None) -> Event | str:
+    """The full validation alone (decode tries the fast path first)."""
     try:
-        return _usage(doc, MSISDN)
+        return _decode(USAGE, key, value, watermark)
     except _Reject as r:
         return r.error
 
 
+USAGE_FIELDS = ["event_id", "msisdn", "ts", "type", "direction", "minutes", "mb", "charge"]
+keys = st.sampled_from([MSISDN.encode()] * 4 + [b"", b"", b"13800000002", None, MSISDN.encode() + b"\xff"])
+
+
+def _same_as_the_full_validation(key: bytes | None, value: bytes, watermark: int | None) -> None:
+    fast = _usage_fast(key, value, watermark)
+    assert fast is None or fast == _slow(key, value, watermark)
+    expected, got = fast or _slow(key, value, watermark), decode(USAGE, key, value, watermark)
+    assert got == expected if isinstance(expected, Usage) else isinstance(got, Rejection) and got.error == expected
+
+
+# Per field, values at the edges of the valid ones: numbers a float cannot hold exactly, small
+# negatives, neighbouring words, times with and without an offset.
+numbers = st.floats(-1, 1) | st.sampled_from([2**53 + 1, 2**63 - 1, 1e300, -0.0, 0.005, True, None, "1"])
+near = {
+    "charge": numbers, "minutes": numbers, "mb": numbers,
+    "direction": st.sampled_from(["out", "in", "up", None, 1]),
+    "type": st.sampled_from(["voice", "sms", "data", "fee", None]),
+    "ts": st.sampled_from(["2026-10-03T09:15:00Z", "2026-10-03T09:15:00", "2026-10-03 09:15:00+08:00",
+                           "2026-10-03T09:15:00.123456+08:00", "2026-10-03", 5]),
+    "msisdn": st.sampled_from([MSISDN, "+" + MSISDN, MSISDN + "\n", "123", 7]),
+    "event_id": st.sampled_from(["", "x", 5, None]),
+}
+damages = st.lists(st.sampled_from(USAGE_FIELDS).flatmap(lambda f: near[f].map(lambda v: (f, v))), max_size=2)
+
+
+DAY_MS = 86_400_000
+WELL_FORMED = {"event_id": "e1", "msisdn": MSISDN, "ts": "2026-10-03T09:15:00+08:00", "type": "voice",
+               "direction": "out", "minutes": 2.5, "charge": 0.3}
+
+
+def _ts_ms(doc: dict[str, object]) -> int:
+    return int(datetime.fromisoformat(str(doc["ts"])).timestamp() * 1000)
+
+
+@settings(max_examples=600, deadline=None)
+@example(doc=WELL_FORMED, damage=[("msisdn", "123")], key=b"", ahead=None)  # too short, with its own key
+@example(doc=WELL_FORMED, damage=[("charge", -0.01)], key=b"", ahead=None)
+@example(doc=WELL_FORMED, damage=[], key=b"", ahead=DAY_MS + 1)
+@given(doc=usage_docs, damage=damages, key=keys,
+       ahead=st.none() | st.sampled_from([0, DAY_MS, DAY_MS + 1, 2 * DAY_MS]) | st.integers(0, 3 * DAY_MS))
+def test_the_fast_usage_path_takes_a_usage_event_near_the_edges_as_the_full_validation_does(
+        doc: dict[str, object], damage: list[tuple[str, object]], key: bytes | None, ahead: int | None) -> None:
+    damaged = {**doc, **dict(damage)}
+    if key == b"":
+        key = str(damaged["msisdn"]).encode()  # the key of whatever the msisdn became
+    # The watermark up to three days behind the event: around the limit of one day ahead.
+    _same_as_the_full_validation(key, orjson.dumps(damaged), None if ahead is None else _ts_ms(doc) - ahead)
+
+
 @settings(max_examples=400, deadline=None)
-@given(doc=usage_docs | plausible, damage=st.dictionaries(
-    st.sampled_from(["event_id", "ts", "type", "direction", "minutes", "mb", "charge"]), json_values, max_size=2))
+@given(doc=usage_docs | plausible, damage=st.dictionaries(st.sampled_from(USAGE_FIELDS), json_values, max_size=2),
+       key=keys, watermark=st.none() | st.integers(0, 2 * 10**12))
 def test_the_fast_usage_path_accepts_only_what_the_full_validation_accepts_and_the_same_way(
-        doc: dict[str, object], damage: dict[str, object]) -> None:
-    doc = {**doc, **damage}
-    fast, slow = _usage_fast(doc, MSISDN), _slow(doc)
-    assert fast is None or fast == slow
+        doc: dict[str, object], damage: dict[str, object], key: bytes | None, watermark: int | None) -> None:
+    _same_as_the_full_validation(key, orjson.dumps({**doc, **damage}), watermark)
 
 
 @settings(max_examples=200, deadline=None)
 @given(doc=usage_docs)
 def test_the_fast_usage_path_takes_every_well_formed_usage_event(doc: dict[str, object]) -> None:
-    fast = _usage_fast(doc, MSISDN)
-    assert fast is not None and fast == _slow(doc)
+    value = orjson.dumps(doc)
+    fast = _usage_fast(MSISDN.encode(), value, None)
+    assert fast is not None and fast == _slow(MSISDN.encode(), value)
