@@ -201,6 +201,8 @@ class Pipeline:
         # in memory go to the changelog (a failed batch's partial effects never do).
         self._settled = True
         self._written_at = time.monotonic()
+        # The last state write's wait for the broker, going on behind the batches that follow it.
+        self._flushing: asyncio.Future[None] | None = None
         self._acks: list[Awaitable[Any]] = []
         # Tasks the batch decided on: (task, port-out request open, Kafka time of the trigger).
         self._due: list[tuple[Task, bool, int | None]] = []
@@ -554,16 +556,22 @@ class Pipeline:
             return
         dirty = sum(len(keys) for keys in self._dirty.values())
         if dirty >= MAX_DIRTY or time.monotonic() - self._written_at >= self.settings.commit_interval_s:
-            await self.write_state()
+            await self.write_state(wait=False)
 
-    async def write_state(self) -> bool:
+    async def write_state(self, *, wait: bool = True) -> bool:
         """Write every subscriber touched since the last write, once, and the partitions' clocks.
 
         Each partition's clock record goes after its states, to the same changelog partition,
         so a recovered clock never claims offsets whose states were not written. Returns False,
         writing nothing, when the last batch did not end (failed or given up): its effects in
         memory are partial, and the inputs are read again from the state already written.
+
+        With `wait` False the batches go on while the broker acknowledges the records (two
+        round trips, the second for the seal), and the next write waits for that first. Before
+        partitions are let go and at the stop the write waits.
         """
+        # One write in flight at a time: a write's seal stays the last batch of its partitions.
+        await self.flushed()
         if not self._settled:
             return False
         self._written_at = time.monotonic()
@@ -581,8 +589,16 @@ class Pipeline:
         self._dirty.clear()
         self._dirty_clocks.clear()
         if changelog is not None:
-            await changelog.flush()
+            self._flushing = asyncio.ensure_future(changelog.flush())
+            if wait:
+                await self.flushed()
         return True
+
+    async def flushed(self) -> None:
+        """Return once the broker has every state written so far (raises what the wait raised)."""
+        flushing, self._flushing = self._flushing, None
+        if flushing is not None:
+            await flushing
 
     def _pending(self, partition: int, clock: PartitionClock) -> dict[str, bool]:
         """Say, per input topic of `partition`, whether records are left to read."""
