@@ -453,28 +453,37 @@ class Pipeline:
             result = decode(base, msg.key, msg.value, self._future_reference(clock))
             clock.offsets[base] = offset
             self._dirty_clocks.add(p)
+            if type(result) is Usage:
+                # The bulk of the traffic, without a coroutine: nothing in it waits.
+                moved = clock.observe(base, result.ts_ms)
+                if self._moves(p, clock, base, tp, moved) and self._watermark(p, clock):
+                    await self._advance(p, clock)
+                self._apply_usage(p, result, msg.key, clock)
+                continue
             if isinstance(result, Rejection):
                 await self._reject(base, msg, result)
-                await self._advance(p, clock, base, tp, False)
+                if self._moves(p, clock, base, tp, False) and self._watermark(p, clock):
+                    await self._advance(p, clock)
                 continue
             ts = event_time_ms(result)
             moved = ts is not None and clock.observe(base, ts)
+            moves = self._moves(p, clock, base, tp, moved)
             if isinstance(result, Lifecycle) and (clock.watermark_ms is None or result.ts_ms > clock.watermark_ms):
                 bisect.insort(clock.parked, (result.ts_ms, _kafka_ms(msg), msg.key.decode(), msg.value.decode()))
-                await self._advance(p, clock, base, tp, moved)
-                continue
-            if isinstance(result, Billing) and not self._has_profile(msg.key) and self._profiles_pending(p, clock):
+            elif isinstance(result, Billing) and not self._has_profile(msg.key) and self._profiles_pending(p, clock):
                 clock.waiting.append((result.ts_ms, _kafka_ms(msg), msg.key.decode(), msg.value.decode()))
-                await self._advance(p, clock, base, tp, moved)
-                continue
-            if base == PROFILES:
+            elif base == PROFILES:
                 # A profile is the state its subscriber's events refer to: applied before the
                 # days its topic's catching up lets close, so they judge the subscriber.
                 await self._apply(p, base, result, msg.key, _kafka_ms(msg))
-                await self._advance(p, clock, base, tp, moved)
+            else:
+                if moves and self._watermark(p, clock):
+                    await self._advance(p, clock)
+                await self._apply(p, base, result, msg.key, _kafka_ms(msg))
                 continue
-            await self._advance(p, clock, base, tp, moved)
-            await self._apply(p, base, result, msg.key, _kafka_ms(msg))
+            # After parking or applying: the watermark may release the record just parked.
+            if moves and self._watermark(p, clock):
+                await self._advance(p, clock)
 
     async def tick(self, now_ms: int) -> None:
         """Close days by the wall clock on idle, live partitions (CONTRACT §7), between two batches."""
@@ -648,31 +657,50 @@ class Pipeline:
         high = self._high(tp)
         return high is not None and high > self._next_offset(PROFILES, clock)
 
-    async def _advance(self, p: int, clock: PartitionClock, base: str, tp: TP, moved: bool) -> None:
-        """Move the watermark after the record at `tp` (of topic `base`), whose time `moved` the
-        topic's latest or not; close the days it passes and release what waited for it."""
+    def _moves(self, p: int, clock: PartitionClock, base: str, tp: TP, moved: bool) -> bool:
+        """Note whether `base` has records left after the record just read at `tp`, whose time
+        `moved` the topic's latest or not; say whether the watermark needs recomputing (`_watermark`)."""
         pending = self._pend.get(p)
         if pending is None:
-            pending = self._pend[p] = self._pending(p, clock)
-        else:
-            high = self._high(tp)
-            more = tp in self._rewinds or (high is not None and high > clock.offsets.get(base, -1) + 1)
-            if more == pending.get(base) and not moved:
-                return  # neither the topic's time nor whether it has records left changed
-            pending[base] = more
+            self._pend[p] = self._pending(p, clock)
+            return True
+        high = self._high(tp)
+        more = tp in self._rewinds or (high is not None and high > clock.offsets.get(base, -1) + 1)
+        if more == pending.get(base) and not moved:
+            return False  # neither the topic's time nor whether it has records left changed
+        pending[base] = more
+        return True
+
+    def _watermark(self, p: int, clock: PartitionClock) -> bool:
+        """Recompute the watermark of partition `p` (after `_moves` said so); say whether anything
+        waits for it: days to close, billing events waiting for profiles, parked lifecycle events."""
+        pending = self._pend[p]
         before = clock.watermark_ms
         watermark = clock.advance(pending)
+        if watermark != before:
+            self._dirty_clocks.add(p)
         if clock.waiting and not pending[PROFILES]:
+            return True
+        if watermark is None:
+            return False
+        # Usually none of it: the watermark moves with nearly every usage event, a day once a day.
+        open_day = clock.open_day
+        return (open_day is None or (clock.first_day is None and clock.first_ts is not None)
+                or local_day(watermark, self.tz) > open_day or bool(clock.parked and clock.parked[0][0] <= watermark))
+
+    async def _advance(self, p: int, clock: PartitionClock) -> None:
+        """Release what waited for the watermark of partition `p` (after `_watermark` said so):
+        billing events once the profiles are read, the days it passes, parked lifecycle events."""
+        if clock.waiting and not self._pend[p][PROFILES]:
             waiting, clock.waiting = sorted(clock.waiting), []
             self._dirty_clocks.add(p)
             for _, kafka_ts, key, value in waiting:
                 event = decode(BILLING, key.encode(), value.encode())
                 if isinstance(event, Billing):
                     await self._apply(p, BILLING, event, key.encode(), kafka_ts)
+        watermark = clock.watermark_ms
         if watermark is None:
             return
-        if watermark != before:
-            self._dirty_clocks.add(p)
         await self._close_days(p, clock, local_day(watermark, self.tz))
         await self._unpark(p, clock, watermark)
 
@@ -755,7 +783,20 @@ class Pipeline:
             state.mark_used(keyed.key)
             self._touch(p, key)
 
+    def _apply_usage(self, p: int, event: Usage, key: bytes, clock: PartitionClock) -> None:
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = SubscriberState()
+        outcome = apply(state, event, open_day=clock.open_day, tz=self.tz, rules=self.rules).outcome
+        counted = (USAGE, outcome)
+        self._counts[counted] = self._counts.get(counted, 0) + 1
+        if outcome == "applied":
+            self._touch(p, key)
+
     async def _apply(self, p: int, base: str, event: Event, key: bytes, kafka_ts: int | None) -> None:
+        if type(event) is Usage:
+            self._apply_usage(p, event, key, self.clocks[p])
+            return
         state = self.states.get(key)
         if state is None:
             state = self.states[key] = SubscriberState()
@@ -768,8 +809,6 @@ class Pipeline:
         if applied.outcome != "applied":
             return
         self._touch(p, key)
-        if type(event) is Usage:
-            return  # the bulk of the traffic: nothing to judge or decide on it
         if isinstance(event, (Profile, ProfileDeleted)):
             self._index(p, key, state)
             return
