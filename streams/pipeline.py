@@ -33,7 +33,7 @@ from rules.events import (
 from rules.kpi import local_month, region_kpis
 from rules.lights import LightChange
 from rules.ruleset import RuleSet
-from rules.state import SubscriberState, apply, day_start_ms, local_day
+from rules.state import SubscriberState, apply, apply_usage, day_start_ms, local_day
 from rules.tasks import ContractTerms, SubscriberFacts, Task
 from sinks.outcomes import OutcomeStore
 from streams.changelog import ChangelogWriter
@@ -787,7 +787,7 @@ class Pipeline:
         state = self.states.get(key)
         if state is None:
             state = self.states[key] = SubscriberState()
-        outcome = apply(state, event, open_day=clock.open_day, tz=self.tz, rules=self.rules).outcome
+        outcome = apply_usage(state, event, open_day=clock.open_day, tz=self.tz, window_days=self.rules.window_days)
         counted = (USAGE, outcome)
         self._counts[counted] = self._counts.get(counted, 0) + 1
         if outcome == "applied":
