@@ -339,6 +339,36 @@ def _usage(doc: dict[str, Any], msisdn: str) -> Usage:
 _INF: Final = math.inf
 
 
+# Epoch milliseconds of "YYYY-MM-DDTHH:MM" + UTC offset: events of the same minute differ only in
+# their seconds, and parsing a time and taking its timestamp was a third of the fast path.
+_MINUTES: dict[str, int] = {}
+_MINUTES_MAX: Final = 200_000  # four months of minutes in one offset
+
+
+def _time_fast(ts: str) -> int | None:
+    """Return the epoch milliseconds of `ts` when it has exactly the form 2026-10-01T09:15:26+08:00
+    and is a valid time (as datetime.fromisoformat and its UTC offset say); None otherwise."""
+    if len(ts) != 25 or ts[4] != "-" or ts[7] != "-" or ts[13] != ":" or ts[16] != ":" or ts[22] != ":" or (
+            ts[19] != "+" and ts[19] != "-"):
+        return None
+    tens, ones = ts[17], ts[18]
+    if not ("0" <= tens <= "5" and "0" <= ones <= "9"):
+        return None  # seconds 00-59 in ASCII digits, or whatever fromisoformat makes of it
+    minute = ts[:16] + ts[19:]
+    start = _MINUTES.get(minute)
+    if start is None:
+        try:
+            parsed = datetime.fromisoformat(ts[:17] + "00" + ts[19:])
+        except ValueError:
+            return None
+        if parsed.utcoffset() is None:
+            return None
+        if len(_MINUTES) >= _MINUTES_MAX:
+            _MINUTES.clear()
+        start = _MINUTES[minute] = int(parsed.timestamp() * 1000)
+    return start + (ord(tens) - 48) * 10_000 + (ord(ones) - 48) * 1000
+
+
 def _usage_fast(key: bytes | None, value: bytes | None, watermark_ms: int | None) -> Usage | None:
     """Accept the common, valid usage record in one pass; None leaves it to `_decode`, which says
     what is wrong (or accepts an unusual valid one). Accepts nothing `_decode` rejects."""
@@ -381,13 +411,15 @@ def _usage_fast(key: bytes | None, value: bytes | None, watermark_ms: int | None
                 return None
     else:
         return None
-    try:
-        parsed = datetime.fromisoformat(ts)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None or parsed.utcoffset() is None:
-        return None
-    ts_ms = int(parsed.timestamp() * 1000)
+    ts_ms = _time_fast(ts)
+    if ts_ms is None:
+        try:
+            parsed = datetime.fromisoformat(ts)
+        except ValueError:
+            return None
+        if parsed.tzinfo is None or parsed.utcoffset() is None:
+            return None
+        ts_ms = int(parsed.timestamp() * 1000)
     if watermark_ms is not None and ts_ms > watermark_ms + FUTURE_LIMIT_MS:
         return None
     return Usage(event_id, msisdn, ts_ms, kind, direction, seconds, _fen(float(charge)))

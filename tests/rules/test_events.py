@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 import orjson
@@ -12,7 +13,7 @@ from rules.events import (
     Rejection, Usage,
     decode, mask,
 )
-from rules.events import Event, _decode, _Reject, _usage_fast
+from rules.events import Event, _decode, _Reject, _time_fast, _time_ms, _usage_fast
 
 MSISDN = "13800000001"
 json_scalars = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
@@ -170,3 +171,34 @@ def test_the_fast_usage_path_takes_every_well_formed_usage_event(doc: dict[str, 
     value = orjson.dumps(doc)
     fast = _usage_fast(MSISDN.encode(), value, None)
     assert fast is not None and fast == _slow(MSISDN.encode(), value)
+
+
+def _time_full(ts: str) -> int | str:
+    try:
+        return _time_ms({"ts": ts}, "ts") or 0
+    except _Reject as r:
+        return r.error
+    except OverflowError:
+        return "overflow"
+
+
+USUAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[+-][0-9]{2}:[0-9]{2}")
+times = st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat(timespec="seconds"))
+# Characters a time string holds, and some it should not.
+time_chars = st.sampled_from("0123456789-:+T Z.²٣")
+
+
+@settings(max_examples=600, deadline=None)
+@example(ts="2026-10-03T09:15:60+08:00")  # no leap seconds
+@example(ts="2026-02-30T09:15:00+08:00")
+@example(ts="2026-10-03T24:00:00+08:00")
+@example(ts="2026-10-03T09:15:0٣+08:00")  # a digit, but not ASCII
+@given(ts=times | st.tuples(times, st.integers(0, 24), time_chars).map(lambda t: t[0][:t[1]] + t[2] + t[0][t[1] + 1:]))
+def test_the_fast_time_parse_agrees_with_fromisoformat_or_declines(ts: str) -> None:
+    try:
+        fast = _time_fast(ts)
+    except OverflowError:
+        fast = None  # the full validation then says what it makes of it
+    assert fast is None or fast == _time_full(ts)
+    if USUAL_TIME.fullmatch(ts) and isinstance(_time_full(ts), int):
+        assert fast is not None  # the usual form is taken
