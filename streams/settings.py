@@ -49,8 +49,9 @@ class Settings(BaseSettings):
     batch_within_s: float = Field(0.05, gt=0)
     # How often the touched state goes to the changelog (each batch's outputs are acknowledged
     # before the next batch either way): a subscriber touched several times in between is written
-    # once, and a crash re-reads at most this much.
-    commit_interval_s: float = Field(2.0, ge=0)
+    # once, and a crash re-reads at most this much. 3 s (quixstreams commits every 5 s, Kafka
+    # Streams every 30 s): a sixth fewer changelog records than 2 s in the benchmark.
+    commit_interval_s: float = Field(3.0, ge=0)
     log_level: Literal["debug", "info", "warn", "error"] = "info"
 
     @field_validator("kafka")
