@@ -9,9 +9,9 @@ The state keeps day buckets instead of raw events so that a window is a sum of a
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from array import array
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from datetime import date, datetime, timedelta
