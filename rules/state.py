@@ -271,6 +271,12 @@ class SubscriberState:
         if max(seen) <= cut:  # the usual case for a subscriber quiet for days: all of it goes
             self.forget_seen()
             return
+        newest = seen[-1]
+        if newest > cut and (len(seen) == 1 or max(seen[:-1]) <= cut):
+            # All but the event just remembered: the usual case for one seen every few days.
+            self.seen_base += newest
+            self.seen_off, self.seen_h = array("H", (0,)), array("Q", (hashes[-1],))
+            return
         kept = [k for k in seen if k > cut]
         least = min(kept)
         self.seen_base += least

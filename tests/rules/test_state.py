@@ -24,7 +24,7 @@ from rules.events import (
     Usage,
 )
 from rules.ruleset import load_rule_set
-from rules.state import DEDUP_CLOSED_DAYS, Applied, Reason, SubscriberState, apply, day_start_ms, event_hash, local_day
+from rules.state import DEDUP_CLOSED_DAYS, DUPLICATE_MINUTES, Applied, Reason, SubscriberState, apply, day_start_ms, event_hash, local_day
 
 TZ = ZoneInfo("Asia/Shanghai")
 RULES = load_rule_set("cmcc-2010")
@@ -373,6 +373,21 @@ def test_applying_an_event_twice_equals_applying_it_once(events: list[Usage | Bi
         run(twice, e)
         assert run(twice, e).outcome == "duplicate"
     assert once == twice
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(-300, 300) | st.integers(-20_000, 20_000)),
+                min_size=1, max_size=12), st.integers(-8, 8))
+def test_the_dedup_prune_keeps_exactly_the_entries_that_can_still_match(
+        remembered: list[tuple[int, int]], days: int) -> None:
+    # Minutes given around the newest that can match none to come (the prune's limit).
+    open_day = OPEN + timedelta(days=days)
+    limit = day_start_ms(open_day - timedelta(days=DEDUP_CLOSED_DAYS), TZ) // 60_000 - DUPLICATE_MINUTES
+    s = SubscriberState()
+    for h, minute in remembered:
+        s._remember(h, limit + minute)
+    s.prune(open_day, TZ, 30)
+    assert s._seen_pairs() == [(h, limit + m) for h, m in remembered if m > 0]  # in the order remembered
+    assert not s.seen_off or min(s.seen_off) == 0  # offsets from the earliest kept
 
 
 reason_values = st.one_of(st.none(), st.text(max_size=8), st.integers(-10**12, 10**12),
