@@ -56,6 +56,7 @@ DEDUP_CLOSED_DAYS: Final = 2
 # 2: scalars as one orjson array, the day buckets and the dedup memory as fixed-width arrays;
 # 1 wrote everything as varints in Python loops, a quarter of the worker's time.
 _VERSION: Final = 2
+_VERSION_BYTES: Final = bytes((_VERSION,))  # its varint: a number below 128 is its own byte
 _LITTLE: Final = sys.byteorder == "little"
 _LIGHT_CODE: Final[dict[Light | None, int]] = {None: 0, "green": 1, "yellow": 2, "red": 3, "black": 4}
 _LIGHT_OF: Final = {v: k for k, v in _LIGHT_CODE.items()}
@@ -427,10 +428,10 @@ class SubscriberState:
                                     None if c.starts_on is None else c.starts_on.toordinal()],
             self.contract_spent_fen, self.balance_fen, self.balance_ms, self.churned_ms,
             self.port_out_request_ms, self.light_since_ms,
-            [[r.code, r.value, r.threshold] for r in self.reasons],
-            sorted(self.used),
+            [[r.code, r.value, r.threshold] for r in self.reasons] if self.reasons else (),
+            sorted(self.used) if self.used else (),
         ])
-        parts = [_varint(_VERSION), _varint(len(head)), head]
+        parts = [_VERSION_BYTES, _varint(len(head)), head]
         # Days: the first ordinal, then offsets from it (uint8, or uint16 / uint32 as the span
         # needs: flag bits 1-2), revenue fen and voice seconds (int32, or int64: flag bit 0).
         offsets = self.day_off
