@@ -279,6 +279,14 @@ def _time_ms(doc: dict[str, Any], name: str, required: bool = True) -> int | Non
     value = _field(doc, name)
     if not isinstance(value, str):
         raise _Reject("wrong_type", name)
+    return _parse_time(value, name)
+
+
+def _parse_time(value: str, name: str) -> int:
+    """Return the epoch milliseconds of ISO 8601 time `value` (field `name`), which needs a UTC offset."""
+    ms = _time_fast(value)
+    if ms is not None:
+        return ms
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
@@ -411,15 +419,10 @@ def _usage_fast(key: bytes | None, value: bytes | None, watermark_ms: int | None
                 return None
     else:
         return None
-    ts_ms = _time_fast(ts)
-    if ts_ms is None:
-        try:
-            parsed = datetime.fromisoformat(ts)
-        except ValueError:
-            return None
-        if parsed.tzinfo is None or parsed.utcoffset() is None:
-            return None
-        ts_ms = int(parsed.timestamp() * 1000)
+    try:
+        ts_ms = _parse_time(ts, "ts")
+    except _Reject:
+        return None
     if watermark_ms is not None and ts_ms > watermark_ms + FUTURE_LIMIT_MS:
         return None
     return Usage(event_id, msisdn, ts_ms, kind, direction, seconds, _fen(float(charge)))

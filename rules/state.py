@@ -281,16 +281,17 @@ class SubscriberState:
         kept = [k for k in seen if k > cut]
         least = min(kept)
         self.seen_base += least
-        self.seen_off = array("H" if max(kept) - least <= 0xFFFF else "I", [k - least for k in kept])
+        self.seen_off = array(_width(max(kept) - least, _SEEN_WIDTHS), [k - least for k in kept])
         self.seen_h = array("Q", [h for k, h in zip(seen, hashes) if k > cut])
 
     def _is_duplicate(self, h: int, minute: int) -> bool:
         hashes = self.seen_h
-        if h not in hashes:
+        try:
+            i = hashes.index(h)
+        except ValueError:
             return False
         k = minute - self.seen_base
         seen = self.seen_off
-        i = hashes.index(h)
         while True:
             if abs(k - seen[i]) < DUPLICATE_MINUTES:
                 return True

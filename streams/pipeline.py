@@ -622,12 +622,13 @@ class Pipeline:
 
     def _pending(self, partition: int, clock: PartitionClock) -> dict[str, bool]:
         """Say, per input topic of `partition`, whether records are left to read."""
-        pending: dict[str, bool] = {}
-        for tp, base in self._input_tps(partition):
-            high = self._high(tp)
-            # A partition being read again holds the watermark, whatever its high watermark says.
-            pending[base] = tp in self._rewinds or (high is not None and high > self._next_offset(base, clock))
-        return pending
+        return {base: self._more(tp, base, clock) for tp, base in self._input_tps(partition)}
+
+    def _more(self, tp: TP, base: str, clock: PartitionClock) -> bool:
+        """Say whether input partition `tp` (of topic `base`) has records left to read."""
+        # A partition being read again holds the watermark, whatever its high watermark says.
+        high = self._high(tp)
+        return tp in self._rewinds or (high is not None and high > self._next_offset(base, clock))
 
     def _input_tps(self, partition: int) -> list[tuple[TP, str]]:
         tps = self._tps.get(partition)
@@ -675,8 +676,7 @@ class Pipeline:
         if pending is None:
             self._pend[p] = self._pending(p, clock)
             return True
-        high = self._high(tp)
-        more = tp in self._rewinds or (high is not None and high > clock.offsets.get(base, -1) + 1)
+        more = self._more(tp, base, clock)
         if more == pending.get(base) and not moved:
             return False  # neither the topic's time nor whether it has records left changed
         pending[base] = more
@@ -805,9 +805,6 @@ class Pipeline:
             self._touch(p, key)
 
     async def _apply(self, p: int, base: str, event: Event, key: bytes, kafka_ts: int | None) -> None:
-        if type(event) is Usage:
-            self._apply_usage(p, event, key, self.clocks[p])
-            return
         state = self.states.get(key)
         if state is None:
             state = self.states[key] = SubscriberState()
