@@ -22,6 +22,13 @@ MSISDN_RE: Final = re.compile(r"^\+?[0-9]{5,20}$")
 _MSISDN_MATCH: Final = MSISDN_RE.match
 BIRTHDAY_RE: Final = re.compile(r"^(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")
 MONTH_RE: Final = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+# Bounds of one event's figures (CONTRACT §1): beyond them a value is a unit or system error,
+# and applying it could overflow the state's integer arrays.
+MAX_MONEY_CNY: Final = 1e9
+MAX_MINUTES: Final = 1440.0  # a day's worth in one call
+MAX_MB: Final = 1e7
+# A photo's monthly minutes: a whole month of calling.
+MAX_PHOTO_MINUTES: Final = 31 * 1440.0
 
 USAGE: Final = "usage.events"
 BILLING: Final = "billing.events"
@@ -257,14 +264,15 @@ def _msisdn(doc: dict[str, Any]) -> str:
     return value
 
 
-def _number(doc: dict[str, Any], name: str, required: bool = True) -> float | None:
+def _number(doc: dict[str, Any], name: str, required: bool = True, *, bound: float = MAX_MONEY_CNY) -> float | None:
+    """Return field `name` as a finite number whose magnitude is below `bound` (money by default)."""
     if not required and doc.get(name) is None:
         return None
     value = _field(doc, name)
     # bool is an int subclass; a JSON true is not a number.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Reject("wrong_type", name)
-    if not math.isfinite(value):
+    if not math.isfinite(value) or not -bound < value < bound:
         raise _Reject("bad_value", name)
     return float(value)
 
@@ -328,7 +336,7 @@ def _usage(doc: dict[str, Any], msisdn: str) -> Usage:
         raise _Reject("bad_value", "charge")
     seconds = 0
     if kind == "voice":
-        minutes = _number(doc, "minutes")
+        minutes = _number(doc, "minutes", bound=MAX_MINUTES)
         assert minutes is not None
         if minutes < 0:
             raise _Reject("bad_value", "minutes")
@@ -336,15 +344,12 @@ def _usage(doc: dict[str, Any], msisdn: str) -> Usage:
     elif doc.get("minutes") is not None:
         raise _Reject("bad_unit", f"minutes on {kind}")
     if kind == "data":
-        mb = _number(doc, "mb", required=False)
+        mb = _number(doc, "mb", required=False, bound=MAX_MB)
         if mb is not None and mb < 0:
             raise _Reject("bad_value", "mb")
     elif doc.get("mb") is not None:
         raise _Reject("bad_unit", f"mb on {kind}")
     return Usage(event_id, msisdn, ts_ms, kind, direction, seconds, _fen(charge))  # type: ignore[arg-type]
-
-
-_INF: Final = math.inf
 
 
 # Epoch milliseconds of "YYYY-MM-DDTHH:MM" + UTC offset: events of the same minute differ only in
@@ -393,7 +398,7 @@ def _usage_fast(key: bytes | None, value: bytes | None, watermark_ms: int | None
     if type(msisdn) is not str or type(event_id) is not str or not event_id or type(ts) is not str:
         return None
     amount = type(charge)
-    if not ((amount is float or amount is int) and 0 <= charge < _INF):
+    if not ((amount is float or amount is int) and 0 <= charge < MAX_MONEY_CNY):
         return None
     # An msisdn is ASCII: its key is exactly its bytes.
     if not _MSISDN_MATCH(msisdn) or key is None or key != msisdn.encode():
@@ -405,7 +410,7 @@ def _usage_fast(key: bytes | None, value: bytes | None, watermark_ms: int | None
             return None
         if kind == "voice":
             quantity = type(minutes)
-            if not ((quantity is float or quantity is int) and 0 <= minutes < _INF):
+            if not ((quantity is float or quantity is int) and 0 <= minutes < MAX_MINUTES):
                 return None
             seconds = int(round(float(minutes) * 60))
         elif minutes is not None:
@@ -415,7 +420,7 @@ def _usage_fast(key: bytes | None, value: bytes | None, watermark_ms: int | None
             return None
         if mb is not None:
             quantity = type(mb)
-            if not ((quantity is float or quantity is int) and 0 <= mb < _INF):
+            if not ((quantity is float or quantity is int) and 0 <= mb < MAX_MB):
                 return None
     else:
         return None
@@ -474,7 +479,7 @@ def _photo(value: Any) -> Photo | None:
     if not MONTH_RE.match(month):
         raise _Reject("bad_value", "photo.month")
     arpu = _number(value, "arpu")
-    mou = _number(value, "mou")
+    mou = _number(value, "mou", bound=MAX_PHOTO_MINUTES)
     assert arpu is not None and mou is not None
     if arpu < 0 or mou < 0:
         raise _Reject("bad_value", "photo")

@@ -108,12 +108,13 @@ def decide(
         return Decision(task, "suppressed", "dnc")
     if task.kind in LIGHT_KINDS and in_holdout(task.msisdn, salt, rules.holdout_bp):
         return Decision(task, "suppressed", "holdout")
-    # Event time: a contact exactly cooldown_days earlier no longer blocks. A recorded contact
-    # later than this task (a replay behind live traffic) counts as recent and blocks.
+    # Event time: a contact exactly cooldown_days earlier no longer blocks, and a contact dated
+    # after this task never does: whether a catch-up decided a later task first must not change
+    # this one's decision.
     if (
         is_marketing(task.kind)
         and last_contact_ms is not None
-        and task.created_at_ms - last_contact_ms < rules.cooldown_days * DAY_MS
+        and 0 <= task.created_at_ms - last_contact_ms < rules.cooldown_days * DAY_MS
     ):
         return Decision(task, "suppressed", "cooldown")
     if task.channel == "sms":

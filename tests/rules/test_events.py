@@ -6,6 +6,7 @@ import re
 from datetime import datetime
 
 import orjson
+import pytest
 from hypothesis import example, given, settings, strategies as st
 
 from rules.events import (
@@ -61,6 +62,38 @@ def test_money_becomes_integer_fen_and_minutes_integer_seconds() -> None:
     assert isinstance(event, Usage)
     assert (event.charge_fen, event.seconds) == (29, 150)
     assert event.ts_ms == 1790990100000  # 2026-10-03T01:15:00Z
+
+
+@pytest.mark.parametrize(("topic", "change"), [
+    (USAGE, {"charge": 100000000000000000}),  # the record that wedged a partition (issue 13)
+    (USAGE, {"charge": 1e9}),
+    (USAGE, {"minutes": 1440}),
+    (USAGE, {"type": "data", "direction": None, "minutes": None, "mb": 1e7}),
+    (BILLING, {"type": "adjustment", "amount": -1e9}),
+    (BILLING, {"type": "balance", "balance": 2e9}),
+    (PROFILES, {"contract": {"ends_on": "2027-01-01", "committed": 1e12}}),
+    (PROFILES, {"photo": {"month": "2026-06", "arpu": 150, "mou": 1e9}}),
+])
+def test_figures_beyond_their_bounds_are_bad_values_on_both_paths(topic: str, change: dict[str, object]) -> None:
+    base: dict[str, object] = {
+        USAGE: {"event_id": "e", "msisdn": MSISDN, "ts": "2026-10-03T09:15:00+08:00", "type": "voice",
+                "direction": "out", "minutes": 2.5, "charge": 0.29},
+        BILLING: {"event_id": "e", "msisdn": MSISDN, "ts": "2026-10-03T09:15:00+08:00", "type": "fee", "amount": 1},
+        PROFILES: {"msisdn": MSISDN, "region": "zunyi", "brand": "gotone"},
+    }[topic]  # type: ignore[assignment]
+    doc = {k: v for k, v in {**base, **change}.items() if v is not None}  # type: ignore[dict-item]
+    raw = orjson.dumps(doc)
+    assert _usage_fast(MSISDN.encode(), raw, None) is None
+    rejection = decode(topic, MSISDN.encode(), raw)
+    assert isinstance(rejection, Rejection) and rejection.error == "bad_value", rejection
+
+
+def test_figures_just_inside_their_bounds_are_taken() -> None:
+    doc = {"event_id": "e", "msisdn": MSISDN, "ts": "2026-10-03T09:15:00+08:00", "type": "voice",
+           "direction": "out", "minutes": 1439.9, "charge": 999_999_999.99}
+    raw = orjson.dumps(doc)
+    assert _usage_fast(MSISDN.encode(), raw, None) == decode(USAGE, MSISDN.encode(), raw)
+    assert isinstance(decode(USAGE, MSISDN.encode(), raw), Usage)
 
 
 def test_adjustment_may_be_negative_but_a_fee_may_not() -> None:
