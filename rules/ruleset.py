@@ -67,6 +67,9 @@ class RuleSet:
     cooldown_days: int
     quiet_start: time
     quiet_end: time
+    # The metric label values allowed for regions and brands (rules.labels); None: not listed.
+    label_regions: frozenset[str] | None = None
+    label_brands: frozenset[str] | None = None
 
     def tenure_percent(self, years: int) -> int | None:
         """Return the tenure discount percent for `years` whole years of tenure, or None."""
@@ -154,6 +157,11 @@ class _Policy(_Model):
     quiet_hours: _QuietHours
 
 
+class _Labels(_Model):
+    regions: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = None
+    brands: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = None
+
+
 class _File(_Model):
     name: Annotated[str, Field(min_length=1)]
     description: str = ""
@@ -166,6 +174,8 @@ class _File(_Model):
     birthday_brands: list[Annotated[str, Field(min_length=1)]]
     tenure_discounts: list[_Discount]
     policy: _Policy
+    # The closed sets of metric label values (rules.labels); absent: short words, capped.
+    labels: _Labels = _Labels()
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -255,6 +265,8 @@ def _build(m: _File, source: str) -> RuleSet:
         cooldown_days=m.policy.cooldown_days,
         quiet_start=time.fromisoformat(m.policy.quiet_hours.start),
         quiet_end=time.fromisoformat(m.policy.quiet_hours.end),
+        label_regions=None if m.labels.regions is None else frozenset(m.labels.regions),
+        label_brands=None if m.labels.brands is None else frozenset(m.labels.brands),
     )
 
 

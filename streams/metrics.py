@@ -15,8 +15,9 @@ label can ever carry a subscriber's number, whatever a profile contains (CONTRAC
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
@@ -29,6 +30,7 @@ from prometheus_client import (
     generate_latest,
 )
 from rules.events import ERRORS
+from rules.labels import OTHER, LabelValues, shown
 from rules import vocabulary
 from rules.vocabulary import Channel, Kind, Light, Status, SuppressReason
 
@@ -66,10 +68,19 @@ END_TO_END_BUCKETS_S: Final = (
 
 _Key = TypeVar("_Key", bound=tuple[str, ...])
 
+log = logging.getLogger(__name__)
+
 
 def free_label(value: str) -> str:
     """Return `value` fit for a free label: anything msisdn-like becomes `invalid`."""
     return INVALID if _MSISDN_LIKE.match(value) else value
+
+
+def _noticed(field: str) -> Callable[[str], None]:
+    def note(value: str) -> None:
+        log.warning("a profile's %s %r is not in the rule set's labels: counted as %r in the metrics",
+                    field, shown(value), OTHER)
+    return note
 
 
 def _closed(value: str, allowed: frozenset[str], label: str) -> str:
@@ -94,6 +105,9 @@ class Metrics:
     """The worker's metrics (CONTRACT §9) on one registry, with cheap helpers for the hot path."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # Region and brand label values: a closed set (the rule set's lists, `use_labels`).
+        self.regions = LabelValues(None, noticed=_noticed("region"))
+        self.brands = LabelValues(None, noticed=_noticed("brand"))
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         # prometheus_client strips a trailing "_total" from a counter's name and appends it again
@@ -284,12 +298,17 @@ class Metrics:
         for (topic, partition), lag in lags.items():
             self.set_lag(topic, partition, lag)
 
+    def use_labels(self, regions: frozenset[str] | None, brands: frozenset[str] | None) -> None:
+        """Allow these region and brand label values (a rule set's lists); others are `other`."""
+        self.regions = LabelValues(regions, noticed=_noticed("region"))
+        self.brands = LabelValues(brands, noticed=_noticed("brand"))
+
     def set_lights(self, counts: Mapping[tuple[Light, str, str], int]) -> None:
         """Replace the light gauge with `counts` by (light, region, brand); vanished sets go."""
         merged: dict[tuple[str, str, str], int] = {}
         for (light, region, brand), count in counts.items():
-            key = (_closed(light, LIGHTS, "light"), free_label(region), free_label(brand))
-            # Two regions that both sanitise to "invalid" add up rather than overwrite.
+            key = (_closed(light, LIGHTS, "light"), self.regions(region), self.brands(brand))
+            # Two regions that both become "other" add up rather than overwrite.
             merged[key] = merged.get(key, 0) + count
         _replace(self.lights, self._lights_held, merged)
 
@@ -299,7 +318,8 @@ class Metrics:
         retention: dict[tuple[str], float] = {}
         churn: dict[tuple[str], float] = {}
         for region, k in kpis.items():
-            key = (free_label(region),)
+            # Callers group by self.regions first (Pipeline.update_kpis): ratios do not add up.
+            key = (self.regions(region),)
             if k.task_completion_ratio is not None:
                 completion[key] = k.task_completion_ratio
             if k.retention_ratio is not None:
