@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: demo worker test system-deps
+.PHONY: demo worker test faults system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,3 +23,7 @@ worker: $(STAMP)
 
 test: $(STAMP) system-deps
 	$(VENV)/bin/pytest
+
+# The full fault battery (tests/streams/test_faults.py): every crash point at three seeds.
+faults: $(STAMP) system-deps
+	$(VENV)/bin/pytest -m faults tests/streams/test_faults.py

@@ -49,6 +49,10 @@ ERRORS: Final = (
     "key_mismatch",
     "bad_time",
     "too_far_ahead",
+    # A valid record whose applying or deciding still raised (its exception's type in a header).
+    "processing_error",
+    # A state changelog record that could not be read back (its subscriber starts empty).
+    "corrupt_state",
 )
 
 UsageType = Literal["voice", "sms", "data"]

@@ -9,9 +9,10 @@ Exactly-once effects over an at-least-once stream:
   it in cooldown, or consent may have changed since), it only repairs what a crash may have
   left undone.
 - Publication: claim (`churnlight:task:{id}` NX) -> send, retried until the broker acknowledges
-  -> mark `sent`. A claim found `pending` is a crashed attempt and is sent again (the message
-  may then be on the topic twice, at least once being the price of never dropping one); a
-  `sent` one never is.
+  -> mark `sent`. A claim found `pending` is a crashed attempt: `published(task_id)` says whether
+  its message reached the topic (the worker reads its task partitions back from the offsets its
+  state recorded when it recovers), and only when it did not is it sent again; a `sent` one
+  never is.
 - Issued bookkeeping runs after `mark_sent`, in this order: the decision marker with its feed
   entry (one script), then the contact. Both are idempotent, so a task found `sent` without a
   marker simply runs them again. The contact comes last so that it is never recorded for a task
@@ -101,8 +102,13 @@ class TaskSink:
         now: Callable[[], float] = time.time,
         backoff: Backoff = DEFAULT_BACKOFF,
         outcomes: OutcomeStore | None = None,
+        published: Callable[[str], bool] = lambda task_id: False,
+        crash: Callable[[str], None] = lambda point: None,
     ) -> None:
         self.store = store
+        self.published = published
+        # The fault battery's crash points (streams.faults); a no-op in production.
+        self.crash = crash
         self.outcomes = outcomes
         self.send = send
         self.metrics = metrics
@@ -140,6 +146,11 @@ class TaskSink:
         if look.published == "sent":
             # Published, but the attempt that sent it stopped before recording the decision.
             return await self._record_issued(self._issued(task), None, trigger_kafka_ts_ms)
+        if look.published == "pending" and self.published(task.task_id):
+            # A crashed attempt's message reached the topic (read back at recovery): its decision
+            # was to issue; only the claim's `sent` and the records after it were missing.
+            await self.store.mark_sent(task.task_id)
+            return await self._record_issued(self._issued(task), None, trigger_kafka_ts_ms)
 
         decision = decide(
             task,
@@ -162,9 +173,12 @@ class TaskSink:
         task_json = orjson.dumps(decision.task.to_message(self.tz))
         published_at: float | None = None
         if await self.store.claim(task.task_id) != "sent":
+            self.crash("task_claimed")
             await self._publish(decision.task, task_json)
             published_at = self.now()
+            self.crash("task_sent")
             await self.store.mark_sent(task.task_id)
+            self.crash("task_marked")
         return await self._record_issued(decision, task_json, trigger_kafka_ts_ms, published_at)
 
     def _issued(self, task: Task) -> Decision:

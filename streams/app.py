@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable
@@ -14,6 +15,7 @@ from faust.web import Request, View
 from rules.events import MSISDN_RE
 from rules.ruleset import RuleSet
 from streams.changelog import ChangelogWriter
+from streams.faults import Faults
 from streams.metrics import Metrics
 from streams.pipeline import Pipeline, TaskHandler
 from streams.reader import Reader
@@ -21,7 +23,7 @@ from streams.settings import Settings
 from sinks.outcomes import OutcomeStore
 from sinks.redis_store import PolicyStore
 from sinks.tasks import TaskSink
-from streams.topics import DEADLETTER, LIGHTS, TASK_TOPIC, TASKS_CALLCENTRE, TASKS_SMS, TICKS, changelog_topic
+from streams.topics import OUTPUT_TOPICS, TASK_TOPIC, TICKS, changelog_topic
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +47,24 @@ class Sender:
     """Enqueue raw messages on output topics through Faust's producer (flushed before commits)."""
 
     def __init__(self, app: faust.App, settings: Settings) -> None:
-        self.topics = {base: app.topic(settings.topic(base), **RAW)
-                       for base in (LIGHTS, DEADLETTER, TASKS_CALLCENTRE, TASKS_SMS)}
+        self.topics = {base: app.topic(settings.topic(base), **RAW) for base in OUTPUT_TOPICS}
+        # Per output partition ("topic/partition"), one past the highest offset acknowledged.
+        self.ends: dict[str, int] = {}
 
     async def enqueue(self, base: str, key: bytes | None, value: bytes | None,
                       headers: list[tuple[str, bytes]]) -> Awaitable[Any]:
         """Enqueue one message; return the future that resolves when the broker acknowledged it."""
-        fut: Awaitable[Any] = await self.topics[base].send(key=key, value=value, headers=headers)
+        fut: asyncio.Future[Any] = await self.topics[base].send(key=key, value=value, headers=headers)
+        fut.add_done_callback(self._acked)
         return fut
+
+    def _acked(self, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        meta = fut.result()
+        where = f"{meta.topic}/{meta.partition}"
+        if meta.offset + 1 > self.ends.get(where, 0):
+            self.ends[where] = meta.offset + 1
 
     async def acked(self, base: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         """Send one message and return once the broker acknowledged it."""
@@ -91,11 +103,16 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
     outcomes: OutcomeStore | None = None
     if store is not None:
         outcomes = OutcomeStore(store.client, tz=settings.zone)
-        tasks = TaskSink(store, sender.acked, metrics, tz=settings.zone, salt=settings.holdout_salt, rules=rules,
-                         topic_for=TASK_TOPIC.__getitem__, outcomes=outcomes)
     changelog = ChangelogWriter(settings, changelog_topic(settings))
-    pipeline = Pipeline(settings, metrics, rules, app=app, send=sender.enqueue, tasks=tasks,
-                        changelog=changelog, outcomes=outcomes)
+    metrics.use_labels(rules.label_regions, rules.label_brands)
+    faults = Faults(settings.fault)
+    pipeline = Pipeline(settings, metrics, rules, app=app, send=sender.enqueue, changelog=changelog,
+                        outcomes=outcomes, output_ends=sender.ends, faults=faults)
+    if store is not None:
+        pipeline.tasks = tasks = TaskSink(
+            store, sender.acked, metrics, tz=settings.zone, salt=settings.holdout_salt, rules=rules,
+            topic_for=TASK_TOPIC.__getitem__, outcomes=outcomes, published=pipeline.was_published,
+            crash=faults.reached)
 
     reader = Reader(settings, app, pipeline)
     pipeline.attach(reader)
@@ -119,6 +136,15 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
     @app.on_before_shutdown.connect
     async def on_shutdown(_app: faust.App, **_: object) -> None:
         await reader.stop(give_up=tasks.stop if tasks is not None else None)
+
+    @app.timer(interval=3.0)
+    async def broker() -> None:
+        # /health answers 503 while the broker does not answer (the reader alone would not notice
+        # a paused broker: its fetches just return nothing).
+        try:
+            await reader.probe()
+        except Exception:
+            log.exception("probing the broker failed; the worker goes on")
 
     @app.timer(interval=5.0)
     async def gauges() -> None:

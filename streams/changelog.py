@@ -21,6 +21,9 @@ from streams.topics import client_config
 log = logging.getLogger(__name__)
 
 SEAL_KEY = b"~seal"
+# Every record of a state write carries the write's number; a partition's clock record, written
+# last, closes the write (streams.recovery rolls back a write whose clock never came).
+WRITE_HEADER = "w"
 
 
 class ChangelogWriter:
@@ -46,23 +49,24 @@ class ChangelogWriter:
         self._conf = conf
         self.topic = topic
         self.producer = Producer(conf)
-        self._failed: list[tuple[int, bytes, bytes | None]] = []
+        self._failed: list[tuple[int, bytes, bytes | None, int]] = []
         self._touched: set[int] = set()
         self._fatal = False
 
-    def write(self, partition: int, key: bytes, value: bytes | None) -> None:
-        """Queue one changelog record (None = tombstone)."""
+    def write(self, partition: int, key: bytes, value: bytes | None, write: int = 0) -> None:
+        """Queue one changelog record (None = tombstone) of state write number `write`."""
         self._touched.add(partition)
+        headers = [(WRITE_HEADER, str(write).encode())] if write else None
         while True:
             try:
-                self.producer.produce(self.topic, key=key, value=value, partition=partition)
+                self.producer.produce(self.topic, key=key, value=value, partition=partition, headers=headers)
                 return
             except BufferError:
                 self.producer.poll(0.01)
 
     def _done(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
-            self._failed.append((msg.partition(), msg.key(), msg.value()))
+            self._failed.append((msg.partition(), msg.key(), msg.value(), write_of(msg.headers())))
             self._fatal = self._fatal or err.fatal()
 
     async def flush(self) -> None:
@@ -97,5 +101,12 @@ class ChangelogWriter:
                     self._fatal = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-                for partition, key, value in failed:
-                    self.write(partition, key, value)
+                for partition, key, value, write in failed:
+                    self.write(partition, key, value, write)
+
+
+def write_of(headers: list[tuple[str, bytes]] | None) -> int:
+    for name, value in headers or ():
+        if name == WRITE_HEADER:
+            return int(value)
+    return 0

@@ -22,7 +22,10 @@ from datetime import date, timedelta
 from typing import Any, Protocol
 
 import orjson
+from aiokafka.errors import KafkaError as AIOKafkaError
 from aiokafka.partitioner import murmur2
+from confluent_kafka import KafkaException
+from redis.exceptions import RedisError
 from faust.types import TP
 
 from rules import lights, tasks as triggers
@@ -30,16 +33,20 @@ from rules.events import (
     BILLING, INPUT_TOPICS, LIFECYCLE, PROFILES, USAGE, Billing, Event, Lifecycle, Outcome, Profile, ProfileDeleted,
     Rejection, Usage, decode, event_time_ms, mask,
 )
-from rules.kpi import local_month, region_kpis
+from rules.kpi import TaskCounts, local_month, region_kpis
 from rules.lights import LightChange
 from rules.ruleset import RuleSet
 from rules.state import SubscriberState, apply, apply_usage, day_start_ms, local_day
 from rules.tasks import ContractTerms, SubscriberFacts, Task
 from sinks.outcomes import OutcomeStore
+from sinks.redis_store import Stopped
 from streams.changelog import ChangelogWriter
+from streams.faults import NONE as NO_FAULTS, Faults
+from streams.recovery import LAST_WRITE_KEY
+from streams.outputs import STATE, deadletter_id, light_id, task_identity
 from streams.metrics import Metrics, RegionKpis
 from streams.settings import Settings
-from streams.topics import DEADLETTER, LIGHTS, TICKS
+from streams.topics import DEADLETTER, LIGHTS, TASK_TOPIC, TICKS
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,23 @@ SERIES = (USAGE, BILLING)
 TASK_CONCURRENCY = 64
 # Reads of a partition from the state's offset that may bring nothing before the gap is accepted.
 MAX_SEEKS = 8
+# Topics whose records are applied in event-time order with the day closes (parked while ahead
+# of the watermark). Usage is not: its only consequence is its day's bucket, whatever the order.
+ORDERED = frozenset((LIFECYCLE, BILLING, PROFILES))
+# How long (event time) a billing event of a subscriber without a profile waits for the profile.
+PROFILE_WAIT_MS = 24 * HOUR_MS
+# Errors of Redis or the broker (or the stop): a batch they fail is read again, never dead-lettered.
+OUTAGES: tuple[type[BaseException], ...] = (Stopped, OSError, TimeoutError, RedisError, KafkaException, AIOKafkaError)
+# A usage record more than this ahead of its partition's latest usage time is an outlier until
+# the next usage record confirms that time moved (it is then applied) or not (too_far_ahead).
+OUTLIER_MS = 24 * HOUR_MS
+# How long (wall clock) a suspected usage record waits for the next one before it is judged
+# against the wall clock: accepted within OUTLIER_MS of it (live data after a gap), else rejected.
+SUSPECT_WAIT_S = 60.0
+# A day does not close on records younger than this (Kafka time against the wall clock): the
+# other topics' high watermarks come with their own fetches, and one not fetched since a record
+# was produced before these would pass for caught up (a replay's burst closes weeks in a second).
+FRESH_MS = 2000
 # Touched subscribers that make the state go to the changelog before its interval is up: each
 # write holds up the batches behind it (about 6 us a subscriber: at most about 0.6 s).
 MAX_DIRTY = 100_000
@@ -69,10 +93,17 @@ class TaskHandler(Protocol):
     async def handle(self, task: Task, *, port_out_open: bool, trigger_kafka_ts_ms: int | None) -> Any: ...
 
 
+# A parked record: (due time, Kafka time or -1, key, value, topic, source, waited). `waited` is 1
+# for a billing event that waits for its subscriber's profile: at its due time it is applied
+# whether or not the profile came.
+Parked = tuple[int, int, str, str, str, str, int]
+
+
 class PartitionClock:
     """Event-time bookkeeping of one partition (CONTRACT §5, §7), persisted in the changelog."""
 
-    __slots__ = ("max_ts", "offsets", "watermark_ms", "first_ts", "first_day", "open_day", "parked", "waiting")
+    __slots__ = ("max_ts", "offsets", "watermark_ms", "first_ts", "first_day", "open_day", "parked", "out",
+                 "suspect")
 
     def __init__(self) -> None:
         self.max_ts: dict[str, int] = {}
@@ -90,15 +121,19 @@ class PartitionClock:
         self.first_ts: int | None = None
         self.first_day: date | None = None
         self.open_day: date | None = None
-        # Lifecycle events ahead of the watermark: (ts, kafka timestamp, key, value), applied in
-        # event-time order once the watermark passes them. In a replay burst the small lifecycle
-        # topic is read far ahead of usage; applied at once, a deactivation would turn a churner
-        # black before the days of its decline close, and the lead time would be lost.
-        self.parked: list[tuple[int, int | None, str, str]] = []
-        # Billing events of subscribers without a profile while the partition's profiles are still
-        # being read (a replay's first moments): whether a balance crossing is a prepaid
-        # subscriber's depends on the profile, so they wait for it.
-        self.waiting: list[tuple[int, int | None, str, str]] = []
+        # Lifecycle, billing and profile records ahead of the watermark, applied in event-time
+        # order once the watermark passes them, before the day closes that follow them: however
+        # the topics were interleaved in the reading (a replay reads the small lifecycle topic
+        # far ahead of usage; a restart or rebalance catches up unevenly), the same decisions
+        # follow. Also billing events waiting up to PROFILE_WAIT_MS for their subscriber's profile.
+        self.parked: list[Parked] = []
+        # Per output partition ("topic/partition"), an offset at or below which nothing this
+        # partition's records produce after this state lands: on recovery the outputs from there
+        # on are read back, so that re-processing sends none of them again.
+        self.out: dict[str, int] = {}
+        # A usage record far ahead of the partition's latest usage time, held until the next
+        # usage record says whether time moved (streams.pipeline.OUTLIER_MS); at most one.
+        self.suspect: Parked | None = None
 
     def observe(self, topic: str, ts_ms: int) -> bool:
         """Take in an event time of `topic`; say whether the topic's latest time moved."""
@@ -113,20 +148,31 @@ class PartitionClock:
         """Recompute the watermark: the minimum over the topics that still have records to read.
 
         A caught-up topic does not hold it back; a topic with records to read but none seen yet
-        holds it where it is. The watermark never goes back.
+        holds it where it is. Profiles are state, not a series (their times can be years old):
+        they never move it. The watermark never goes back.
         """
         lows: list[int] = []
         for topic, has_more in pending.items():
-            if not has_more:
+            if not has_more or topic == PROFILES:
                 continue
             ts = self.max_ts.get(topic)
             if ts is None:
                 return self.watermark_ms
             lows.append(ts)
-        candidate = min(lows) if lows else (max(self.max_ts.values()) if self.max_ts else None)
+        if lows:
+            candidate: int | None = min(lows)
+        else:
+            # All caught up: the series' latest time. A sparse topic (lifecycle, outcomes) alone
+            # never carries the watermark past the data.
+            seen = [ts for topic, ts in self.max_ts.items() if topic in SERIES] or [
+                ts for topic, ts in self.max_ts.items() if topic != PROFILES]
+            candidate = max(seen) if seen else None
         if candidate is not None and (self.watermark_ms is None or candidate > self.watermark_ms):
             self.watermark_ms = candidate
         return self.watermark_ms
+
+    def park(self, entry: Parked) -> None:
+        bisect.insort(self.parked, entry)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps({
@@ -134,8 +180,9 @@ class PartitionClock:
             "fd": self.first_day.toordinal() if self.first_day else None,
             "od": self.open_day.toordinal() if self.open_day else None,
             "pk": self.parked,
-            "wt": self.waiting,
             "of": self.offsets,
+            "out": self.out,
+            "su": self.suspect,
         })
 
     @classmethod
@@ -147,10 +194,22 @@ class PartitionClock:
         clock.first_ts = doc.get("ft")
         clock.first_day = date.fromordinal(doc["fd"]) if doc.get("fd") else None
         clock.open_day = date.fromordinal(doc["od"]) if doc.get("od") else None
-        clock.parked = [(int(t), k, str(key), str(v)) for t, k, key, v in doc.get("pk", [])]
+        clock.parked = sorted(_parked(item, LIFECYCLE) for item in doc.get("pk", []))
+        # Written before 2026-12-05: billing events waiting for the profiles topic, kept apart.
+        clock.parked += [_parked(item, BILLING) for item in doc.get("wt", [])]
+        clock.parked.sort()
         clock.offsets = {str(k): int(v) for k, v in doc.get("of", {}).items()}
-        clock.waiting = [(int(t), k, str(key), str(v)) for t, k, key, v in doc.get("wt", [])]
+        clock.out = {str(k): int(v) for k, v in doc.get("out", {}).items()}
+        clock.suspect = None if doc.get("su") is None else _parked(doc["su"], USAGE)
         return clock
+
+
+def _parked(item: list[Any], topic: str) -> Parked:
+    if len(item) == 4:  # written before 2026-12-05: (ts, kafka ts, key, value), lifecycle or billing
+        ts, kafka_ts, key, value = item
+        return (int(ts), -1 if kafka_ts is None else int(kafka_ts), str(key), str(value), topic, "", 0)
+    ts, kafka_ts, key, value, base, source, waited = item
+    return (int(ts), int(kafka_ts), str(key), str(value), str(base), str(source), int(waited))
 
 
 class Rewind:
@@ -173,7 +232,8 @@ class Pipeline:
         self, settings: Settings, metrics: Metrics, rules: RuleSet, *, app: Any,
         send: Callable[[str, bytes | None, bytes | None, list[tuple[str, bytes]]], Awaitable[Awaitable[Any]]],
         tasks: TaskHandler | None = None, changelog: ChangelogWriter | None = None,
-        outcomes: OutcomeStore | None = None,
+        outcomes: OutcomeStore | None = None, output_ends: dict[str, int] | None = None,
+        faults: Faults = NO_FAULTS,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -204,6 +264,26 @@ class Pipeline:
         # The last state write's wait for the broker, going on behind the batches that follow it.
         self._flushing: asyncio.Future[None] | None = None
         self._acks: list[Awaitable[Any]] = []
+        # The batch's light changes and dead letters: (topic base, key, value, headers, identity),
+        # enqueued at its commit, so that a record's processing does no I/O.
+        self._out: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]], str]] = []
+        self._outcomes_due: list[Outcome] = []
+        # Identities of the outputs found on the output topics at recovery, past the offsets the
+        # loaded state recorded: re-processing does not send them again (light_id, deadletter_id,
+        # task_identity).
+        self.published: set[str] = set()
+        # Per output partition ("topic/partition"), one past the last offset the broker
+        # acknowledged to this process (streams.app.Sender keeps it), recorded with each clock.
+        self.output_ends: dict[str, int] = {} if output_ends is None else output_ends
+        self.faults = faults
+        # The number of the last state write (every changelog record carries its write's number).
+        self._write_no = 0
+        # The Kafka time (ms) of the record being processed; None between records (ticks, rechecks).
+        self._record_ms: int | None = None
+        # Partitions whose day close waits for records to age (FRESH_MS): partition -> Kafka ms.
+        self._deferred: dict[int, int] = {}
+        # Partitions holding a suspected usage record (PartitionClock.suspect), since when (monotonic).
+        self._suspected: dict[int, float] = {}
         # Tasks the batch decided on: (task, port-out request open, Kafka time of the trigger).
         self._due: list[tuple[Task, bool, int | None]] = []
         # High watermarks change only between fetches: one look-up per partition and batch.
@@ -222,6 +302,19 @@ class Pipeline:
 
     def attach(self, source: Any) -> None:
         self.source = source
+
+    def was_published(self, task_id: str) -> bool:
+        """Say whether task `task_id` was found on its topic at recovery (a crash came between
+        the broker's acknowledgement and the claim's `sent`)."""
+        return task_identity(task_id) in self.published
+
+    def output_starts(self) -> dict[str, int]:
+        """Per output partition, where the outputs of the owned partitions' loaded state may start."""
+        starts: dict[str, int] = {}
+        for clock in self.clocks.values():
+            for where, offset in clock.out.items():
+                starts[where] = min(offset, starts.get(where, offset))
+        return starts
 
     # --- health and queries --------------------------------------------------------------------
 
@@ -264,10 +357,12 @@ class Pipeline:
         recovered = self.loaded
         consuming = bool(getattr(self.source, "consuming", False) and not app.rebalancing)
         degraded = bool(self.tasks is not None and self.tasks.degraded)
-        ok = recovered and consuming and not degraded
-        status = "ok" if ok else ("degraded" if degraded else "starting")
+        broker = bool(getattr(self.source, "broker_ok", True))
+        ok = recovered and consuming and not degraded and broker
+        status = "ok" if ok else ("degraded" if degraded or not broker else "starting")
         return ok, {
             "status": status, "recovered": recovered, "consuming": consuming, "redis": not degraded,
+            "broker": broker,
             "partitions": sorted(self.owned()) if consuming else [],
         }
 
@@ -302,9 +397,17 @@ class Pipeline:
         month = self.month()
         if month is None or self.outcomes is None:
             return
-        counts = self.summary()
-        tasks = await self.outcomes.kpis(month)
-        self.metrics.set_kpis({region: RegionKpis(*k) for region, k in region_kpis(tasks, counts).items()})
+        label = self.metrics.regions
+        counts: dict[tuple[str, str, str], int] = {}
+        for (light, region, brand), n in self.summary().items():
+            key = (light, label(region), brand)
+            counts[key] = counts.get(key, 0) + n
+        tasks: dict[str, TaskCounts] = {}
+        for region, c in (await self.outcomes.kpis(month)).items():
+            before = tasks.get(label(region), TaskCounts(0, 0))
+            tasks[label(region)] = TaskCounts(before.issued + c.issued, before.completed + c.completed)
+        self.metrics.set_kpis({region: RegionKpis(*k) for region, k in region_kpis(
+            tasks, counts).items()})  # type: ignore[arg-type]
 
     def summary(self) -> dict[tuple[str, str, str], int]:
         """Count watched subscribers by (light, region, brand) over the partitions owned now."""
@@ -373,28 +476,70 @@ class Pipeline:
         self.watched = {p: set() for p in owned}
         self.dated = {p: set() for p in owned}
         started = time.monotonic() if started is None else started
+        self._write_no = max(self._write_no, int(data.get(LAST_WRITE_KEY, b"0")))
+        changelog = self.changelog.topic if self.changelog is not None else "state-changelog"
+        corrupt: list[tuple[int, bytes, bytes, str]] = []
         for key, value in data.items():
             if key.startswith(META_PREFIX):
                 p = int(key[len(META_PREFIX):])
                 if p in owned:
-                    self.clocks[p] = PartitionClock.from_bytes(value)
+                    try:
+                        self.clocks[p] = PartitionClock.from_bytes(value)
+                    except Exception as exc:
+                        corrupt.append((p, key, value, type(exc).__name__))
                 continue
             if key.startswith(b"~"):
                 continue  # the changelog's own markers, never a subscriber
             p = partition_of(key, self.partitions)
             if p not in owned:
                 continue
-            state = SubscriberState.from_bytes(value)
+            try:
+                state = SubscriberState.from_bytes(value)
+            except Exception as exc:
+                corrupt.append((p, key, value, type(exc).__name__))
+                continue
             self.states[key] = state
             self._index(p, key, state)
+        out: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]], str]] = []
+        lost_clocks: set[int] = set()
+        for p, key, value, error in corrupt:
+            # Skipped, so that the rest of the partition loads (issue 13): dead-lettered with the
+            # next batch, and overwritten in the changelog by the next state write.
+            source = f"{changelog}/{p}"
+            out.append((DEADLETTER, key, value, [("error", b"corrupt_state"), ("source", source.encode()),
+                                                 ("exception", error.encode())], deadletter_id(source, key)))
+            self._dead.append((STATE, "corrupt_state"))
+            if key.startswith(META_PREFIX):
+                lost_clocks.add(p)
+                log.error("the clock record of partition %d in %s cannot be read (%s): the partition's state is "
+                          "rebuilt from its input topics, from their first offsets", p, changelog, error)
+            else:
+                log.error("the state of subscriber %s in %s/%d cannot be read (%s): it starts empty", mask(
+                    key.decode("utf-8", "replace")), changelog, p, error)
+        dropped: list[tuple[int, bytes]] = []
+        for p in lost_clocks:
+            # The states' offsets are gone with the clock: what the inputs still hold is read again.
+            for key in [k for k in self.states if partition_of(k, self.partitions) == p]:
+                del self.states[key]
+                dropped.append((p, key))
+            self.watched[p], self.dated[p] = set(), set()
         for p in owned:
             self.clocks.setdefault(p, PartitionClock())
         self._rewinds.clear()
+        # A day close that waited for its records to age (FRESH_MS) is not in the changelog: every
+        # partition is looked at again at once, with what the loaded clocks say.
+        self._deferred = {p: 0 for p in owned}
+        self._suspected = {p: time.monotonic() for p, clock in self.clocks.items() if clock.suspect is not None}
         # What the memory held before is gone, written or not: the inputs are read again from here.
         self._dirty.clear()
         self._dirty_clocks.clear()
         self._due.clear()
         self._acks.clear()
+        self._out[:] = out
+        self._outcomes_due.clear()
+        for p, key in [*((p, key) for p, key, _, _ in corrupt if not key.startswith(META_PREFIX)), *dropped]:
+            self._touch(p, key)  # without a state by the next write: a tombstone replaces the record
+        self._dirty_clocks.update(lost_clocks)
         self._settled = True
         self.generation = generation
         log.info("loaded %d subscribers of partitions %s in %.2f s", len(self.states), sorted(owned),
@@ -431,12 +576,16 @@ class Pipeline:
         if self._rewinds:
             await self._repeat_seeks()
         try:
+            await self._recheck()
             await self._records(records)
+            self._record_ms = None
             await self._commit()
         except BaseException:
             # The batch is read again: its events count when it goes through, once.
             self._counts.clear()
             self._dead.clear()
+            self._out.clear()
+            self._outcomes_due.clear()
             raise
         # Counted once the batch's tasks and outputs are out: whoever waits for a count (a test,
         # the benchmark) then sees their effects too.
@@ -461,49 +610,172 @@ class Pipeline:
             if (offset != clock.offsets.get(base, -1) + 1 or tp in rewinds) and not await self._in_sequence(
                     tp, base, offset, clock):
                 continue
-            result = decode(base, msg.key, msg.value, self._future_reference(clock))
             clock.offsets[base] = offset
             self._dirty_clocks.add(p)
-            if type(result) is Usage:
-                # The bulk of the traffic, without a coroutine: nothing in it waits.
-                moved = clock.observe(base, result.ts_ms)
-                if self._moves(p, clock, base, tp, moved) and self._watermark(p, clock):
-                    await self._advance(p, clock)
-                self._apply_usage(p, result, msg.key, clock)
-                continue
-            if isinstance(result, Rejection):
-                await self._reject(base, msg, result)
-                if self._moves(p, clock, base, tp, False) and self._watermark(p, clock):
-                    await self._advance(p, clock)
-                continue
-            ts = event_time_ms(result)
-            moved = ts is not None and clock.observe(base, ts)
-            moves = self._moves(p, clock, base, tp, moved)
-            if isinstance(result, Lifecycle) and (clock.watermark_ms is None or result.ts_ms > clock.watermark_ms):
-                bisect.insort(clock.parked, (result.ts_ms, _kafka_ms(msg), msg.key.decode(), msg.value.decode()))
-            elif isinstance(result, Billing) and not self._has_profile(msg.key) and self._profiles_pending(p, clock):
-                clock.waiting.append((result.ts_ms, _kafka_ms(msg), msg.key.decode(), msg.value.decode()))
-            elif base == PROFILES:
-                # A profile is the state its subscriber's events refer to: applied before the
-                # days its topic's catching up lets close, so they judge the subscriber.
-                await self._apply(p, base, result, msg.key, _kafka_ms(msg))
-            else:
-                if moves and self._watermark(p, clock):
-                    await self._advance(p, clock)
-                await self._apply(p, base, result, msg.key, _kafka_ms(msg))
-                continue
-            # After parking or applying: the watermark may release the record just parked.
-            if moves and self._watermark(p, clock):
+            try:
+                await self._record(p, clock, base, tp, msg)
+            except Exception as exc:
+                # The record is valid, yet applying it (or what it released) raised: it goes to
+                # the dead letters on its own and the partition goes on (issue 13).
+                self._failed(base, msg.key, msg.value, _headers(msg.headers), _source(msg), exc)
+
+    async def _record(self, p: int, clock: PartitionClock, base: str, tp: TP, msg: Any) -> None:
+        self._record_ms = None if msg.timestamp is None else int(msg.timestamp * 1000)
+        result = decode(base, msg.key, msg.value, self._future_reference(clock))
+        if type(result) is Usage:
+            if clock.suspect is not None or result.ts_ms > clock.max_ts.get(USAGE, result.ts_ms) + OUTLIER_MS:
+                if not await self._suspect(p, clock, tp, msg, result.ts_ms):
+                    return
+            # The bulk of the traffic, without a coroutine: nothing in it waits.
+            moved = clock.observe(base, result.ts_ms)
+            if self._moves(p, clock, base, tp, moved) and self._watermark(p, clock):
                 await self._advance(p, clock)
+            self._apply_usage(p, result, msg.key, clock)
+            return
+        if isinstance(result, Rejection):
+            self._reject(base, msg, result)
+            if self._moves(p, clock, base, tp, False) and self._watermark(p, clock):
+                await self._advance(p, clock)
+            return
+        ts = event_time_ms(result)
+        moved = ts is not None and base != PROFILES and clock.observe(base, ts)
+        moves = self._moves(p, clock, base, tp, moved)
+        if moves and self._watermark(p, clock):
+            await self._advance(p, clock)
+        if ts is not None and base in ORDERED and (clock.watermark_ms is None or ts > clock.watermark_ms) and (
+                base != PROFILES or clock.open_day is not None):
+            # Ahead of the watermark: applied in event-time order once the watermark passes it.
+            # Profiles read before any day opened (a deployment's first load) are the state the
+            # data starts from: applied at once.
+            clock.park((ts, _kafka_ms(msg) or -1, msg.key.decode(), msg.value.decode(), base, _source(msg), 0))
+            return
+        await self._take(p, clock, base, result, msg.key, _kafka_ms(msg), _source(msg), msg.value.decode())
+
+    async def _suspect(self, p: int, clock: PartitionClock, tp: TP, msg: Any, ts_ms: int) -> bool:
+        """Hold a usage record far ahead of the partition's latest usage time, or judge the one
+        held by this next one; say whether the record `msg` goes on to be applied now.
+
+        One wrong timestamp must not close weeks of days in a catch-up, and a real gap in the
+        data must not lose its first record: the record after it says which it was.
+        """
+        held = clock.suspect
+        latest = clock.max_ts.get(USAGE, ts_ms)
+        if held is not None:
+            clock.suspect = None
+            self._suspected.pop(p, None)
+            if ts_ms > latest + OUTLIER_MS:
+                await self._release_suspect(p, clock, tp, held)  # time moved: it was the data's
+            else:
+                self._too_far(held)
+            latest = clock.max_ts.get(USAGE, ts_ms)
+        if ts_ms > latest + OUTLIER_MS:
+            clock.suspect = (ts_ms, _kafka_ms(msg) or -1, msg.key.decode(), msg.value.decode(), USAGE, _source(msg), 0)
+            self._suspected[p] = time.monotonic()
+            return False
+        return True
+
+    async def _release_suspect(self, p: int, clock: PartitionClock, tp: TP, held: Parked) -> None:
+        """Apply a held usage record as if read now."""
+        _, kafka_ts, key, value, base, source, _ = held
+        event = decode(base, key.encode(), value.encode())
+        if type(event) is not Usage:
+            return
+        moved = clock.observe(base, event.ts_ms)
+        if self._moves(p, clock, base, tp, moved) and self._watermark(p, clock):
+            await self._advance(p, clock)
+        self._apply_usage(p, event, key.encode(), clock)
+
+    def _too_far(self, held: Parked) -> None:
+        """Dead-letter a held usage record that the records after it did not confirm."""
+        _, _, key, value, base, source, _ = held
+        self._out.append((DEADLETTER, key.encode(), value.encode(),
+                          [("error", b"too_far_ahead"), ("source", source.encode())], deadletter_id(source)))
+        self._dead.append((base, "too_far_ahead"))
+        counted = (base, "rejected")
+        self._counts[counted] = self._counts.get(counted, 0) + 1
+        log.warning("dead-lettered %s: too_far_ahead (more than a day past the partition's usage, and the "
+                    "records after it did not follow)", source)
+
+    async def _judge_suspects(self, now_ms: int) -> None:
+        """Judge usage records held for SUSPECT_WAIT_S with no usage record after them: by the wall clock."""
+        for p, since in list(self._suspected.items()):
+            clock = self.clocks.get(p)
+            if clock is None or clock.suspect is None:
+                self._suspected.pop(p, None)
+                continue
+            if time.monotonic() - since < SUSPECT_WAIT_S:
+                continue
+            held, clock.suspect = clock.suspect, None
+            del self._suspected[p]
+            self._dirty_clocks.add(p)
+            if abs(held[0] - now_ms) <= OUTLIER_MS:
+                tp = TP(self.settings.topic(USAGE), p)
+                self._pend[p] = self._pending(p, clock)
+                await self._release_suspect(p, clock, tp, held)  # live data after a gap
+            else:
+                self._too_far(held)
+
+    async def _take(self, p: int, clock: PartitionClock, base: str, event: Event, key: bytes,
+                    kafka_ts: int | None, source: str, raw: str, *, waited: bool = False) -> None:
+        """Apply `event` now, unless it is a billing event of a subscriber without a profile yet.
+
+        Whether a balance crossing is a prepaid subscriber's, and whether revenue counts against
+        a contract, depend on the profile, which another topic brings, maybe later than the
+        event: such an event waits for the profile up to PROFILE_WAIT_MS of event time (not the
+        high watermark of the profiles topic, which a broker may under-report), then is applied
+        with what is known.
+        """
+        if type(event) is Billing and not waited and not self._has_profile(key):
+            clock.park((event.ts_ms + PROFILE_WAIT_MS, kafka_ts or -1, key.decode(), raw, BILLING, source, 1))
+            self._dirty_clocks.add(p)
+            return
+        await self._apply(p, base, event, key, kafka_ts)
+        if base == PROFILES and clock.parked:
+            # Billing events that waited for this profile are applied now, oldest first.
+            text = key.decode()
+            waiting = [e for e in clock.parked if e[6] and e[2] == text]
+            if waiting:
+                clock.parked = [e for e in clock.parked if not (e[6] and e[2] == text)]
+                for entry in sorted(waiting, key=lambda e: e[0] - PROFILE_WAIT_MS):
+                    await self._release(p, clock, entry)
 
     async def tick(self, now_ms: int) -> None:
         """Close days by the wall clock on idle, live partitions (CONTRACT §7), between two batches."""
         self._highwater.clear()
         self._pend.clear()
         self._settled = False
+        await self._judge_suspects(now_ms)
         for p, clock in self._owned_clocks():
             await self._tick(p, clock, now_ms)
         await self._commit()
+        self._count()
+
+    async def idle(self) -> None:
+        """Between batches with no record: close the days that waited for records to age; write
+        the state when it is due."""
+        self._now_ms = int(time.time() * 1000)
+        if not any(self._now_ms >= kafka_ms + FRESH_MS for kafka_ms in self._deferred.values()):
+            await self.write_if_due()
+            return
+        self._highwater.clear()
+        self._pend.clear()
+        self._settled = False
+        await self._recheck()
+        await self._commit()
+        self._count()
+
+    async def _recheck(self) -> None:
+        """Recompute the watermark of partitions whose day close waited until their records aged."""
+        for p, kafka_ms in list(self._deferred.items()):
+            if self._now_ms < kafka_ms + FRESH_MS:
+                continue
+            del self._deferred[p]
+            clock = self.clocks.get(p)
+            if clock is None:
+                continue
+            self._pend[p] = self._pending(p, clock)
+            if self._watermark(p, clock):
+                await self._advance(p, clock)
 
     async def _in_sequence(self, tp: TP, base: str, offset: int, clock: PartitionClock) -> bool:
         """Say whether the record at `offset` is the next one the state needs; read again if not.
@@ -562,11 +834,20 @@ class Pipeline:
                 await self._seek(tp, rewind)
 
     async def _commit(self) -> None:
-        """Decide the batch's tasks and wait for its outputs; write the state when it is due."""
+        """Send the batch's outputs, record its outcomes, decide its tasks and wait for the broker;
+        write the state when it is due."""
+        await self._send_outputs()
+        if self._outcomes_due:
+            assert self.outcomes is not None
+            due, self._outcomes_due = self._outcomes_due, []
+            for outcome in due:
+                self.metrics.outcome(await self.outcomes.record_outcome(outcome))
         await self._run_tasks()
+        await self._send_outputs()  # the dead letters of tasks that failed
         if self._acks:
             await asyncio.gather(*self._acks)
             self._acks.clear()
+            self.faults.reached("outputs_acked")
         self._settled = True
         await self.write_if_due()
 
@@ -596,6 +877,10 @@ class Pipeline:
             return False
         self._written_at = time.monotonic()
         changelog = self.changelog
+        half = (sum(len(keys) for keys in self._dirty.values()) + len(self._dirty_clocks)) // 2
+        written = 0
+        self._write_no += 1
+        number = self._write_no
         for p in set(self._dirty) | self._dirty_clocks:
             for key in self._dirty.get(p, ()):
                 state = self.states.get(key)
@@ -603,9 +888,19 @@ class Pipeline:
                 if value is None:
                     self.states.pop(key, None)
                 if changelog is not None:
-                    changelog.write(p, key, value)
-            if p in self._dirty_clocks and changelog is not None:
-                changelog.write(p, META_PREFIX + str(p).encode(), self.clocks[p].to_bytes())
+                    changelog.write(p, key, value, number)
+                    written += 1
+                    if written == half and self.faults.point == "state_half_written":
+                        changelog.producer.flush(30.0)
+                        self.faults.reached("state_half_written")
+            if changelog is not None and p in self.clocks:
+                clock = self.clocks[p]
+                # Every output so far is acknowledged (the batches' commits waited for them): what
+                # the records after this state produce lands past these offsets.
+                clock.out.update(self.output_ends)
+                # Last, and always: the clock record closes this write of the partition (a write
+                # without it is rolled back at recovery, streams.recovery).
+                changelog.write(p, META_PREFIX + str(p).encode(), clock.to_bytes(), number)
         self._dirty.clear()
         self._dirty_clocks.clear()
         if changelog is not None:
@@ -619,6 +914,7 @@ class Pipeline:
         flushing, self._flushing = self._flushing, None
         if flushing is not None:
             await flushing
+            self.faults.reached("state_written")
 
     def _pending(self, partition: int, clock: PartitionClock) -> dict[str, bool]:
         """Say, per input topic of `partition`, whether records are left to read."""
@@ -664,11 +960,6 @@ class Pipeline:
         state = self.states.get(key)
         return state is not None and state.has_profile
 
-    def _profiles_pending(self, p: int, clock: PartitionClock) -> bool:
-        tp = TP(self.settings.topic(PROFILES), p)
-        high = self._high(tp)
-        return high is not None and high > self._next_offset(PROFILES, clock)
-
     def _moves(self, p: int, clock: PartitionClock, base: str, tp: TP, moved: bool) -> bool:
         """Note whether `base` has records left after the record just read at `tp`, whose time
         `moved` the topic's latest or not; say whether the watermark needs recomputing (`_watermark`)."""
@@ -684,14 +975,21 @@ class Pipeline:
 
     def _watermark(self, p: int, clock: PartitionClock) -> bool:
         """Recompute the watermark of partition `p` (after `_moves` said so); say whether anything
-        waits for it: days to close, billing events waiting for profiles, parked lifecycle events."""
+        waits for it: days to close, parked records now due."""
         pending = self._pend[p]
         before = clock.watermark_ms
         watermark = clock.advance(pending)
+        fresh = self._record_ms
+        if (fresh is not None and watermark is not None and clock.open_day is not None
+                and fresh > self._now_ms - FRESH_MS and local_day(watermark, self.tz) > clock.open_day):
+            # A day would close on a record just produced: it waits until the record has aged, so
+            # that every topic's fetch has brought what was produced before it (_recheck).
+            cap = day_start_ms(clock.open_day + timedelta(days=1), self.tz) - 1
+            if watermark > cap:
+                clock.watermark_ms = watermark = cap if before is None else max(cap, before)
+                self._deferred[p] = max(fresh, self._deferred.get(p, fresh))
         if watermark != before:
             self._dirty_clocks.add(p)
-        if clock.waiting and not pending[PROFILES]:
-            return True
         if watermark is None:
             return False
         # Usually none of it: the watermark moves with nearly every usage event, a day once a day.
@@ -701,14 +999,7 @@ class Pipeline:
 
     async def _advance(self, p: int, clock: PartitionClock) -> None:
         """Release what waited for the watermark of partition `p` (after `_watermark` said so):
-        billing events once the profiles are read, the days it passes, parked lifecycle events."""
-        if clock.waiting and not self._pend[p][PROFILES]:
-            waiting, clock.waiting = sorted(clock.waiting), []
-            self._dirty_clocks.add(p)
-            for _, kafka_ts, key, value in waiting:
-                event = decode(BILLING, key.encode(), value.encode())
-                if isinstance(event, Billing):
-                    await self._apply(p, BILLING, event, key.encode(), kafka_ts)
+        the days it passes, with the parked records due before each, then those due up to it."""
         watermark = clock.watermark_ms
         if watermark is None:
             return
@@ -716,13 +1007,23 @@ class Pipeline:
         await self._unpark(p, clock, watermark)
 
     async def _unpark(self, p: int, clock: PartitionClock, until_ms: int, *, before: bool = False) -> None:
-        """Apply parked lifecycle events with a time up to `until_ms` (or before it), oldest first."""
+        """Apply parked records due up to `until_ms` (or before it), oldest first."""
         while clock.parked and (clock.parked[0][0] < until_ms if before else clock.parked[0][0] <= until_ms):
-            _, kafka_ts, key, value = clock.parked.pop(0)
+            entry = clock.parked.pop(0)
             self._dirty_clocks.add(p)
-            event = decode(LIFECYCLE, key.encode(), value.encode())
-            if isinstance(event, Lifecycle):
-                await self._apply(p, LIFECYCLE, event, key.encode(), kafka_ts)
+            await self._release(p, clock, entry)
+
+    async def _release(self, p: int, clock: PartitionClock, entry: Parked) -> None:
+        """Apply one parked record; one that raises is dead-lettered on its own."""
+        _, kafka_ts, text, value, base, source, waited = entry
+        key, raw = text.encode(), value.encode()
+        try:
+            event = decode(base, key, raw)
+            if not isinstance(event, Rejection):
+                await self._take(p, clock, base, event, key, None if kafka_ts < 0 else kafka_ts, source, value,
+                                 waited=bool(waited))
+        except Exception as exc:
+            self._failed(base, key, raw, [], source, exc)
 
     async def _tick(self, p: int, clock: PartitionClock, now_ms: int) -> None:
         """Close days by the wall clock on an idle, live partition (CONTRACT §7)."""
@@ -732,6 +1033,8 @@ class Pipeline:
         if any(pending.values()) or clock.watermark_ms < now_ms - HOUR_MS:
             return  # busy, or replaying older data: event time alone closes days
         await self._close_days(p, clock, local_day(now_ms, self.tz))
+        # Live and idle: what was parked until now is due by the wall clock too.
+        await self._unpark(p, clock, now_ms)
 
     async def _close_days(self, p: int, clock: PartitionClock, today: date) -> None:
         if clock.first_day is None and clock.first_ts is not None:
@@ -822,7 +1125,7 @@ class Pipeline:
             return
         if isinstance(event, Outcome):
             if self.outcomes is not None:
-                self.metrics.outcome(await self.outcomes.record_outcome(event))
+                self._outcomes_due.append(event)  # recorded in Redis with the batch's commit
             return
         ts_ms = getattr(event, "ts_ms")
         if isinstance(event, Lifecycle):
@@ -867,7 +1170,16 @@ class Pipeline:
         async def run(items: list[tuple[Task, bool, int | None]]) -> None:
             async with limit:
                 for task, port_out, trigger_ts in items:
-                    await tasks.handle(task, port_out_open=port_out, trigger_kafka_ts_ms=trigger_ts)
+                    try:
+                        await tasks.handle(task, port_out_open=port_out, trigger_kafka_ts_ms=trigger_ts)
+                    except OUTAGES:
+                        raise  # the batch fails and is read again: nothing is decided unchecked
+                    except Exception as exc:
+                        # Not an outage: a task that cannot be decided goes to the dead letters on
+                        # its own, and the batch goes on (it would fail the same way every time).
+                        self._failed(TASK_TOPIC[task.channel], task.msisdn.encode(),
+                                     orjson.dumps(task.to_message(self.tz)), [], f"task/{task.task_id}", exc,
+                                     event=False)
 
         async with asyncio.TaskGroup() as group:
             for items in by_subscriber.values():
@@ -886,27 +1198,67 @@ class Pipeline:
 
     async def _emit_light(self, key: bytes, state: SubscriberState, change: LightChange) -> None:
         msisdn = key.decode()
+        at = _iso(change.at_ms, self.tz)
         message = {
             "msisdn": msisdn, "light": change.light, "previous": change.previous,
-            "at": _iso(change.at_ms, self.tz),
+            "at": at,
             "arpu": round(change.arpu_fen / 100, 2), "mou": round(change.mou_seconds / 60, 2),
             "reasons": [_reason(r) for r in change.reasons],
             "region": state.region, "brand": state.brand, "rule_set": self.rules.name,
         }
-        self._acks.append(await self.send(LIGHTS, key, orjson.dumps(message), []))
+        self._out.append((LIGHTS, key, orjson.dumps(message), [], light_id(msisdn, at, change.light)))
         self.metrics.light_change(change.previous or "green", change.light)
         log.info("light %s -> %s for %s", change.previous, change.light, mask(msisdn))
 
-    async def _reject(self, base: str, msg: Any, rejection: Rejection) -> None:
+    def _reject(self, base: str, msg: Any, rejection: Rejection) -> None:
+        source = _source(msg)
         headers = _headers(msg.headers)
         headers.append(("error", rejection.error.encode()))
-        headers.append(("source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode()))
-        self._acks.append(await self.send(DEADLETTER, msg.key, msg.value, headers))
+        headers.append(("source", source.encode()))
+        self._out.append((DEADLETTER, msg.key, msg.value, headers, deadletter_id(source)))
         self._dead.append((base, rejection.error))
         counted = (base, "rejected")
         self._counts[counted] = self._counts.get(counted, 0) + 1
-        log.warning("dead-lettered %s/%d/%d: %s (%s)", msg.topic, msg.partition, msg.offset,
-                    rejection.error, rejection.detail)
+        log.warning("dead-lettered %s: %s (%s)", source, rejection.error, rejection.detail)
+
+    def _failed(self, base: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
+                source: str, exc: Exception, *, event: bool = True) -> None:
+        """Dead-letter a valid record whose processing raised (`processing_error`, the exception's type)."""
+        headers = [*headers, ("error", b"processing_error"), ("source", source.encode()),
+                   ("exception", type(exc).__name__.encode())]
+        self._out.append((DEADLETTER, key, value, headers, deadletter_id(source)))
+        self._dead.append((base, "processing_error"))
+        if event:
+            counted = (base, "rejected")
+            self._counts[counted] = self._counts.get(counted, 0) + 1
+        # The exception's text may quote the record: its type and where it was raised only.
+        log.error("dead-lettered %s: processing_error (%s at %s)", source, type(exc).__name__, _where(exc))
+
+    async def _send_outputs(self) -> None:
+        """Enqueue the batch's light changes and dead letters, except those already on their topics.
+
+        After a crash the records since the last state write are processed again; what they
+        produced before the crash was read back from the output topics at recovery (`published`),
+        and is not sent twice.
+        """
+        out, self._out = self._out, []
+        published = self.published
+        for base, key, value, headers, identity in out:
+            if identity in published:
+                published.discard(identity)
+                continue
+            self._acks.append(await self.send(base, key, value, headers))
+
+
+def _source(msg: Any) -> str:
+    return f"{msg.topic}/{msg.partition}/{msg.offset}"
+
+
+def _where(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return "?" if tb is None else f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}"
 
 
 def _kafka_ms(msg: Any) -> int | None:

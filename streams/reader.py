@@ -28,6 +28,7 @@ from faust.types import TP
 
 from rules.events import INPUT_TOPICS, PROFILES
 from streams import collector
+from streams.outputs import read_outputs
 from streams.recovery import read_changelog
 from streams.settings import Settings
 from streams.topics import TICKS, client_config
@@ -105,6 +106,8 @@ class Reader:
         self._idle.set()
         self._stopping = False
         self._last_tick = time.monotonic()
+        # Whether the broker answered the last probe (`probe`, every few seconds): /health says 503 while not.
+        self.broker_ok = True
 
     # --- what the pipeline asks ----------------------------------------------------------------
 
@@ -141,6 +144,17 @@ class Reader:
             self.consumer.incremental_unassign([TopicPartition(tp.topic, tp.partition)])
             self.consumer.incremental_assign([target])
         self.delivered.pop(tp, None)
+
+    async def probe(self, timeout_s: float = 2.0) -> bool:
+        """Ask the broker for its metadata; say whether it answered within `timeout_s`."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, lambda: self.consumer.list_topics(timeout=timeout_s))
+        except Exception:
+            self.broker_ok = False
+        else:
+            self.broker_ok = True
+        return self.broker_ok
 
     @property
     def consuming(self) -> bool:
@@ -185,6 +199,18 @@ class Reader:
             return  # a rebalance came while reading: the next assignment loads again
         self.pipeline.load(owned, data, generation, started=started)
         del data
+        # What this state's records produced before a crash is on the output topics already.
+        published, ends = await loop.run_in_executor(
+            None, lambda: read_outputs(self.settings, self.pipeline.output_starts(), owned, cancelled=stale))
+        if stale() or self.app.consumer_generation_id != generation:
+            return
+        self.pipeline.published = published
+        for where, end in ends.items():
+            if end > self.pipeline.output_ends.get(where, 0):
+                self.pipeline.output_ends[where] = end
+        if published:
+            log.info("%d outputs of partitions %s are on their topics already: they are not sent again",
+                     len(published), sorted(owned))
         collector.settle()  # the states loaded stay for the assignment: out of the collector's walks
         offsets = self.pipeline.next_offsets(owned)
         # Offset 0 rather than "the beginning": no offset look-up, so every partition's first fetch
@@ -245,7 +271,7 @@ class Reader:
                 if records:
                     await self.pipeline.process(records)
                 else:
-                    await self.pipeline.write_if_due()
+                    await self.pipeline.idle()
                 if time.monotonic() - self._last_tick >= TICK_INTERVAL_S:
                     self._last_tick = time.monotonic()
                     await self.pipeline.tick(int(time.time() * 1000))

@@ -15,10 +15,16 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from streams.changelog import write_of
 from streams.settings import Settings
 from streams.topics import changelog_topic, client_config
 
 log = logging.getLogger(__name__)
+
+# A partition's clock record (streams.pipeline.META_PREFIX) closes a state write.
+CLOCK_PREFIX = b"~p:"
+# Not a changelog key: where read_changelog puts the number of the newest state write it saw.
+LAST_WRITE_KEY = b"~write"
 
 # No record for this long while partitions are still short of their end: the broker is away.
 STALL_S = 60.0
@@ -51,6 +57,11 @@ def read_changelog(settings: Settings, partitions: set[int], *,
     })
     consumer = Consumer(conf)
     latest: dict[bytes, bytes | None] = {}
+    # Per partition: the newest state write seen, the values its records replaced (to put back
+    # if its clock record never came: a crash in the middle of the write), and whether it came.
+    newest: dict[int, int] = {}
+    replaced: dict[int, dict[bytes, bytes | None]] = {}
+    closed: dict[int, bool] = {}
     try:
         pending: set[int] = set()
         start: list[TopicPartition] = []
@@ -81,9 +92,32 @@ def read_changelog(settings: Settings, partitions: set[int], *,
                     else:
                         log.warning("reading %s: %s", topic, err)
                     continue
-                latest[m.key()] = m.value()
+                key = m.key()
+                write = write_of(m.headers())
+                if write:
+                    p = m.partition()
+                    if write > newest.get(p, 0):
+                        # A newer write began: the one before it ended (one write at a time, and
+                        # each ends with its clock record), so what it replaced is gone for good.
+                        newest[p], replaced[p], closed[p] = write, {}, False
+                    if write == newest[p]:
+                        if key.startswith(CLOCK_PREFIX):
+                            closed[p] = True
+                        elif key not in replaced[p]:
+                            replaced[p][key] = latest.get(key)
+                latest[key] = m.value()
                 records += 1
         log.debug("read %d records of %s", records, topic)
     finally:
         consumer.close()
-    return {k: v for k, v in latest.items() if v is not None}
+    for p, write in newest.items():
+        if not closed[p]:
+            # The write's clock record never came: its states may be ahead of the clock's offsets,
+            # and re-processing from those offsets would count their events twice. Back they go.
+            log.warning("%s/%d: state write %d has no clock record (a crash during the write): its %d records "
+                        "are rolled back", topic, p, write, len(replaced[p]))
+            for key, before in replaced[p].items():
+                latest[key] = before
+    found = {k: v for k, v in latest.items() if v is not None}
+    found[LAST_WRITE_KEY] = str(max(newest.values(), default=0)).encode()
+    return found

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # Streams every 30 s): a sixth fewer changelog records than 2 s in the benchmark.
     commit_interval_s: float = Field(3.0, ge=0)
     log_level: Literal["debug", "info", "warn", "error"] = "info"
+    # Tests only: `point[:n]` kills the worker (SIGKILL) the n-th time (default 1st) it reaches a
+    # crash point (streams.faults.POINTS). Unset in production.
+    fault: str | None = None
 
     @field_validator("kafka")
     @classmethod

@@ -1,0 +1,226 @@
+"""The fault battery: crashes injected at chosen points, poison records, compared with a clean run.
+
+Each case runs the scripted task history (every task kind and suppression) with poison records
+mixed in, twice on the embedded stack, each in its own topic prefix and Redis db: once without
+faults (the reference) and once with the worker killed (SIGKILL, `CHURNLIGHT_FAULT`) at a chosen
+step of deciding, claiming, publishing, acknowledging or writing state, then restarted. The
+outputs must be the reference's exactly: light changes, task ids and messages per topic, feed
+decisions, dead letters, and the final windows through `/subscribers`; nothing twice.
+
+`make test` runs two crash points; `make faults` (`pytest -m faults`) runs every point at three
+seeds (where the poison lands and which arrival at the point is killed).
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis as redis_lib
+from confluent_kafka import Consumer, TopicPartition
+from pydantic import SecretStr
+
+from streams.embedded import EmbeddedStack, free_port
+from streams.faults import POINTS
+from streams.settings import Settings
+from tests.conftest import WorkerProc, consume_all, env_of, produce
+from tests.streams import scripted_tasks as st
+
+TASK_TOPICS = ("retention.tasks.callcentre", "retention.tasks.sms")
+SUBSCRIBERS = sorted({v["msisdn"] for part in st.history(4) for _, v in part})
+_dbs = iter(range(15, 8, -1))
+
+
+def _poison(ts_far: str) -> list[tuple[str, bytes | None, bytes | None]]:
+    """Bad records of many kinds (issue 13's list), each of which must be dead-lettered once."""
+    m = st.T1
+    good = {"event_id": "p", "msisdn": m, "ts": st.at(20), "type": "voice", "direction": "out",
+            "minutes": 1.0, "charge": 0.5}
+    return [
+        ("usage.events", m.encode(), orjson.dumps({**good, "event_id": "p-huge", "charge": 100000000000000000})),
+        ("usage.events", m.encode(), orjson.dumps(good).replace(b'"charge":0.5', b'"charge":NaN')),
+        ("usage.events", m.encode(), orjson.dumps(good).replace(b'"charge":0.5', b'"charge":Infinity')),
+        ("usage.events", m.encode(), orjson.dumps({**good, "event_id": "p-str", "charge": "0.5"})),
+        ("usage.events", m.encode(), orjson.dumps({**good, "event_id": "p-bool", "charge": True})),
+        ("usage.events", m.encode(), b'{"msisdn": "\xff\xfe", "ts": 1}'),
+        ("usage.events", b"\xff\xfe", orjson.dumps(good)),
+        ("usage.events", b"13800000000", orjson.dumps(good)),
+        ("usage.events", m.encode(), orjson.dumps([good])),
+        ("usage.events", m.encode(), b"[" * 5000 + b"]" * 5000),
+        ("usage.events", m.encode(), orjson.dumps({**good, "event_id": "p-sms", "type": "sms"})),
+        ("usage.events", m.encode(), orjson.dumps({**good, "event_id": "p-min", "minutes": 5000})),
+        ("usage.events", m.encode(), orjson.dumps({**good, "event_id": "p-big", "pad": "x" * 70000})),
+        ("usage.events", m.encode(), orjson.dumps({**good, "event_id": "p-time", "ts": "yesterday"})),
+        ("usage.events", m.encode(), orjson.dumps({**good, "event_id": "p-far", "ts": ts_far})),
+        ("billing.events", m.encode(), b""),
+        ("lifecycle.events", m.encode(), orjson.dumps({"event_id": "p-lc", "msisdn": m, "ts": st.at(20),
+                                                       "type": "abducted"})),
+        ("usage.events", "1380000😀".encode(), orjson.dumps({**good, "msisdn": "1380000😀"})),
+    ]
+
+
+def _history(seed: int) -> list[tuple[str, bytes | None, bytes | None]]:
+    part1, part2 = st.history(4)
+    records = [(topic, v["msisdn"].encode(), orjson.dumps(v)) for topic, v in part1 + part2]
+    rng = random.Random(seed)
+    # Day 20 + 53 days: ahead of the data, before the wall clock (a wrong timestamp in a replay).
+    poison = _poison(st.at(73))
+    first_usage = next(i for i, r in enumerate(records) if r[0] == "usage.events")
+    for record in poison:
+        records.insert(rng.randrange(first_usage + 50, len(records) - 50), record)
+    return records
+
+
+@dataclass
+class Outputs:
+    lights: list[tuple[str, str, str, str]]
+    tasks: dict[str, list[dict[str, Any]]]
+    feed: list[tuple[str, str, str]]
+    dead: list[tuple[str, str]]
+    windows: dict[str, tuple[Any, ...]]
+
+
+def _tenant(stack: EmbeddedStack, tmp_path: Path, name: str) -> Settings:
+    assert stack.kafka and stack.redis
+    return Settings(
+        kafka=stack.kafka,
+        redis=SecretStr(stack.redis.rsplit("/", 1)[0] + f"/{next(_dbs)}"),
+        topic_prefix=f"f{uuid.uuid4().hex[:8]}.", partitions=4, web_port=free_port(), web_host="127.0.0.1",
+        data_dir=tmp_path / name / "data",
+        # A state write after every batch of 100 records: many points to crash at.
+        commit_interval_s=0.0, batch_max=100,
+    )
+
+
+def _ends(settings: Settings) -> tuple[int, ...]:
+    c = Consumer({"bootstrap.servers": settings.kafka, "group.id": f"t-{uuid.uuid4().hex}"})
+    try:
+        return tuple(c.get_watermark_offsets(TopicPartition(settings.topic(t), p), timeout=5)[1]
+                     for t in (*TASK_TOPICS, "churn.lights", "churn.deadletter") for p in range(4))
+    finally:
+        c.close()
+
+
+def _settle(worker: WorkerProc, client: redis_lib.Redis, settings: Settings, timeout_s: float = 150) -> None:
+    """Wait until the worker has read everything and its outputs stopped moving for 6 s."""
+    deadline = time.monotonic() + timeout_s
+    last: tuple[Any, ...] = ()
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        lag = worker.metric("churnlight_consumer_lag")
+        seen = (client.xlen("churnlight:feed"), _ends(settings), lag)
+        if seen != last:
+            last, since = seen, time.monotonic()
+        elif lag == 0 and time.monotonic() - since >= 6:
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"the worker did not settle in {timeout_s} s:\n{worker.tail()}")
+
+
+def _collect(worker: WorkerProc, settings: Settings, client: redis_lib.Redis) -> Outputs:
+    prefix = settings.topic_prefix
+    lights = [(m.key().decode(), *(orjson.loads(m.value())[f] for f in ("at", "previous", "light")))
+              for m in consume_all(settings, "churn.lights")]
+    tasks = {t: [orjson.loads(m.value()) for m in consume_all(settings, t)] for t in TASK_TOPICS}
+    feed = [(f[b"task_id"].decode(), f[b"status"].decode(), f.get(b"reason", b"").decode())
+            for _, f in client.xrange("churnlight:feed")]
+    dead = []
+    for m in consume_all(settings, "churn.deadletter"):
+        headers = dict(m.headers() or [])
+        dead.append((headers["source"].decode().removeprefix(prefix), headers["error"].decode()))
+    windows = {}
+    for msisdn in SUBSCRIBERS:
+        status, body = worker.get(f"/subscribers/{msisdn}")
+        assert status in (200, 404), body
+        windows[msisdn] = None if status == 404 else (
+            body["light"], body["arpu"], body["mou"], (body.get("contract") or {}).get("spent"), body["balance"])
+    return Outputs(lights, tasks, feed, dead, windows)
+
+
+def _run(settings: Settings, records: list[tuple[str, bytes | None, bytes | None]], log: Path,
+         fault: str | None = None) -> Outputs:
+    client = redis_lib.Redis.from_url(settings.redis.get_secret_value())  # type: ignore[union-attr]
+    client.flushdb()
+    client.sadd("churnlight:optout:sms", st.T8, st.T12)
+    client.sadd("churnlight:dnc", st.T9)
+    client.hset(f"churnlight:contact:{st.T11}", "sms", st.T11_LAST_SMS_CONTACT)
+    produce(settings, records)
+    if fault is not None:
+        env = {**env_of(settings), "CHURNLIGHT_FAULT": fault}
+        with log.open("ab") as out:
+            crashed = subprocess.run([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=out,
+                                     stderr=subprocess.STDOUT, timeout=150)
+        assert crashed.returncode == -9, f"the worker never reached crash point {fault} ({crashed.returncode})"
+    worker = WorkerProc(settings, log).start()
+    try:
+        _settle(worker, client, settings)
+        return _collect(worker, settings, client)
+    finally:
+        worker.stop()
+        client.flushdb()
+        client.close()
+
+
+def _no_repeats(out: Outputs) -> None:
+    repeated = [k for k, n in Counter(out.lights).items() if n > 1]
+    assert not repeated, f"light changes published twice: {repeated}"
+    for topic, tasks in out.tasks.items():
+        ids = Counter(t["task_id"] for t in tasks)
+        assert all(n == 1 for n in ids.values()), f"task ids published twice on {topic}: {ids.most_common(3)}"
+    assert all(n == 1 for n in Counter(t for t, _, _ in out.feed).values()), "a task twice in the feed"
+    assert all(n == 1 for n in Counter(out.dead).values()), f"dead-lettered twice: {Counter(out.dead).most_common(3)}"
+
+
+@pytest.fixture(scope="module")
+def reference(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Outputs]:
+    """The uninterrupted runs, per seed (made on first use)."""
+    return {}
+
+
+def _reference(seed: int, cache: dict[int, Outputs], stack: EmbeddedStack, tmp: Path) -> Outputs:
+    if seed not in cache:
+        out = _run(_tenant(stack, tmp, f"ref{seed}"), _history(seed), tmp / f"ref{seed}.log")
+        _no_repeats(out)
+        # Every poison record is dead-lettered, each once: no partition stopped on one.
+        assert len(out.dead) == len(_poison(st.at(73))), out.dead
+        assert sum(len(t) for t in out.tasks.values()) >= len(st.EXPECTED_ISSUED) - 2
+        cache[seed] = out
+    return cache[seed]
+
+
+def _check(fault: str, seed: int, reference: dict[int, Outputs], stack: EmbeddedStack, tmp_path: Path) -> None:
+    expected = _reference(seed, reference, stack, tmp_path)
+    got = _run(_tenant(stack, tmp_path, "fault"), _history(seed), tmp_path / "fault.log", fault=fault)
+    _no_repeats(got)
+    assert sorted(got.lights) == sorted(expected.lights), "\n".join(
+        [f"missing {x}" for x in sorted(set(expected.lights) - set(got.lights))]
+        + [f"extra {x}" for x in sorted(set(got.lights) - set(expected.lights))])
+    for topic in TASK_TOPICS:
+        assert sorted(got.tasks[topic], key=lambda t: t["task_id"]) == sorted(
+            expected.tasks[topic], key=lambda t: t["task_id"]), topic
+    assert sorted(got.feed) == sorted(expected.feed)
+    assert sorted(got.dead) == sorted(expected.dead)
+    assert got.windows == expected.windows
+
+
+@pytest.mark.parametrize("fault", ["task_sent:2", "state_half_written:4"])
+def test_a_crash_at_a_chosen_point_changes_nothing_and_sends_nothing_twice(
+        fault: str, reference: dict[int, Outputs], stack: EmbeddedStack, tmp_path: Path) -> None:
+    _check(fault, 0, reference, stack, tmp_path)
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("point", POINTS)
+def test_fault_battery(point: str, seed: int, reference: dict[int, Outputs], stack: EmbeddedStack,
+                       tmp_path: Path) -> None:
+    _check(f"{point}:{1 + seed}", seed, reference, stack, tmp_path)
