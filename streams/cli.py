@@ -8,7 +8,7 @@ import sys
 from datetime import datetime
 from collections.abc import Iterator
 from typing import BinaryIO
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import click
@@ -16,9 +16,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from streams import preflight
 from streams.embedded import EmbeddedStack
 from streams.settings import Settings, SettingsError, load_settings
-from rules.ruleset import RuleSetError
+from rules.ruleset import RuleSetError, load_rule_set
 from streams.topics import StartupError
 
 console = Console(stderr=True)
@@ -41,7 +42,7 @@ def _settings() -> Settings:
     try:
         return load_settings()
     except SettingsError as exc:
-        console.print(f"[red]churnlight: {exc}[/red]")
+        click.echo(f"churnlight: {exc}", err=True)
         raise SystemExit(2) from None
 
 
@@ -50,6 +51,8 @@ def connected(settings: Settings, *, kafka: bool = True, redis: bool = True) -> 
     """Yield settings with Kafka and Redis resolved, starting embedded servers for what is unset."""
     need_kafka = kafka and settings.kafka is None
     need_redis = redis and settings.redis is None
+    # The configured servers first, before anything embedded starts (and logs).
+    preflight.check(settings, kafka=kafka, redis=redis)
     if not (need_kafka or need_redis):
         yield settings
         return
@@ -68,7 +71,20 @@ def connected(settings: Settings, *, kafka: bool = True, redis: bool = True) -> 
         stack.stop()
 
 
-@click.group()
+class _Main(click.Group):
+    """The command group; a setting that points at nothing usable ends any command in one line."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (preflight.Unreachable, RuleSetError) as exc:
+            # One plain line (click, not rich: rich wraps at 80 columns and reads [..] as markup).
+            name = f" {ctx.invoked_subcommand}" if ctx.invoked_subcommand else ""
+            click.echo(f"churnlight{name}: {exc}", err=True)
+            raise SystemExit(2) from None
+
+
+@click.group(cls=_Main)
 def main() -> None:
     """churnlight: churn early warning for mobile operators."""
 
@@ -129,26 +145,28 @@ def simulate(subscribers: int, days: int, start: datetime, seed: int, activity: 
         raise click.UsageError(str(exc)) from None
     settings = _settings()
     setup_logging("warn")
-    with _progress() as progress:
-        bar = progress.add_task(f"simulating {subscribers:,} subscribers", total=days)
-        sim = Simulation(cfg, lambda done, total: progress.update(bar, completed=done))
-        lines = (line.encode() for chunk in sim.chunks() for line in chunk)
-        if produce:
-            from streams.replay import replay as run_replay
-            from streams.topics import ensure_topics
+    with ExitStack() as servers:
+        # The broker is checked (and an embedded one started) before the progress bar shows.
+        resolved = servers.enter_context(connected(settings, redis=False)) if produce else None
+        with _progress() as progress:
+            bar = progress.add_task(f"simulating {subscribers:,} subscribers", total=days)
+            sim = Simulation(cfg, lambda done, total: progress.update(bar, completed=done))
+            lines = (line.encode() for chunk in sim.chunks() for line in chunk)
+            if resolved is not None:
+                from streams.replay import replay as run_replay
+                from streams.topics import ensure_topics
 
-            with connected(settings, redis=False) as resolved:
                 ensure_topics(resolved)
                 with (out.open("wb") if out is not None else open(os.devnull, "wb")) as fh:
                     report = run_replay(resolved, _tee(lines, fh))
-            if not report.ok:
-                console.print(f"[red]{sum(report.failed.values())} message(s) not delivered[/red]")
-                raise SystemExit(1)
-        else:
-            assert out is not None
-            with out.open("wb") as fh:
-                for line in lines:
-                    fh.write(line)
+                if not report.ok:
+                    console.print(f"[red]{sum(report.failed.values())} message(s) not delivered[/red]")
+                    raise SystemExit(1)
+            else:
+                assert out is not None
+                with out.open("wb") as fh:
+                    for line in lines:
+                        fh.write(line)
     if labels_out is not None:
         write_labels(sim, labels_out)
     st = sim.stats
@@ -172,10 +190,11 @@ def worker() -> None:
     setup_logging(settings.log_level)
     from streams.worker import run_worker
 
+    load_rule_set(settings.rules)  # an unknown rule set fails before anything is started or created
     with connected(settings) as resolved:
         try:
             run_worker(resolved)
-        except (StartupError, RuleSetError) as exc:
+        except StartupError as exc:
             console.print(f"[red]churnlight worker: {exc}[/red]")
             raise SystemExit(1) from None
 

@@ -6,13 +6,17 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _HOSTPORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5}$")
+
+
+# Settings whose value may hold a credential (a bootstrap list or URL with user:password, a salt).
+SECRET_SETTINGS: Final = frozenset({"kafka", "kafka_user", "kafka_password", "redis", "holdout_salt"})
 
 
 class SettingsError(ValueError):
@@ -121,9 +125,11 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            name = "CHURNLIGHT_" + "_".join(str(p) for p in err["loc"]).upper()
+            field = "_".join(str(p) for p in err["loc"])
+            name = "CHURNLIGHT_" + field.upper()
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{name}: {msg} (got {err.get('input')!r})" if name != "CHURNLIGHT_REDIS" else f"{name}: {msg}")
-        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+            # A value that may carry a credential is never echoed, not even a wrong one.
+            lines.append(f"{name}: {msg}" if field in SECRET_SETTINGS else f"{name}: {msg} (got {err.get('input')!r})")
+        raise SettingsError("invalid settings: " + "; ".join(lines)) from None
     settings.check_security()
     return settings

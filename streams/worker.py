@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 def run_worker(settings: Settings) -> None:
     """Create the topics, check co-partitioning, and run the Faust worker until stopped."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    ensure_topics(settings)
     rules = load_rule_set(settings.rules)
+    ensure_topics(settings)
     metrics = Metrics()
     assert settings.redis is not None, "resolve the embedded Redis before starting the worker"
     store = PolicyStore.from_url(settings.redis.get_secret_value(), tz=settings.zone)

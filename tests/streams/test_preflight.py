@@ -1,0 +1,129 @@
+"""A broker or Redis that cannot be used ends every command in one line naming the setting, exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from streams.embedded import EmbeddedStack
+from streams.settings import Settings
+
+CLOSED = "127.0.0.1:9"  # the discard port: nothing listens there, the connection is refused
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path, timeout_s: float = 60) -> tuple[int, str, str, float]:
+    """Run `churnlight ARGS` as a user would; return exit code, stdout, stderr and seconds taken."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CHURNLIGHT_")}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "streams.cli", *args], env={**base, **env}, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout_s)
+    return done.returncode, done.stdout, done.stderr, time.monotonic() - started
+
+
+COMMANDS = [
+    ["worker"],
+    ["replay", "history.jsonl"],
+    ["tail", "--max", "1"],
+    ["simulate", "--produce", "--subscribers", "10", "--days", "1"],
+]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "history.jsonl").write_text('{"topic": "usage.events", "value": {"msisdn": "13800000001"}}\n')
+    return tmp_path
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: a[0])
+def test_refused_broker_is_one_line_naming_the_setting(args: list[str], workdir: Path) -> None:
+    code, _, err, seconds = run(args, {"CHURNLIGHT_KAFKA": CLOSED, "CHURNLIGHT_REDIS": f"redis://{CLOSED}/0"}, workdir)
+    assert code == 2, err
+    assert seconds < 15
+    # Nothing of librdkafka's log (%3|...|FAIL|) or a traceback: the one line, ending the output.
+    assert err.strip().splitlines() == [f"churnlight {args[0]}: CHURNLIGHT_KAFKA={CLOSED}: cannot reach the broker: "
+                                        "connection refused"], err
+
+
+@pytest.mark.parametrize("args", [["consent", "list", "dnc"], ["worker"]], ids=lambda a: a[0])
+def test_refused_redis_names_the_setting_without_the_password(args: list[str], workdir: Path,
+                                                               stack: EmbeddedStack) -> None:
+    env = {"CHURNLIGHT_REDIS": f"redis://churn:s3cret-pw@{CLOSED}/2"}
+    if args[0] == "worker":
+        assert stack.kafka is not None
+        env["CHURNLIGHT_KAFKA"] = stack.kafka
+    code, out, err, seconds = run(args, env, workdir)
+    assert code == 2
+    assert seconds < 15
+    assert err.strip().splitlines() == [f"churnlight {args[0]}: CHURNLIGHT_REDIS=redis://{CLOSED}/2: cannot reach "
+                                        "Redis: connection refused"], err
+    assert "s3cret" not in err + out
+
+
+def test_unknown_host_is_named(workdir: Path) -> None:
+    code, _, err, seconds = run(["tail"], {"CHURNLIGHT_KAFKA": "no-such-host.invalid:9092"}, workdir)
+    assert (code, err.strip()) == (2, "churnlight tail: CHURNLIGHT_KAFKA=no-such-host.invalid:9092: host name not found")
+    assert seconds < 15
+
+
+def test_sasl_ssl_against_a_plaintext_broker_names_the_security_setting(workdir: Path, stack: EmbeddedStack) -> None:
+    assert stack.kafka is not None
+    env = {"CHURNLIGHT_KAFKA": stack.kafka, "CHURNLIGHT_KAFKA_SECURITY": "sasl_ssl",
+           "CHURNLIGHT_KAFKA_USER": "churn", "CHURNLIGHT_KAFKA_PASSWORD": "s3cret-pw"}
+    code, out, err, seconds = run(["tail", "--max", "1"], env, workdir)
+    assert code == 2, err
+    assert seconds < 15
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"churnlight tail: CHURNLIGHT_KAFKA_SECURITY=sasl_ssl: the broker at {stack.kafka} "
+                               "did not answer TLS"), err
+    assert "s3cret" not in err + out
+
+
+def test_a_settings_error_never_echoes_a_value_that_may_hold_a_secret(workdir: Path) -> None:
+    code, out, err, _ = run(["tail"], {"CHURNLIGHT_KAFKA": "churn:s3cret-pw@broker:9092",
+                                       "CHURNLIGHT_REDIS": "http://:s3cret-pw@redis", "CHURNLIGHT_PARTITIONS": "0"},
+                            workdir)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "churnlight: invalid settings: CHURNLIGHT_KAFKA: expected host:port[,host:port]; "
+        "CHURNLIGHT_REDIS: expected a redis:// or rediss:// URL; "
+        "CHURNLIGHT_PARTITIONS: Input should be greater than or equal to 1 (got '0')"]
+    assert "s3cret" not in err + out
+
+
+def test_unknown_rule_set_fails_before_any_topic_and_lists_the_rule_sets(workdir: Path, settings: Settings) -> None:
+    env = {**settings.worker_env({}), "CHURNLIGHT_RULES": "cmcc-2011"}
+    code, _, err, _ = run(["worker"], env, workdir)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "churnlight worker: rules/cmcc-2011.yaml: no such rule-set file (rule sets under rules/: "
+        + ", ".join(sorted(p.stem for p in (Path(__file__).parents[2] / "rules").glob("*.yaml"))) + ")"]
+    assert "cmcc-2010" in err
+    assert settings.kafka is not None
+    topics = AdminClient({"bootstrap.servers": settings.kafka}).list_topics(timeout=10).topics
+    assert not [t for t in topics if t.startswith(settings.topic_prefix)]
+
+
+def test_replay_reports_an_oversized_line_and_sends_the_rest(workdir: Path, settings: Settings) -> None:
+    def usage(i: int, filler: str = "") -> bytes:
+        value = {"event_id": f"e{i}", "msisdn": "13800000001", "ts": "2026-10-03T09:15:00+08:00", "type": "sms",
+                 "direction": "out", "charge": 0.1}
+        if filler:
+            value["note"] = filler
+        return orjson.dumps({"topic": "usage.events", "value": value}) + b"\n"
+
+    lines = [usage(1), usage(2, "x" * 3_000_000), usage(3), usage(4)]
+    (workdir / "big.jsonl").write_bytes(b"".join(lines))
+    code, out, err, _ = run(["replay", "big.jsonl"], settings.worker_env({}), workdir)
+    assert code == 1, err
+    assert "Traceback" not in err
+    assert f"line 2 not sent: {len(lines[1]) - 1:,} bytes, over the broker's message size limit" in err, err
+    # The three lines around it went out.
+    assert "usage.events" in out and " 3 " in out.replace("│", " "), out
