@@ -11,9 +11,9 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Debian packages some tests use (promtool and prometheus, docker-compose for `config` checks).
+# Debian packages some tests use (promtool and prometheus, amtool, docker-compose for `config` checks).
 system-deps:
-	bash deploy/system-deps.sh docker-compose prometheus
+	bash deploy/system-deps.sh docker-compose prometheus prometheus-alertmanager
 
 demo: $(STAMP)
 	$(VENV)/bin/churnlight demo
