@@ -18,25 +18,13 @@ from rich.table import Table
 
 from streams import preflight
 from streams.embedded import EmbeddedStack
+from streams.logs import setup_logging
 from streams.settings import Settings, SettingsError, load_settings
 from rules.ruleset import RuleSetError, load_rule_set
 from streams.topics import StartupError
 
 console = Console(stderr=True)
 log = logging.getLogger("churnlight")
-
-LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=LOG_LEVELS[level],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # librdkafka and aiokafka are chatty at info about reconnects we already handle.
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
-
 
 def _settings() -> Settings:
     try:
@@ -102,7 +90,7 @@ def demo(subscribers: int, days: int, activity: float, seed: int, out: Path) -> 
     from streams.demo import print_summary, run_demo, write_report
 
     settings = _settings().model_copy(update={"data_dir": out / "stack"})
-    setup_logging("warn")
+    setup_logging("warn", settings.log_format)
     screen = Console()
     try:
         with connected(settings) as resolved:
@@ -144,7 +132,7 @@ def simulate(subscribers: int, days: int, start: datetime, seed: int, activity: 
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     settings = _settings()
-    setup_logging("warn")
+    setup_logging("warn", settings.log_format)
     with ExitStack() as servers:
         # The broker is checked (and an embedded one started) before the progress bar shows.
         resolved = servers.enter_context(connected(settings, redis=False)) if produce else None
@@ -187,7 +175,7 @@ def _tee(lines: Iterator[bytes], fh: BinaryIO) -> Iterator[bytes]:
 def worker() -> None:
     """Run the processor against the configured (or embedded) Kafka and Redis."""
     settings = _settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     from streams.worker import run_worker
 
     load_rule_set(settings.rules)  # an unknown rule set fails before anything is started or created
@@ -204,7 +192,7 @@ def worker() -> None:
 def replay(file: Path) -> None:
     """Produce a JSON-lines event history FILE into the input topics."""
     settings = _settings()
-    setup_logging("warn")
+    setup_logging("warn", settings.log_format)
     from streams.replay import iter_file, replay as run_replay
     from streams.topics import ensure_topics
 
@@ -249,7 +237,7 @@ def tail(as_json: bool, from_beginning: bool, channel: tuple[str, ...], max_coun
     from streams.topics import TASK_TOPIC, client_config
 
     settings = _settings()
-    setup_logging("warn")
+    setup_logging("warn", settings.log_format)
     out = Console()
     with connected(settings, redis=False) as resolved:
         conf = client_config(resolved)
@@ -304,10 +292,14 @@ def backtest(file: Path, labels: Path | None, rule_sets: tuple[str, ...], json_o
     from streams.backtest import run_many
 
     settings = _settings()
-    setup_logging("warn")
+    setup_logging("warn", settings.log_format)
     try:
         with _progress() as progress:
-            bars = {name: progress.add_task(f"backtest {name}", total=None) for name in rule_sets}
+            # The bar's total is the file's lines (a first quick pass: 150k lines in about 0.1 s).
+            from streams.replay import iter_file
+
+            total = sum(1 for _ in iter_file(file))
+            bars = {name: progress.add_task(f"backtest {name}", total=total) for name in rule_sets}
             scores = run_many(file, list(rule_sets), settings, labels,
                               progress=lambda name, n: progress.update(bars[name], completed=n))
     except RuleSetError as exc:
@@ -404,7 +396,7 @@ def _consent(action: str, which: str, numbers: list[str]) -> None:
     from sinks import consent as store
 
     settings = _settings()
-    setup_logging("warn")
+    setup_logging("warn", settings.log_format)
     with connected(settings, kafka=False) as resolved:
         assert resolved.redis is not None
         client = redis_lib.Redis.from_url(resolved.redis.get_secret_value())
