@@ -19,7 +19,7 @@ from rich.table import Table
 from streams import preflight
 from streams.embedded import EmbeddedStack
 from streams.logs import setup_logging
-from streams.settings import Settings, SettingsError, load_settings
+from streams.settings import Settings, SettingsError, load_settings, settings_help
 from rules.ruleset import RuleSetError, load_rule_set
 from streams.topics import StartupError
 
@@ -72,7 +72,9 @@ class _Main(click.Group):
             raise SystemExit(2) from None
 
 
-@click.group(cls=_Main)
+# "\b" keeps click from re-wrapping the table.
+@click.group(cls=_Main, epilog="Settings (environment variables; a .env file may set them):\n\n\b\n" + settings_help())
+@click.version_option(package_name="churnlight", prog_name="churnlight")
 def main() -> None:
     """churnlight: churn early warning for mobile operators."""
 

@@ -24,41 +24,63 @@ class SettingsError(ValueError):
 
 
 class Settings(BaseSettings):
+    # The docstring under a field is its description: `churnlight --help` lists them (settings_help).
     model_config = SettingsConfigDict(
-        env_prefix="CHURNLIGHT_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="CHURNLIGHT_", env_file=".env", extra="ignore", frozen=True, use_attribute_docstrings=True
     )
 
-    kafka: str | None = Field(None, description="bootstrap servers host:port[,host:port]; unset = embedded")
+    kafka: str | None = Field(None, description="bootstrap servers host:port[,host:port]; unset: start the embedded broker")
     kafka_security: Literal["plaintext", "sasl_ssl"] = "plaintext"
+    """plaintext, or sasl_ssl with KAFKA_USER, KAFKA_PASSWORD (and KAFKA_CA)"""
     kafka_user: str | None = None
+    """SASL user name (sasl_ssl)"""
     kafka_password: SecretStr | None = None
+    """SASL password (sasl_ssl)"""
     kafka_ca: Path | None = None
+    """CA certificate file of the broker's TLS (sasl_ssl)"""
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    """SASL mechanism (sasl_ssl)"""
     # A Redis URL may carry a password: keep it out of logs and reprs.
     redis: SecretStr | None = None
+    """redis:// or rediss:// URL (a password as redis://:PASSWORD@host:port/db); unset: start the embedded Redis"""
     topic_prefix: str = ""
+    """prefix for every topic"""
     partitions: int = Field(8, ge=1, le=1024)
+    """partitions of the topics the system creates"""
     rules: str = "cmcc-2010"
+    """a rule-set name under rules/ or a path to a rule file"""
     tz: str = "Asia/Shanghai"
+    """operator time zone (IANA)"""
     holdout_salt: str = "churnlight"
+    """hold-out group hash salt"""
     web_port: int = Field(6066, ge=1, le=65535)
+    """HTTP port of the worker"""
     # The host name other workers use to reach this one's HTTP routes (table routing).
     web_host: str = Field(default_factory=socket.gethostname)
+    """the name other workers use to reach this one (default: the host name)"""
     data_dir: Path = Path("./churnlight-data")
+    """Faust's files and the embedded services' files"""
     # Not in the contract: operational knobs with defaults that work on the embedded broker.
     app_id: str = "churnlight"
+    """Faust application id (consumer group, changelog topic name)"""
     session_timeout_s: float = Field(6.0, gt=0)
+    """consumer-group session timeout, seconds"""
     rebalance_timeout_s: float = Field(3.0, gt=0)
+    """consumer-group rebalance timeout, seconds"""
     batch_max: int = Field(2000, ge=1)
+    """records per batch at most"""
     batch_within_s: float = Field(0.05, gt=0)
+    """seconds a batch waits to fill"""
     # How often the touched state goes to the changelog (each batch's outputs are acknowledged
     # before the next batch either way): a subscriber touched several times in between is written
     # once, and a crash re-reads at most this much. 3 s (quixstreams commits every 5 s, Kafka
     # Streams every 30 s): a sixth fewer changelog records than 2 s in the benchmark.
     commit_interval_s: float = Field(3.0, ge=0)
+    """seconds between writes of the touched state to the changelog"""
     log_level: Literal["debug", "info", "warn", "error"] = "info"
-    # json: one JSON object a line (ts, level, logger, msg), for a log shipper.
+    """debug, info, warn or error"""
     log_format: Literal["text", "json"] = "text"
+    """text, or json: one JSON object a line (ts, level, logger, msg)"""
 
     @field_validator("kafka")
     @classmethod
@@ -118,6 +140,22 @@ class Settings(BaseSettings):
             raise SettingsError(
                 "CHURNLIGHT_KAFKA_SECURITY=sasl_ssl needs CHURNLIGHT_KAFKA_USER and CHURNLIGHT_KAFKA_PASSWORD"
             )
+
+
+def settings_help() -> str:
+    """Return the CHURNLIGHT_* variables with their defaults and meanings, one a line."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = ""
+        elif field.default is None:
+            default = ""  # the description says what unset means
+        else:
+            default = str(field.default) if field.default != "" else "empty"
+        rows.append((f"CHURNLIGHT_{name.upper()}", default, field.description or ""))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{var:<{width}}  {meaning}" + (f" [{default}]" if default else "")
+                     for var, default, meaning in rows)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -226,11 +226,30 @@ def _dockerfile() -> list[tuple[str, str]]:
     ]
 
 
-def test_dockerfile_installs_the_project_on_python_311_slim() -> None:
+def test_dockerfile_installs_the_locked_dependencies_then_the_project_on_python_311_slim() -> None:
     instructions = _dockerfile()
-    assert instructions[0] == ("FROM", "python:3.11-slim")
-    assert any(k == "RUN" and re.search(r"\bpip install \.(\s|$)", args) for k, args in instructions)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim", instructions[0][1]) and instructions[0][0] == "FROM"
+    runs = [args for k, args in instructions if k == "RUN"]
+    locked = next(i for i, args in enumerate(runs) if "pip install --require-hashes -r requirements.lock" in args)
+    project = next(i for i, args in enumerate(runs) if re.search(r"\bpip install --no-deps \.(\s|$)", args))
+    assert locked < project
+    assert ("COPY", "requirements.lock ./") in instructions
     assert instructions[-1] == ("CMD", '["churnlight", "worker"]')
+
+
+def test_the_lock_files_pin_every_dependency_with_hashes() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["requires-python"] == ">=3.11,<3.14"
+    for name, wanted in (("requirements.lock", project["dependencies"]),
+                         ("requirements-dev.lock", project["dependencies"] + project["optional-dependencies"]["dev"])):
+        text = (ROOT / name).read_text(encoding="utf-8")
+        pins = dict(re.findall(r"^([a-z0-9._-]+)==(\S+)", text, flags=re.M))
+        for requirement in wanted:
+            # pyproject.toml names ranges, never an exact pin; the lock pins each of them.
+            assert "==" not in requirement and "<" in requirement, requirement
+            assert re.split(r"[<>=!~ ]", requirement)[0].lower() in pins, f"{name} lacks {requirement}"
+        blocks = re.split(r"\n(?=[a-z0-9])", text.split("\n", 2)[2])
+        assert all("--hash=sha256:" in block for block in blocks if "==" in block), name
 
 
 def test_dockerfile_copies_what_pip_install_needs() -> None:
