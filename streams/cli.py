@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from datetime import datetime
 from collections.abc import Iterator
 from typing import BinaryIO
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -135,28 +134,28 @@ def simulate(subscribers: int, days: int, start: datetime, seed: int, activity: 
         raise click.UsageError(str(exc)) from None
     settings = _settings()
     setup_logging("warn", settings.log_format)
-    with ExitStack() as servers:
-        # The broker is checked (and an embedded one started) before the progress bar shows.
-        resolved = servers.enter_context(connected(settings, redis=False)) if produce else None
-        with _progress() as progress:
-            bar = progress.add_task(f"simulating {subscribers:,} subscribers", total=days)
-            sim = Simulation(cfg, lambda done, total: progress.update(bar, completed=done))
-            lines = (line.encode() for chunk in sim.chunks() for line in chunk)
-            if resolved is not None:
-                from streams.replay import replay as run_replay
-                from streams.topics import ensure_topics
+    if produce:
+        preflight.check(settings, redis=False)  # before the progress bar shows
+    with _progress() as progress:
+        bar = progress.add_task(f"simulating {subscribers:,} subscribers", total=days)
+        sim = Simulation(cfg, lambda done, total: progress.update(bar, completed=done))
+        lines = (line.encode() for chunk in sim.chunks() for line in chunk)
+        if produce:
+            from streams.replay import replay as run_replay
+            from streams.topics import ensure_topics
 
+            with connected(settings, redis=False) as resolved:
                 ensure_topics(resolved)
                 with (out.open("wb") if out is not None else open(os.devnull, "wb")) as fh:
                     report = run_replay(resolved, _tee(lines, fh))
-                if not report.ok:
-                    console.print(f"[red]{sum(report.failed.values())} message(s) not delivered[/red]")
-                    raise SystemExit(1)
-            else:
-                assert out is not None
-                with out.open("wb") as fh:
-                    for line in lines:
-                        fh.write(line)
+            if not report.ok:
+                console.print(f"[red]{sum(report.failed.values())} message(s) not delivered[/red]")
+                raise SystemExit(1)
+        else:
+            assert out is not None
+            with out.open("wb") as fh:
+                for line in lines:
+                    fh.write(line)
     if labels_out is not None:
         write_labels(sim, labels_out)
     st = sim.stats
