@@ -166,3 +166,17 @@ def test_a_redis_password_problem_names_the_setting_without_the_password(url: st
     assert err.strip().splitlines() == [f"churnlight consent: CHURNLIGHT_REDIS=redis://{locked_redis}/0: {why} "
                                         "(set it in the URL: redis://:PASSWORD@host:port/db)"], err
     assert "wrong-pw" not in err + out and "right-pw" not in err + out
+
+
+def test_a_broker_that_never_answers_is_reported_within_15_seconds(workdir: Path) -> None:
+    import socket
+
+    # A listening socket nobody reads: connections complete, requests get no answer.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        addr = f"127.0.0.1:{silent.getsockname()[1]}"
+        code, _, err, seconds = run(["tail"], {"CHURNLIGHT_KAFKA": addr}, workdir)
+    assert code == 2
+    assert seconds < 15
+    assert err.strip().splitlines() == [f"churnlight tail: CHURNLIGHT_KAFKA={addr}: no answer from the broker within 8 s"]
