@@ -93,7 +93,7 @@ def check_kafka(settings: Settings, *, timeout_s: float = KAFKA_TIMEOUT_S) -> No
                 errors.append(first)
         admin.poll(0)
         problem = _kafka_problem(settings, [e.str() for e in errors] + lines.lines, {e.code() for e in errors})
-        # A definite failure twice over a second or more: not a broker that is just restarting.
+        # A definite failure still there after 1.5 s (several attempts): not a broker just restarting.
         if problem is not None and time.monotonic() - started >= 1.5:
             raise Unreachable(problem)
         if time.monotonic() >= deadline:
