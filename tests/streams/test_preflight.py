@@ -180,3 +180,14 @@ def test_a_broker_that_never_answers_is_reported_within_15_seconds(workdir: Path
     assert code == 2
     assert seconds < 15
     assert err.strip().splitlines() == [f"churnlight tail: CHURNLIGHT_KAFKA={addr}: no answer from the broker within 8 s"]
+
+
+def test_librdkafkas_own_log_is_in_the_debug_log(workdir: Path) -> None:
+    code, _, err, _ = run(["worker"], {"CHURNLIGHT_KAFKA": CLOSED, "CHURNLIGHT_LOG_LEVEL": "debug"}, workdir)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert lines[-1] == f"churnlight worker: CHURNLIGHT_KAFKA={CLOSED}: cannot reach the broker: connection refused"
+    rdkafka = [line for line in lines if " churnlight.rdkafka: " in line]
+    assert rdkafka and all(" DEBUG churnlight.rdkafka: " in line for line in rdkafka)
+    assert any("Connection refused" in line for line in rdkafka)
+    assert not any(line.startswith("%3|") for line in lines)
