@@ -180,13 +180,19 @@ def resolve(name_or_path: str) -> tuple[Path, str]:
     return RULES_DIR / f"{name_or_path}.yaml", f"rules/{name_or_path}.yaml"
 
 
+def known_rule_sets() -> list[str]:
+    """Return the names of the rule sets shipped under `rules/`."""
+    return sorted(p.stem for p in RULES_DIR.glob("*.yaml"))
+
+
 def load_rule_set(name_or_path: str) -> RuleSet:
     """Load and validate a rule set: a bare name from `rules/<name>.yaml`, else a file path."""
     path, shown = resolve(name_or_path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise RuleSetError(f"{shown}: no such rule-set file") from None
+        known = ", ".join(known_rule_sets())
+        raise RuleSetError(f"{shown}: no such rule-set file (rule sets under rules/: {known})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RuleSetError(f"{shown}: cannot read: {exc}") from None
     return parse_rule_set(text, shown)

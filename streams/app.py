@@ -139,6 +139,8 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
     @app.page("/metrics")
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
+            ok, detail = pipeline.health()
+            metrics.set_health(ready=ok, redis_degraded=not detail["redis"])
             return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
     @app.page("/lights/summary")

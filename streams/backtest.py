@@ -123,7 +123,9 @@ def run(path: Path, rules: RuleSet, settings: Settings, *, progress: Callable[[i
 
     def batches() -> Iterator[list[_Message]]:
         batch: list[_Message] = []
+        read = 0
         for n, line in enumerate(iter_file(path), start=1):
+            read = n
             try:
                 topic, key, value = parse_line(line)
             except ValueError:
@@ -138,6 +140,8 @@ def run(path: Path, rules: RuleSet, settings: Settings, *, progress: Callable[[i
                     progress(n)
         if batch:
             yield batch
+        if progress:
+            progress(read)  # the last lines too, so that the bar ends at its total
 
     async def drive() -> None:
         for batch in batches():

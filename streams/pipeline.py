@@ -37,6 +37,7 @@ from rules.state import SubscriberState, apply, apply_usage, day_start_ms, local
 from rules.tasks import ContractTerms, SubscriberFacts, Task
 from sinks.outcomes import OutcomeStore
 from streams.changelog import ChangelogWriter
+from streams.logs import DEADLETTER_LOG
 from streams.metrics import Metrics, RegionKpis
 from streams.settings import Settings
 from streams.topics import DEADLETTER, LIGHTS, TICKS
@@ -905,8 +906,8 @@ class Pipeline:
         self._dead.append((base, rejection.error))
         counted = (base, "rejected")
         self._counts[counted] = self._counts.get(counted, 0) + 1
-        log.warning("dead-lettered %s/%d/%d: %s (%s)", msg.topic, msg.partition, msg.offset,
-                    rejection.error, rejection.detail)
+        DEADLETTER_LOG.warning(rejection.error, "dead-lettered %s/%d/%d: %s (%s)", msg.topic, msg.partition,
+                               msg.offset, rejection.error, rejection.detail)
 
 
 def _kafka_ms(msg: Any) -> int | None:
