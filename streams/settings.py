@@ -41,6 +41,17 @@ class Settings(BaseSettings):
     # The host name other workers use to reach this one's HTTP routes (table routing).
     web_host: str = Field(default_factory=socket.gethostname)
     data_dir: Path = Path("./churnlight-data")
+    # Access (CONTRACT §4): the worker's /subscribers and the console need a bearer token or a user
+    # of the users file (lines `name role hash`, roles `manager` / `supervisor`; streams.auth).
+    api_token: SecretStr | None = None
+    users_file: Path | None = None
+    # Where the worker's and the console's HTTP servers listen: loopback for the embedded stack;
+    # 0.0.0.0 in containers (docker-compose.yml), where other hosts must reach them.
+    bind: str = "127.0.0.1"
+    # The console: its port, and the workers it asks (comma-separated base URLs; unset = this
+    # host's worker on CHURNLIGHT_WEB_PORT).
+    console_port: int = Field(6070, ge=1, le=65535)
+    workers: str | None = None
     # Not in the contract: operational knobs with defaults that work on the embedded broker.
     app_id: str = "churnlight"
     session_timeout_s: float = Field(6.0, gt=0)
@@ -89,6 +100,32 @@ class Settings(BaseSettings):
             raise ValueError("expected letters, digits, '.', '_' or '-'")
         return value
 
+    @field_validator("api_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("expected a token of at least 16 characters")
+        return value
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        for part in value.split(","):
+            if not re.match(r"^https?://[A-Za-z0-9_.\-\[\]:]+/?$", part.strip()):
+                raise ValueError("expected http://host:port[,http://host:port]")
+        return value
+
+    @property
+    def worker_urls(self) -> list[str]:
+        """Return the base URLs of the workers the console asks."""
+        if self.workers is None:
+            return [f"http://127.0.0.1:{self.web_port}"]
+        return [part.strip().rstrip("/") for part in self.workers.split(",")]
+
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.tz)
@@ -123,7 +160,8 @@ def load_settings(**overrides: object) -> Settings:
         for err in exc.errors():
             name = "CHURNLIGHT_" + "_".join(str(p) for p in err["loc"]).upper()
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{name}: {msg} (got {err.get('input')!r})" if name != "CHURNLIGHT_REDIS" else f"{name}: {msg}")
+            secret = name in ("CHURNLIGHT_REDIS", "CHURNLIGHT_API_TOKEN")
+            lines.append(f"{name}: {msg}" if secret else f"{name}: {msg} (got {err.get('input')!r})")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
     settings.check_security()
     return settings
