@@ -11,9 +11,10 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Debian packages some tests use (promtool and prometheus, docker-compose for `config` checks).
+# Debian packages some tests use (promtool and prometheus, docker-compose for `config` checks,
+# chromium for the console's browser tests and the demo's screenshots).
 system-deps:
-	bash deploy/system-deps.sh docker-compose prometheus
+	bash deploy/system-deps.sh docker-compose prometheus chromium
 
 demo: $(STAMP)
 	$(VENV)/bin/churnlight demo

@@ -170,12 +170,13 @@ def worker() -> None:
     """Run the processor against the configured (or embedded) Kafka and Redis."""
     settings = _settings()
     setup_logging(settings.log_level)
+    from streams.auth import UsersFileError
     from streams.worker import run_worker
 
     with connected(settings) as resolved:
         try:
             run_worker(resolved)
-        except (StartupError, RuleSetError) as exc:
+        except (StartupError, RuleSetError, UsersFileError) as exc:
             console.print(f"[red]churnlight worker: {exc}[/red]")
             raise SystemExit(1) from None
 
@@ -404,6 +405,37 @@ def _consent(action: str, which: str, numbers: list[str]) -> None:
             raise SystemExit(1) from None
         verb = "added to" if action == "add" else "removed from"
         click.echo(f"{changed} of {len(numbers)} msisdn(s) {verb} {store.KEYS[which]}")
+
+
+@main.command("console")
+@click.option("--add-user", metavar="NAME", help="add (or replace) a user in the users file, asking for the password")
+@click.option("--role", type=click.Choice(["manager", "supervisor"]), default="manager", show_default=True,
+              help="with --add-user: manager sees masked msisdns, supervisor full ones")
+def console_cmd(add_user: str | None, role: str) -> None:
+    """Serve the retention managers' web console (CHURNLIGHT_BIND:CHURNLIGHT_CONSOLE_PORT)."""
+    from streams.auth import UsersFileError, write_user
+
+    settings = _settings()
+    if add_user is not None:
+        if settings.users_file is None:
+            raise click.UsageError("set CHURNLIGHT_USERS_FILE to the users file to write")
+        password = click.prompt(f"password for {add_user}", hide_input=True, confirmation_prompt=True)
+        try:
+            write_user(settings.users_file, add_user, "supervisor" if role == "supervisor" else "manager", password)
+        except UsersFileError as exc:
+            raise click.UsageError(str(exc)) from None
+        click.echo(f"{add_user} ({role}) written to {settings.users_file}")
+        return
+    setup_logging(settings.log_level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    from streams.console.app import run_console
+
+    with connected(settings, kafka=False) as resolved:
+        try:
+            run_console(resolved)
+        except UsersFileError as exc:
+            console.print(f"[red]churnlight console: {exc}[/red]")
+            raise SystemExit(2) from None
 
 
 def _register_bench() -> None:
