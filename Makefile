@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 # Debian packages some tests use (promtool and prometheus, docker-compose for `config` checks,
 # chromium for the console's browser tests and the demo's screenshots).
 system-deps:
-	bash deploy/system-deps.sh docker-compose prometheus chromium
+	bash deploy/system-deps.sh docker-compose prometheus chromium fonts-wqy-zenhei
 
 demo: $(STAMP)
 	$(VENV)/bin/churnlight demo

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from datetime import datetime
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -81,26 +82,52 @@ def main() -> None:
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("churnlight-demo"),
               show_default=True, help="where the history, the labels and the report go")
-def demo(subscribers: int, days: int, activity: float, seed: int, out: Path) -> None:
-    """Simulate an operator, run the processor on it (embedded stack), summarise, write a report."""
-    from streams.demo import print_summary, run_demo, write_report
+@click.option("--no-console", is_flag=True, help="exit after the report instead of serving the console")
+def demo(subscribers: int, days: int, activity: float, seed: int, out: Path, no_console: bool) -> None:
+    """Simulate an operator, run the processor on it (embedded stack), summarise, write a report, then
+    serve the console until Ctrl-C (in a terminal)."""
+    from contextlib import ExitStack
+
+    from streams.console import screenshots
+    from streams.demo import console_process, print_summary, run_demo, write_report
 
     settings = _settings().model_copy(update={"data_dir": out / "stack"})
     setup_logging("warn")
     screen = Console()
+    stay = not no_console and sys.stdin.isatty() and sys.stdout.isatty()
     try:
-        with connected(settings) as resolved:
+        with connected(settings) as resolved, ExitStack() as keep:
             result = run_demo(resolved, out, subscribers=subscribers, days=days, activity=activity, seed=seed,
-                              console=screen)
+                              console=screen, keep=keep, fresh_redis=settings.redis is None)
+            print_summary(result, screen)
+            report = write_report(result, out / "report.html")
+            screen.print(f"\nreport written to [bold]{report.resolve()}[/bold]")
+            if no_console:
+                return
+            url = keep.enter_context(console_process(result.settings, out))
+            if result.access is None:
+                screen.print("[yellow]no console screenshots: the console's users file is yours and no API token "
+                             "is set[/yellow]")
+            else:
+                with screen.status("taking screenshots of the console..."):
+                    shots = screenshots.take(url, out / "screenshots", user=result.access.user,
+                                             password=result.access.password)
+                if isinstance(shots, str):
+                    screen.print(f"[yellow]no console screenshots: {shots}[/yellow]")
+                else:
+                    screen.print(f"console screenshots in [bold]{(out / 'screenshots').resolve()}[/bold]")
+            if not stay:
+                return
+            screen.print(f"\n[bold]the console: {url}[/bold]  ({result.access.note if result.access else ''})")
+            screen.print("the worker and the console stay up; Ctrl-C stops them")
+            while True:
+                time.sleep(3600)
     except KeyboardInterrupt:
-        console.print("[yellow]demo stopped; the worker and the embedded servers were shut down[/yellow]")
+        console.print("[yellow]demo stopped; the console, the worker and the embedded servers were shut down[/yellow]")
         raise SystemExit(130) from None
     except (RuntimeError, StartupError) as exc:
         console.print(f"[red]churnlight demo: {exc}[/red]")
         raise SystemExit(1) from None
-    print_summary(result, screen)
-    report = write_report(result, out / "report.html")
-    screen.print(f"\nreport written to [bold]{report.resolve()}[/bold]")
 
 
 @main.command()

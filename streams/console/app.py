@@ -16,7 +16,7 @@ import html
 import io
 import logging
 import os
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
@@ -241,7 +241,10 @@ async def _lights(request: web.Request) -> web.Response:
     counts, workers = await console.light_counts()
     rows = [{"light": k[0], "region": k[1], "brand": k[2], "count": n} for k, n in sorted(counts.items())]
     moves = data.light_moves(await console.all_rows(), console.tz)
-    return _json({"counts": rows, "workers": workers, "snapshots": await console.snapshots(), "moves": moves})
+    today = datetime.now(console.tz).date()
+    return _json({"counts": rows, "workers": workers, "snapshots": await console.snapshots(), "moves": moves,
+                  "snapshot_range": [(today - timedelta(days=29, hours=12)).isoformat(),
+                                     (today + timedelta(hours=12)).isoformat()]})
 
 
 async def _subscriber(request: web.Request) -> web.Response:

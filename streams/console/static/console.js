@@ -21,7 +21,7 @@ const I18N = {
     "lights.moves": "Subscribers turning yellow, red or black per day (task decisions, last 30 days of event time)",
     "lights.workers": "Workers asked", "lights.day": "Day", "lights.subs": "Subscribers", "lights.region": "Region",
     "lights.changes": "Light changes",
-    "sub.title": "Subscriber", "sub.search": "MSISDN", "sub.open": "Open", "sub.unknown": "No worker knows this subscriber.",
+    "sub.title": "Subscriber", "sub.unwatched": "not watched", "sub.search": "MSISDN", "sub.open": "Open", "sub.unknown": "No worker knows this subscriber.",
     "sub.window": "30-day window", "sub.revenue": "Revenue in the window (CNY)", "sub.mou": "Outgoing minutes in the window (min)",
     "sub.daily_rev": "revenue per day", "sub.cum_rev": "running total", "sub.threshold": "threshold",
     "sub.photo": "photo value", "sub.decline": "decline line (photo × ratio)", "sub.daily_mou": "minutes per day",
@@ -59,7 +59,7 @@ const I18N = {
     "lights.moves": "每日转为黄灯、红灯或黑灯的用户（任务决策，事件时间近 30 天）",
     "lights.workers": "已查询的 worker", "lights.day": "日期", "lights.subs": "用户数", "lights.region": "地市",
     "lights.changes": "亮灯变化数",
-    "sub.title": "用户详情", "sub.search": "号码", "sub.open": "查询", "sub.unknown": "没有 worker 认识该用户。",
+    "sub.title": "用户详情", "sub.unwatched": "未监控", "sub.search": "号码", "sub.open": "查询", "sub.unknown": "没有 worker 认识该用户。",
     "sub.window": "30 天窗口", "sub.revenue": "窗口内收入（元）", "sub.mou": "窗口内主叫分钟（分钟）",
     "sub.daily_rev": "每日收入", "sub.cum_rev": "累计", "sub.threshold": "门限",
     "sub.photo": "拍照值", "sub.decline": "下降线（拍照值 × 比例）", "sub.daily_mou": "每日分钟",
@@ -136,12 +136,19 @@ const LIGHTS = ["green", "yellow", "red", "black"];
 function chart(el, traces, layout) {
   const base = {
     margin: { l: 70, r: 30, t: 50, b: 60 }, font: { family: "system-ui, 'Noto Sans CJK SC', sans-serif", size: 12 },
-    legend: { orientation: "h", y: -0.22 }, paper_bgcolor: "#fff", plot_bgcolor: "#fff",
+    legend: { orientation: "h", y: -0.22, traceorder: "normal" }, paper_bgcolor: "#fff", plot_bgcolor: "#fff",
   };
   const axis = (a) => Object.assign({ rangemode: "tozero", ticks: "outside", showline: true, linecolor: "#999", gridcolor: "#eee", zeroline: true }, a);
   const merged = Object.assign(base, layout);
   merged.xaxis = axis(Object.assign({ rangemode: "normal" }, layout.xaxis || {}));
   merged.yaxis = axis(layout.yaxis || {});
+  if (layout.counts) {
+    // Counts are whole numbers: no 0.5 ticks on a small chart.
+    const top = Math.max(0, ...traces.flatMap((tr) => (tr.y || []).filter((y) => y != null)));
+    if (top <= 8) Object.assign(merged.yaxis, { dtick: 1, tick0: 0, range: [0, Math.max(top, 1) * 1.1] });
+    merged.yaxis.tickformat = ",d";
+    delete merged.counts;
+  }
   Plotly.newPlot(el, traces, merged, { displaylogo: false, responsive: true, locale: lang === "zh" ? "zh-CN" : "en" });
 }
 function loadPlotly() {
@@ -249,15 +256,15 @@ async function lightsPage() {
   chart("byregion", LIGHTS.map((l) => ({
     type: "bar", name: v(l), marker: { color: COLOURS[l] }, x: regions,
     y: regions.map((r) => doc.counts.filter((c) => c.region === r && c.light === l).reduce((s, c) => s + c.count, 0)),
-  })), { title: { text: t("lights.byregion") }, barmode: "stack", xaxis: { title: { text: t("lights.region") } }, yaxis: { title: { text: t("lights.subs") } } });
+  })), { title: { text: t("lights.byregion") }, barmode: "stack", counts: true, xaxis: { title: { text: t("lights.region") } }, yaxis: { title: { text: t("lights.subs") } } });
   const sDays = Object.keys(doc.snapshots).sort();
   chart("snapshots", LIGHTS.map((l) => ({
     type: "scatter", mode: "lines+markers", name: v(l), line: { color: COLOURS[l] }, x: sDays, y: sDays.map((d) => doc.snapshots[d][l] || 0),
-  })), { title: { text: t("lights.snapshots") }, xaxis: { title: { text: t("lights.day") }, type: "date" }, yaxis: { title: { text: t("lights.subs") } } });
+  })), { title: { text: t("lights.snapshots"), font: { size: 13 } }, counts: true, xaxis: { title: { text: t("lights.day") }, type: "date", range: doc.snapshot_range, tickformat: "%m-%d" }, yaxis: { title: { text: t("lights.subs") } } });
   const mDays = Object.keys(doc.moves).sort();
   chart("moves", ["yellow", "red", "black"].map((l) => ({
     type: "bar", name: v(l), marker: { color: COLOURS[l] }, x: mDays, y: mDays.map((d) => doc.moves[d][l] || 0),
-  })), { title: { text: t("lights.moves"), font: { size: 13 } }, barmode: "stack", xaxis: { title: { text: t("lights.day") }, type: "date" }, yaxis: { title: { text: t("lights.changes") } } });
+  })), { title: { text: t("lights.moves"), font: { size: 13 } }, barmode: "stack", counts: true, xaxis: { title: { text: t("lights.day") }, type: "date" }, yaxis: { title: { text: t("lights.changes") } } });
 }
 
 /* ---- Subscriber ------------------------------------------------------------------------------ */
@@ -278,7 +285,7 @@ async function subscriberPage() {
   } else {
     const c = w.contract;
     head += `<div class="cards">
-      ${card(t("sub.light"), `${light(w.light)}<div class="label">${t("sub.since")} ${esc(fmtTime(w.light_since))}</div>`)}
+      ${card(t("sub.light"), w.light ? `${light(w.light)}<div class="label">${t("sub.since")} ${esc(fmtTime(w.light_since))}</div>` : `<span class="muted">${t("sub.unwatched")}</span>`)}
       ${card(t("sub.arpu"), num(w.arpu, 2) + " " + t("sub.cny"))}${card(t("sub.mouv"), num(w.mou, 0) + " " + t("sub.min"))}
       ${card(t("c.region") + " / " + t("c.brand"), esc(w.region) + " / " + esc(w.brand))}${card(t("sub.segment"), esc(w.segment || "–"))}
       ${card(t("sub.contract"), c ? `${esc(c.ends_on)}<div class="label">${num(c.spent, 2)} / ${num(c.committed, 2)} ${t("sub.cny")}</div>` : t("sub.none"))}
@@ -354,7 +361,7 @@ async function effectPage() {
   const statuses = [...new Set(doc.outcomes.map((o) => o.status))];
   chart("outchart", ["callcentre", "sms"].map((ch) => ({
     type: "bar", name: v(ch), x: statuses.map(v), y: statuses.map((s) => doc.outcomes.filter((o) => o.channel === ch && o.status === s).reduce((a, o) => a + o.count, 0)),
-  })), { title: { text: t("effect.outcomes") }, barmode: "group", xaxis: { title: { text: t("effect.status") } }, yaxis: { title: { text: t("effect.tasks") } } });
+  })), { title: { text: t("effect.outcomes") }, barmode: "group", counts: true, xaxis: { title: { text: t("effect.status") } }, yaxis: { title: { text: t("effect.tasks") } } });
   const cells = doc.uplift.map((u) => v(u.light) + " · " + v(u.channel));
   chart("upchart", [
     { type: "bar", name: t("effect.contacted"), x: cells, y: doc.uplift.map((u) => (u.contacted_rate == null ? null : 100 * u.contacted_rate)), marker: { color: "#3b6fb6" },

@@ -70,13 +70,15 @@ def console(settings: Settings, redis_client: redis_lib.Redis, tmp_path: Path) -
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "console"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     c = ConsoleProc(f"http://127.0.0.1:{port}", proc, log)
-    deadline = time.monotonic() + 30
-    while c.get("/health")[0] != 200:
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "console did not start"
-        time.sleep(0.1)
-    yield c
-    stop_process(proc)
+    try:
+        deadline = time.monotonic() + 30
+        while c.get("/health")[0] != 200:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "console did not start"
+            time.sleep(0.1)
+        yield c
+    finally:
+        stop_process(proc)
 
 
 @pytest.fixture
