@@ -89,7 +89,7 @@ def demo(subscribers: int, days: int, activity: float, seed: int, out: Path, no_
     from contextlib import ExitStack
 
     from streams.console import screenshots
-    from streams.demo import console_process, print_summary, run_demo, write_report
+    from streams.demo import console_process, print_summary, run_demo, signal_children, write_report
 
     settings = _settings().model_copy(update={"data_dir": out / "stack"})
     setup_logging("warn")
@@ -105,6 +105,7 @@ def demo(subscribers: int, days: int, activity: float, seed: int, out: Path, no_
             if no_console:
                 return
             url = keep.enter_context(console_process(result.settings, out))
+            keep.callback(signal_children)  # runs first on the way out: console and worker stop side by side
             if result.access is None:
                 screen.print("[yellow]no console screenshots: the console's users file is yours and no API token "
                              "is set[/yellow]")

@@ -77,6 +77,7 @@ def _get(url: str) -> tuple[int, bytes]:
 # Ctrl-C stops the demo within 3 s: the console, then the worker (each gets this long to exit
 # cleanly before SIGKILL; the demo's state is thrown away anyway), then the embedded servers.
 STOP_TIMEOUT_S = 1.2
+_children: list[subprocess.Popen[bytes]] = []
 
 
 @contextmanager
@@ -86,10 +87,19 @@ def _child(command: str, settings: Settings, log_path: Path) -> Iterator[subproc
     with log_path.open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", command], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+    _children.append(proc)
     try:
         yield proc
     finally:
         stop_process(proc, STOP_TIMEOUT_S)
+        _children.remove(proc)
+
+
+def signal_children() -> None:
+    """Ask every child of the demo to stop at once (each is then waited for in turn, in order)."""
+    for proc in _children:
+        if proc.poll() is None:
+            proc.terminate()
 
 
 @dataclass(frozen=True)

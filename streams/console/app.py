@@ -244,7 +244,7 @@ async def _lights(request: web.Request) -> web.Response:
     today = datetime.now(console.tz).date()
     return _json({"counts": rows, "workers": workers, "snapshots": await console.snapshots(), "moves": moves,
                   "snapshot_range": [(today - timedelta(days=29, hours=12)).isoformat(),
-                                     (today + timedelta(hours=12)).isoformat()]})
+                                     (today + timedelta(days=1)).isoformat()]})
 
 
 async def _subscriber(request: web.Request) -> web.Response:

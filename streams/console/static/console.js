@@ -94,7 +94,7 @@ const VALUES = {
     contract_spend: "合约消费已达承诺", vas_trial_ending: "试用即将到期",
     remaining_match: "剩多少送多少", deposit_match: "存多少送多少", overspend_match: "超多少送多少", tenure_discount: "网龄折扣",
   },
-  en: {},
+  en: { none: "no outcome" },
 };
 
 let lang = localStorage.getItem("churnlight.lang") || ((navigator.language || "").startsWith("zh") ? "zh" : "en");
@@ -135,8 +135,8 @@ const LIGHTS = ["green", "yellow", "red", "black"];
 /* Plotly with the console's conventions: axes from zero, ticks outside, units in the titles. */
 function chart(el, traces, layout) {
   const base = {
-    margin: { l: 70, r: 30, t: 50, b: 60 }, font: { family: "system-ui, 'Noto Sans CJK SC', sans-serif", size: 12 },
-    legend: { orientation: "h", y: -0.22, traceorder: "normal" }, paper_bgcolor: "#fff", plot_bgcolor: "#fff",
+    margin: { l: 70, r: 30, t: 50, b: 100 }, font: { family: "system-ui, 'Noto Sans CJK SC', sans-serif", size: 12 },
+    legend: { orientation: "h", y: -0.3, yanchor: "top", traceorder: "normal" }, paper_bgcolor: "#fff", plot_bgcolor: "#fff",
   };
   const axis = (a) => Object.assign({ rangemode: "tozero", ticks: "outside", showline: true, linecolor: "#999", gridcolor: "#eee", zeroline: true }, a);
   const merged = Object.assign(base, layout);
@@ -218,7 +218,7 @@ async function callsPage() {
   const tabs = [""].concat(doc.regions).map((r) => `<option value="${esc(r)}"${r === region ? " selected" : ""}>${esc(r || t("filter.all"))}</option>`).join("");
   const rows = doc.rows.map((r, i) => `<tr><td class="num">${i + 1}</td><td class="msisdn">${subLink(r)}</td><td>${esc(r.region)}</td><td>${esc(r.brand)}</td>
     <td>${esc(v(r.kind))}</td><td>${esc(v(r.priority))}</td><td>${light(r.light)}</td><td class="num">${r.risk == null ? "–" : num(r.risk, 2)}</td>
-    <td class="num">${num(r.arpu, 2)}</td><td class="num">${num(r.saved, 2)}</td><td>${esc(v(r.offer))} <span class="muted">${esc(r.offer_detail)}</span></td>
+    <td class="num">${num(r.arpu, 2)}</td><td class="num">${num(r.saved, 2)}</td><td class="wrap">${esc(v(r.offer))} <span class="muted">${esc(r.offer_detail)}</span></td>
     <td class="wrap">${r.reasons.map((c) => `<span class="pill">${esc(v(c))}</span>`).join("")}</td><td>${esc(fmtTime(r.due_by))}</td><td>${esc(v(r.outcome))}</td></tr>`).join("");
   app.innerHTML = `<h1>${t("calls.title")}</h1>
     <form class="bar" id="pick"><label>${t("calls.day")}<input type="date" name="day" value="${esc(doc.day)}"></label>
@@ -295,7 +295,7 @@ async function subscriberPage() {
       ${w.risk != null ? card(t("c.risk"), num(w.risk, 2)) : ""}</div>
       <div class="grid2"><div id="revenue" class="chart"></div><div id="minutes" class="chart"></div></div>`;
   }
-  const history = doc.tasks.filter((r) => r.light).slice().reverse();
+  const history = doc.tasks.filter((r) => r.light && r.kind.endsWith("_light")).slice().reverse();
   head += `<h2>${t("sub.history")}</h2><table id="history"><thead><tr><th>${t("c.created")}</th><th>${t("sub.from")}</th><th>${t("sub.to")}</th><th>${t("c.reasons")}</th><th>${t("c.kind")}</th></tr></thead><tbody>${
     history.map((r) => `<tr><td>${esc(fmtTime(r.created_at))}</td><td>${light(r.previous_light || "green")}</td><td>${light(r.light)}</td><td class="wrap">${(r.reason_values || []).map((x) => `<span class="pill">${esc(v(x.code))} ${esc(x.value)} / ${esc(x.threshold)}</span>`).join("")}</td><td>${esc(v(r.kind))}</td></tr>`).join("")}
     ${w && w.light ? `<tr><td>${esc(fmtTime(w.light_since))}</td><td></td><td>${light(w.light)}</td><td class="wrap">${(w.reasons || []).map((x) => `<span class="pill">${esc(v(x.code))}</span>`).join("")}</td><td class="muted">now</td></tr>` : ""}</tbody></table>

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 import redis as redis_lib
 
@@ -29,11 +31,14 @@ from sinks.redis_store import PolicyStore
 from streams.auth import write_user
 from streams.embedded import free_port, stop_process
 from streams.settings import Settings
+from tests.conftest import WorkerProc, produce, wait_for
+from tests.streams import scripted
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make system-deps)")
 
 TZ = ZoneInfo("Asia/Shanghai")
+LIGHTS = ("green", "yellow", "red", "black")  # the columns of the lights table
 PASSWORDS = {"mgr": "manager-password", "sup": "supervisor-password"}
 
 
@@ -58,13 +63,20 @@ class ConsoleProc:
 
 @pytest.fixture
 def console(settings: Settings, redis_client: redis_lib.Redis, tmp_path: Path) -> Iterator[ConsoleProc]:
+    """A console whose worker list names a port nothing listens on."""
+    with _console(settings, tmp_path, f"http://127.0.0.1:{free_port()}") as c:
+        yield c
+
+
+@contextmanager
+def _console(settings: Settings, tmp_path: Path, workers: str) -> Iterator[ConsoleProc]:
     users = tmp_path / "users"
     write_user(users, "mgr", "manager", PASSWORDS["mgr"])
     write_user(users, "sup", "supervisor", PASSWORDS["sup"])
     port = free_port()
     env = settings.worker_env()
     env.update({"CHURNLIGHT_USERS_FILE": str(users), "CHURNLIGHT_CONSOLE_PORT": str(port),
-                "CHURNLIGHT_WORKERS": f"http://127.0.0.1:{free_port()}"})
+                "CHURNLIGHT_WORKERS": workers})
     log = tmp_path / "console.log"
     with log.open("ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "console"], env=env, stdout=out,
@@ -218,3 +230,27 @@ def test_language_switch_and_every_page_renders(console: ConsoleProc, browser: A
     # The call list ranks the red-light task of 2026-09-01 (the hold-out one was never issued).
     expect(page.locator("#calls tbody tr")).to_have_count(1)
     expect(page.locator("#calls tbody tr").first).to_contain_text("13900000001")
+
+
+def test_lights_and_a_subscriber_come_from_the_worker(
+        worker: WorkerProc, settings: Settings, redis_client: redis_lib.Redis, browser: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    items = scripted.history(settings.partitions)
+    produce(settings, [(topic, value["msisdn"].encode(), orjson.dumps(value)) for topic, value in items])
+    worker.start()
+    wait_for(lambda: worker.metric("churnlight_events_total") >= len(items), timeout_s=120, what="the history")
+    _, summary = worker.get("/lights/summary")
+    with _console(settings, tmp_path, worker.url) as console:
+        page = _sign_in(browser, console, "sup", "/lights")
+        for light, n in summary["totals"].items():
+            expect(page.locator(f"#lights tbody tr:last-child th:nth-child({2 + LIGHTS.index(light)})")
+                   ).to_have_text(str(n))
+        # Both revenue and minutes of the window are drawn, with the rule set's thresholds.
+        page.goto(console.url + "/subscriber?msisdn=13900000003")
+        page.wait_for_selector("body[data-ready='1']")
+        expect(page.locator(".card").first).to_contain_text("red")
+        expect(page.locator("#revenue .main-svg").first).to_be_visible()
+        expect(page.locator("#revenue")).to_contain_text("threshold 120")
+        expect(page.locator("#minutes")).to_contain_text("threshold 100")
+        expect(page.locator("#history tbody tr")).to_have_count(3)  # green->yellow, yellow->red, and now
