@@ -181,7 +181,7 @@ class Authenticator:
         want = hmac.new(self._session_key, body.encode(), hashlib.sha256).hexdigest()
         if not hmac.compare_digest(mac, want):
             return None
-        name, role, expires = body.split("|")
+        name, role, expires = body.rsplit("|", 2)
         if float(expires) < time.time() or role not in ROLES:
             return None
         return User(name, "supervisor" if role == "supervisor" else "manager")
