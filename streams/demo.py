@@ -279,12 +279,19 @@ OUTCOME_SHARES = {
 }
 
 
-def simulated_outcomes(tasks: list[dict[str, Any]], seed: int) -> list[bytes]:
-    """Return `retention.outcomes` history lines for the demo's tasks (seeded, one at most per task)."""
+def simulated_outcomes(tasks: list[dict[str, Any]], seed: int, window_days: int = 30) -> list[bytes]:
+    """Return `retention.outcomes` history lines for the demo's tasks of its last `window_days` days
+    (seeded, one at most per task): older outcomes would be older than the worker's window, which
+    drops them as late."""
     import hashlib
 
+    if not tasks:
+        return []
+    since = max(datetime.fromisoformat(t["created_at"]) for t in tasks) - timedelta(days=window_days - 1)
     lines = []
     for task in tasks:
+        if datetime.fromisoformat(task["created_at"]) < since:
+            continue
         draw = int(hashlib.sha256(f"{seed}:{task['task_id']}".encode()).hexdigest()[:8], 16) / 2**32
         status = None
         for name, share in OUTCOME_SHARES.get(task["channel"], ()):

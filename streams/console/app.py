@@ -288,7 +288,7 @@ async def _effect(request: web.Request) -> web.Response:
         rows.append({"region": region, "issued": issued, "completed": completed,
                      "completion": completed / issued if issued else None, "watched": watched, "black": black,
                      "churn": black / watched if watched else None})
-    outcomes = [{"channel": c, "status": s, "count": n} for (c, s), n in sorted((await console.outcome_counts()).items())]
+    outcomes = [{"channel": c, "status": s, "count": n} for (c, s), n in sorted((await console.outcome_counts(month)).items())]
     return _json({"month": month, "months": months, "targets": {"completion": data.COMPLETION_TARGET,
                                                                  "churn": data.CHURN_CEILING},
                   "regions": rows, "outcomes": outcomes, "uplift": data.uplift(await console.all_rows())})

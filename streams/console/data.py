@@ -262,17 +262,17 @@ class Console:
             replies = await pipe.execute()
         return {k[len(prefix):]: (int(i or 0), int(c or 0)) for k, (i, c) in zip(keys, replies)}
 
-    async def outcome_counts(self) -> dict[tuple[str, str], int]:
-        """Count issued tasks by (channel, latest outcome status or `none`)."""
+    async def outcome_counts(self, month: str) -> dict[tuple[str, str], int]:
+        """Count the tasks issued in `month` by (channel, latest outcome status or `none`)."""
         keys = [_text(k) async for k in self.redis.scan_iter(match="churnlight:taskinfo:*", count=2000)]
         counts: Counter[tuple[str, str]] = Counter()
         for start in range(0, len(keys), 1000):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key in keys[start:start + 1000]:
-                    pipe.hmget(key, ["channel", "status", "kpi"])
-                for channel, status, kpi in await pipe.execute():
-                    if kpi is None:
-                        continue  # an outcome parked for a task not issued (yet)
+                    pipe.hmget(key, ["channel", "status", "kpi", "month"])
+                for channel, status, kpi, issued_in in await pipe.execute():
+                    if kpi is None or _text(issued_in) != month:
+                        continue  # another month's, or an outcome parked for a task not issued (yet)
                     counts[(_text(channel), _text(status) if status else "none")] += 1
         return dict(counts)
 

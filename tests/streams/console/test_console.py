@@ -27,6 +27,8 @@ import redis as redis_lib
 
 from rules.policy import Decision
 from rules.tasks import Offer, Reason, Task, task_id
+from rules.events import Outcome
+from sinks.outcomes import OutcomeStore
 from sinks.redis_store import PolicyStore
 from streams.auth import write_user
 from streams.embedded import free_port, stop_process
@@ -103,25 +105,36 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
-def _task(n: int, *, region: str = "zunyi", kind: str = "red_light") -> Task:
+def _task(n: int, *, region: str = "zunyi", kind: str = "red_light", day: int = 1) -> Task:
     msisdn = f"1390000{n:04d}"
-    created = int(datetime(2026, 9, 1, tzinfo=TZ).timestamp() * 1000) + n * 60_000
+    created = int(datetime(2026, 9, day, tzinfo=TZ).timestamp() * 1000) + n * 60_000
+    channel = "callcentre" if kind in ("red_light", "black_light") else "sms"
     return Task(
-        task_id=task_id(msisdn, kind, "2026-09-01"), msisdn=msisdn, channel="callcentre" if kind == "red_light" else "sms",
-        kind=kind, priority="high" if kind == "red_light" else "normal", light="red" if kind == "red_light" else "yellow",
+        task_id=task_id(msisdn, kind, f"2026-09-{day:02d}"), msisdn=msisdn, channel=channel,  # type: ignore[arg-type]
+        kind=kind, priority="high" if kind == "red_light" else "normal",  # type: ignore[arg-type]
+        light={"red_light": "red", "black_light": "black"}.get(kind, "yellow"),  # type: ignore[arg-type]
         previous_light="green", reasons=(Reason("arpu_below", 55.5, 120),), offer=Offer("tenure_discount", "voice 90%"),
         region=region, brand="gotone", segment="high", created_at_ms=created, due_by_ms=created + 24 * 3600_000,
         send_after_ms=None, rule_set="cmcc-2010", template=None, vars=None)
 
 
-def _decide(settings: Settings, *decisions: Decision) -> None:
-    """Write feed entries as the worker's task sink does."""
+def _decide(settings: Settings, *decisions: Decision, outcomes: dict[str, str] | None = None) -> None:
+    """Write feed entries, issued tasks and their `outcomes` (task_id -> status) as the worker's sinks do."""
 
     async def run() -> None:
         assert settings.redis is not None
         store = PolicyStore.from_url(settings.redis.get_secret_value(), tz=TZ)
+        results = OutcomeStore(store.client, tz=TZ)
         for decision in decisions:
             assert await store.record_decision(decision)
+            if decision.issued:
+                await results.record_issued(decision.task)
+        for decision in decisions:
+            status = (outcomes or {}).get(decision.task.task_id)
+            if status is not None:
+                task = decision.task
+                await results.record_outcome(Outcome(task.task_id, task.msisdn, task.created_at_ms + 3600_000,
+                                                     task.channel, status))  # type: ignore[arg-type]
         await store.aclose()
 
     # Playwright's sync API keeps an event loop in this thread: the store runs in another.
@@ -254,3 +267,27 @@ def test_lights_and_a_subscriber_come_from_the_worker(
         expect(page.locator("#revenue")).to_contain_text("threshold 120")
         expect(page.locator("#minutes")).to_contain_text("threshold 100")
         expect(page.locator("#history tbody tr")).to_have_count(3)  # green->yellow, yellow->red, and now
+
+
+def test_effect_shows_completion_outcomes_and_the_hold_out_comparison(
+        console: ConsoleProc, browser: Any, settings: Settings) -> None:
+    from playwright.sync_api import expect
+
+    contacted = [Decision(_task(n, kind="yellow_light"), "issued", None) for n in range(1, 5)]
+    held_out = [Decision(_task(n, kind="yellow_light"), "suppressed", "holdout") for n in range(5, 7)]
+    # Later, one contacted and both held-out subscribers turn black.
+    black = [Decision(_task(n, kind="black_light", day=20), "issued", None) for n in (1, 5, 6)]
+    outcomes = {d.task.task_id: "delivered" for d in contacted[:2]}
+    _decide(settings, *contacted, *held_out, *black, outcomes=outcomes)
+    page = _sign_in(browser, console, "mgr", "/effect")
+    # 7 tasks issued in zunyi in 2026-09 (4 yellow, 3 black), 2 with a final outcome: 28.6 % < 35 %.
+    kpi = page.locator("#kpi tbody tr").first
+    expect(kpi).to_contain_text("zunyi")
+    expect(kpi.locator("td").nth(1)).to_have_text("7")
+    expect(kpi.locator("td").nth(2)).to_have_text("2")
+    expect(kpi.locator("td").nth(3)).to_contain_text("28.6 %")
+    expect(kpi.locator("td").nth(3).locator(".fail")).to_be_visible()
+    expect(page.locator("#outcomes tbody tr", has_text="delivered").locator("td").last).to_have_text("2")
+    # Yellow over SMS: contacted 4, 1 churned (25.0 %); hold-out 2, 2 churned (100.0 %).
+    row = page.locator("#uplift tbody tr").first
+    expect(row.locator("td")).to_have_text(["yellow", "sms", "4", "1", "25.0 %", "2", "2", "100.0 %", "75.0 pp"])
