@@ -8,7 +8,6 @@ an opaque reference, never by the number.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import hashlib
 import hmac
@@ -199,18 +198,18 @@ async def _feed_events(request: web.Request) -> web.StreamResponse:
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
     await response.write(b"retry: 1000\n\n")
-    reader = data.Console(Redis.from_url(request.app["redis_url"]), console.workers, tz)
+    client = Redis.from_url(request.app["redis_url"])
     try:
-        async for row in reader.follow(after, _filters(request)):
+        async for row in data.follow(client, after, _filters(request)):
             if row is None:
-                await response.write(b": idle\n\n")
+                await response.write(b": idle\n\n")  # keeps proxies from closing an idle stream
                 continue
             payload = orjson.dumps(_shown(row, user, refs, tz))
             await response.write(b"id: " + row["id"].encode() + b"\ndata: " + payload + b"\n\n")
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+    except ConnectionResetError:
+        pass  # the browser went away; aiohttp cancels the handler when it notices first
     finally:
-        await reader.redis.aclose()
+        await client.aclose()
     return response
 
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo
@@ -93,7 +93,6 @@ class Console:
     tz: ZoneInfo
     token: str | None = None
     http: aiohttp.ClientSession | None = None
-    _last_snapshot: float = field(default=0.0)
 
     async def start(self) -> None:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -138,20 +137,6 @@ class Console:
         """Return the id of the newest feed entry, or `0-0`."""
         newest = await self.redis.xrevrange(FEED, count=1)
         return _text(newest[0][0]) if newest else "0-0"
-
-    async def follow(self, after: str, wanted: dict[str, str], block_ms: int = 10_000
-                     ) -> AsyncIterator[dict[str, Any] | None]:
-        """Yield feed rows after entry `after` passing `wanted` as they arrive; None when idle."""
-        while True:
-            got = await self.redis.xread({FEED: after}, count=500, block=block_ms)
-            if not got:
-                yield None
-                continue
-            for entry_id, fields in got[0][1]:
-                after = _text(entry_id)
-                row = parse_entry(entry_id, fields)
-                if matches(row, wanted):
-                    yield row
 
     # -- the workers ---------------------------------------------------------------------------------
 
@@ -275,6 +260,23 @@ class Console:
                         continue  # another month's, or an outcome parked for a task not issued (yet)
                     counts[(_text(channel), _text(status) if status else "none")] += 1
         return dict(counts)
+
+
+async def follow(client: Redis, after: str, wanted: dict[str, str], block_ms: int = 10_000
+                 ) -> AsyncIterator[dict[str, Any] | None]:
+    """Yield feed rows after entry `after` passing `wanted` as they arrive; None when idle.
+
+    `client` blocks in XREAD: give each follower a connection of its own."""
+    while True:
+        got = await client.xread({FEED: after}, count=500, block=block_ms)
+        if not got:
+            yield None
+            continue
+        for entry_id, fields in got[0][1]:
+            after = _text(entry_id)
+            row = parse_entry(entry_id, fields)
+            if matches(row, wanted):
+                yield row
 
 
 # -- pure figures over feed rows ------------------------------------------------------------------------
