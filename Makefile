@@ -26,9 +26,10 @@ lock:
 	$(UV_COMPILE) -o $(LOCK)
 	$(UV_COMPILE) --extra dev -o $(DEV_LOCK)
 
-# Debian packages some tests use (promtool and prometheus, amtool, docker-compose for `config` checks).
+# Debian packages some tests use (promtool and prometheus, amtool, docker-compose for `config` checks,
+# chromium and a CJK font for the console's browser tests and the demo's screenshots).
 system-deps:
-	bash deploy/system-deps.sh docker-compose prometheus prometheus-alertmanager
+	bash deploy/system-deps.sh docker-compose prometheus prometheus-alertmanager chromium fonts-wqy-zenhei
 
 demo: $(STAMP)
 	$(VENV)/bin/churnlight demo

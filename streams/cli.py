@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 from datetime import datetime
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -86,26 +88,53 @@ def main() -> None:
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("churnlight-demo"),
               show_default=True, help="where the history, the labels and the report go")
-def demo(subscribers: int, days: int, activity: float, seed: int, out: Path) -> None:
-    """Simulate an operator, run the processor on it (embedded stack), summarise, write a report."""
-    from streams.demo import print_summary, run_demo, write_report
+@click.option("--no-console", is_flag=True, help="exit after the report instead of serving the console")
+def demo(subscribers: int, days: int, activity: float, seed: int, out: Path, no_console: bool) -> None:
+    """Simulate an operator, run the processor on it (embedded stack), summarise, write a report, then
+    serve the console until Ctrl-C (in a terminal)."""
+    from contextlib import ExitStack
+
+    from streams.console import screenshots
+    from streams.demo import console_process, print_summary, run_demo, signal_children, write_report
 
     settings = _settings().model_copy(update={"data_dir": out / "stack"})
     setup_logging("warn", settings.log_format)
     screen = Console()
+    stay = not no_console and sys.stdin.isatty() and sys.stdout.isatty()
     try:
-        with connected(settings) as resolved:
+        with connected(settings) as resolved, ExitStack() as keep:
             result = run_demo(resolved, out, subscribers=subscribers, days=days, activity=activity, seed=seed,
-                              console=screen)
+                              console=screen, keep=keep, fresh_redis=settings.redis is None)
+            print_summary(result, screen)
+            report = write_report(result, out / "report.html")
+            screen.print(f"\nreport written to [bold]{report.resolve()}[/bold]")
+            if no_console:
+                return
+            url = keep.enter_context(console_process(result.settings, out))
+            keep.callback(signal_children)  # runs first on the way out: console and worker stop side by side
+            if result.access is None:
+                screen.print("[yellow]no console screenshots: the console's users file is yours and no API token "
+                             "is set[/yellow]")
+            else:
+                with screen.status("taking screenshots of the console..."):
+                    shots = screenshots.take(url, out / "screenshots", user=result.access.user,
+                                             password=result.access.password)
+                if isinstance(shots, str):
+                    screen.print(f"[yellow]no console screenshots: {shots}[/yellow]")
+                else:
+                    screen.print(f"console screenshots in [bold]{(out / 'screenshots').resolve()}[/bold]")
+            if not stay:
+                return
+            screen.print(f"\n[bold]the console: {url}[/bold]  ({result.access.note if result.access else ''})")
+            screen.print("the worker and the console stay up; Ctrl-C stops them")
+            while True:
+                time.sleep(3600)
     except KeyboardInterrupt:
-        console.print("[yellow]demo stopped; the worker and the embedded servers were shut down[/yellow]")
+        console.print("[yellow]demo stopped; the console, the worker and the embedded servers were shut down[/yellow]")
         raise SystemExit(130) from None
     except (RuntimeError, StartupError) as exc:
         console.print(f"[red]churnlight demo: {exc}[/red]")
         raise SystemExit(1) from None
-    print_summary(result, screen)
-    report = write_report(result, out / "report.html")
-    screen.print(f"\nreport written to [bold]{report.resolve()}[/bold]")
 
 
 @main.command()
@@ -177,13 +206,14 @@ def worker() -> None:
     """Run the processor against the configured (or embedded) Kafka and Redis."""
     settings = _settings()
     setup_logging(settings.log_level, settings.log_format)
+    from streams.auth import UsersFileError
     from streams.worker import run_worker
 
     load_rule_set(settings.rules)  # an unknown rule set fails before anything is started or created
     with connected(settings) as resolved:
         try:
             run_worker(resolved)
-        except StartupError as exc:
+        except (StartupError, RuleSetError, UsersFileError) as exc:
             console.print(f"[red]churnlight worker: {exc}[/red]")
             raise SystemExit(1) from None
 
@@ -416,6 +446,37 @@ def _consent(action: str, which: str, numbers: list[str]) -> None:
             raise SystemExit(1) from None
         verb = "added to" if action == "add" else "removed from"
         click.echo(f"{changed} of {len(numbers)} msisdn(s) {verb} {store.KEYS[which]}")
+
+
+@main.command("console")
+@click.option("--add-user", metavar="NAME", help="add (or replace) a user in the users file, asking for the password")
+@click.option("--role", type=click.Choice(["manager", "supervisor"]), default="manager", show_default=True,
+              help="with --add-user: manager sees masked msisdns, supervisor full ones")
+def console_cmd(add_user: str | None, role: str) -> None:
+    """Serve the retention managers' web console (CHURNLIGHT_BIND:CHURNLIGHT_CONSOLE_PORT)."""
+    from streams.auth import UsersFileError, write_user
+
+    settings = _settings()
+    if add_user is not None:
+        if settings.users_file is None:
+            raise click.UsageError("set CHURNLIGHT_USERS_FILE to the users file to write")
+        password = click.prompt(f"password for {add_user}", hide_input=True, confirmation_prompt=True)
+        try:
+            write_user(settings.users_file, add_user, "supervisor" if role == "supervisor" else "manager", password)
+        except UsersFileError as exc:
+            raise click.UsageError(str(exc)) from None
+        click.echo(f"{add_user} ({role}) written to {settings.users_file}")
+        return
+    setup_logging(settings.log_level, settings.log_format)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    from streams.console.app import run_console
+
+    with connected(settings, kafka=False) as resolved:
+        try:
+            run_console(resolved)
+        except UsersFileError as exc:
+            console.print(f"[red]churnlight console: {exc}[/red]")
+            raise SystemExit(2) from None
 
 
 def _register_bench() -> None:

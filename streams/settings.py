@@ -16,7 +16,7 @@ _HOSTPORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5}$")
 
 
 # Settings whose value may hold a credential (a bootstrap list or URL with user:password, a salt).
-SECRET_SETTINGS: Final = frozenset({"kafka", "kafka_user", "kafka_password", "redis", "holdout_salt"})
+SECRET_SETTINGS: Final = frozenset({"kafka", "kafka_user", "kafka_password", "redis", "holdout_salt", "api_token"})
 
 
 class SettingsError(ValueError):
@@ -60,6 +60,22 @@ class Settings(BaseSettings):
     """the name other workers use to reach this one (default: the host name)"""
     data_dir: Path = Path("./churnlight-data")
     """Faust's files and the embedded services' files"""
+    # Access (CONTRACT §4): the worker's /subscribers and the console need a bearer token or a user
+    # of the users file (lines `name role hash`, roles `manager` / `supervisor`; streams.auth).
+    api_token: SecretStr | None = None
+    """bearer token for /subscribers and the console (at least 16 characters; a supervisor)"""
+    users_file: Path | None = None
+    """users file for /subscribers and the console: `name role scrypt-hash` a line"""
+    # Where the worker's and the console's HTTP servers listen: loopback for the embedded stack;
+    # 0.0.0.0 in containers (docker-compose.yml), where other hosts must reach them.
+    bind: str = "127.0.0.1"
+    """address the worker's and the console's HTTP servers listen on"""
+    # The console: its port, and the workers it asks (comma-separated base URLs; unset = this
+    # host's worker on CHURNLIGHT_WEB_PORT).
+    console_port: int = Field(6070, ge=1, le=65535)
+    """HTTP port of the console"""
+    workers: str | None = None
+    """base URLs of the workers the console asks, comma-separated (default: this host's worker)"""
     # Not in the contract: operational knobs with defaults that work on the embedded broker.
     app_id: str = "churnlight"
     """Faust application id (consumer group, changelog topic name)"""
@@ -116,6 +132,32 @@ class Settings(BaseSettings):
         if value and not re.match(r"^[A-Za-z0-9._\-]+$", value):
             raise ValueError("expected letters, digits, '.', '_' or '-'")
         return value
+
+    @field_validator("api_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("expected a token of at least 16 characters")
+        return value
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        for part in value.split(","):
+            if not re.match(r"^https?://[A-Za-z0-9_.\-\[\]:]+/?$", part.strip()):
+                raise ValueError("expected http://host:port[,http://host:port]")
+        return value
+
+    @property
+    def worker_urls(self) -> list[str]:
+        """Return the base URLs of the workers the console asks."""
+        if self.workers is None:
+            return [f"http://127.0.0.1:{self.web_port}"]
+        return [part.strip().rstrip("/") for part in self.workers.split(",")]
 
     @property
     def zone(self) -> ZoneInfo:

@@ -149,7 +149,9 @@ def test_worker_runs_against_the_compose_services(
     assert (ROOT / worker["build"]["dockerfile"]) == DOCKERFILE
     assert worker["command"] == ["churnlight", "worker"]
     env = _env(worker)
-    assert set(env) <= SETTINGS, f"not a CONTRACT §7 setting: {set(env) - SETTINGS}"
+    # CONTRACT §4: the bind address is a setting (default loopback); a container must listen on all.
+    assert set(env) <= SETTINGS | {"CHURNLIGHT_BIND"}, f"not a CONTRACT §7 setting: {set(env) - SETTINGS}"
+    assert env["CHURNLIGHT_BIND"] == "0.0.0.0"
     assert env["CHURNLIGHT_KAFKA"] == "kafka:9092"
     assert env["CHURNLIGHT_REDIS"] == "redis://:${REDIS_PASSWORD}@redis:6379/0"
     assert env["CHURNLIGHT_WEB_PORT"] == "6066"
