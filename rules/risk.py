@@ -1,0 +1,120 @@
+"""The churn risk model a rule set may name: its file, and scoring a partition's watched subscribers.
+
+A model file (written by `churnlight train`) is JSON: a format name and version, the features it
+was trained on (names and units, rules.features), the churn horizon, the training figures, and
+LightGBM's own text model. Loading it parses text only: no code runs (no pickle). Scoring takes a
+feature matrix in rules.features order, one row per subscriber, and returns the risk (0-1) and the
+three largest per-feature contributions of each row (LightGBM's SHAP values, `pred_contrib`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import lightgbm
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from rules.features import INDEX
+
+FORMAT: Final = "churnlight.risk-model"
+VERSION: Final = 1
+TOP_REASONS: Final = 3
+
+Reason = tuple[str, float | None, float]  # (feature, value, contribution to the log-odds)
+
+
+class RiskModelError(ValueError):
+    """A model file that cannot be used; the message names the file and says why, on one line."""
+
+
+@dataclass(frozen=True)
+class RiskModel:
+    """A loaded model: score feature matrices with `score`."""
+
+    path: str
+    features: tuple[str, ...]
+    horizon_days: int
+    meta: dict[str, Any]
+    booster: Any  # lightgbm.Booster
+    columns: npt.NDArray[np.intp]  # the model's features as columns of a rules.features matrix
+
+    def score(self, matrix: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], list[list[Reason]]]:
+        """Return each row's risk (0-1) and its top 3 reasons (feature, value, contribution), largest first."""
+        if matrix.ndim != 2 or matrix.shape[1] != len(INDEX):
+            raise ValueError(f"expected a matrix of {len(INDEX)} feature columns, got shape {matrix.shape}")
+        if not len(matrix):
+            return np.empty(0, dtype=np.float64), []
+        x = matrix[:, self.columns]
+        risk = np.asarray(self.booster.predict(x), dtype=np.float64)
+        contrib = np.asarray(self.booster.predict(x, pred_contrib=True), dtype=np.float64)[:, :-1]  # last: bias
+        k = min(TOP_REASONS, contrib.shape[1])
+        top = np.argsort(-contrib, axis=1, kind="stable")[:, :k]
+        names = self.features
+        reasons = [
+            [(names[j], _value(x[i, j]), round(float(contrib[i, j]), 4)) for j in row]
+            for i, row in enumerate(top.tolist())
+        ]
+        return risk, reasons
+
+
+def _value(v: float) -> float | None:
+    return None if math.isnan(v) else round(float(v), 2)
+
+
+def dumps(booster: Any, features: list[str], horizon_days: int, meta: dict[str, Any]) -> bytes:
+    """Return the bytes of a model file for `booster` trained on `features`."""
+    from rules.features import describe
+
+    doc = {"format": FORMAT, "version": VERSION, "features": describe(features), "horizon_days": horizon_days,
+           **meta, "lightgbm": booster.model_to_string()}
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+
+
+def load_model(path: str | Path) -> RiskModel:
+    """Load a model file; raise RiskModelError naming the file when it is missing, corrupt or mismatched."""
+    shown = str(path)
+
+    def fail(why: str) -> RiskModelError:
+        return RiskModelError(f"{shown}: {why}")
+
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise fail("no such model file") from None
+    except OSError as exc:
+        raise fail(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise fail("not a churnlight model file (not JSON)") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise fail(f"not a churnlight model file (format is not {FORMAT!r})")
+    if doc.get("version") != VERSION:
+        raise fail(f"model file version {doc.get('version')!r}; this churnlight reads version {VERSION}")
+    specs = doc.get("features")
+    if not isinstance(specs, list) or not specs or not all(isinstance(f, dict) and "name" in f for f in specs):
+        raise fail("features: missing or malformed")
+    names = tuple(str(f["name"]) for f in specs)
+    unknown = [n for n in names if n not in INDEX]
+    if unknown:
+        raise fail(f"features {unknown} are unknown to this churnlight (a model of another version)")
+    horizon = doc.get("horizon_days")
+    if type(horizon) is not int or horizon < 1:
+        raise fail("horizon_days: missing or not a whole number >= 1")
+    text = doc.get("lightgbm")
+    if not isinstance(text, str) or not text:
+        raise fail("lightgbm: missing model text")
+    try:
+        booster = lightgbm.Booster(model_str=text)
+    except lightgbm.basic.LightGBMError as exc:
+        raise fail(f"lightgbm: corrupt model text ({str(exc).splitlines()[0][:120]})") from None
+    if booster.num_feature() != len(names):
+        raise fail(f"the model uses {booster.num_feature()} features, the file lists {len(names)}")
+    meta = {k: v for k, v in doc.items() if k not in ("lightgbm", "features")}
+    columns = np.asarray([INDEX[n] for n in names], dtype=np.intp)
+    return RiskModel(shown, names, horizon, meta, booster, columns)
