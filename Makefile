@@ -11,9 +11,10 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Debian packages some tests use (promtool and prometheus, docker-compose for `config` checks).
+# Debian packages some tests use (promtool and prometheus, docker-compose for `config` checks),
+# and libgomp1, which LightGBM (the risk score) loads at run time.
 system-deps:
-	bash deploy/system-deps.sh docker-compose prometheus
+	bash deploy/system-deps.sh docker-compose prometheus libgomp1
 
 demo: $(STAMP)
 	$(VENV)/bin/churnlight demo

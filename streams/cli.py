@@ -115,16 +115,19 @@ def demo(subscribers: int, days: int, activity: float, seed: int, out: Path) -> 
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="history file (JSON lines)")
 @click.option("--labels", "labels_out", type=click.Path(dir_okay=False, path_type=Path), help="labels file")
 @click.option("--produce", is_flag=True, help="produce into the input topics instead of (or besides) a file")
+@click.option("--unflattering", is_flag=True,
+              help="add stayers with dips and drops and leavers without a decline (streams.sim.config.UNFLATTERING)")
 def simulate(subscribers: int, days: int, start: datetime, seed: int, activity: float, bad_share: float,
-             dup_share: float, out: Path | None, labels_out: Path | None, produce: bool) -> None:
+             dup_share: float, out: Path | None, labels_out: Path | None, produce: bool, unflattering: bool) -> None:
     """Write a synthetic, labelled event history (JSON lines), or produce it into Kafka."""
     from streams.sim import SimConfig, Simulation, write_labels
+    from streams.sim.config import UNFLATTERING
 
     if out is None and not produce:
         raise click.UsageError("give --out FILE, --produce, or both")
     try:
         cfg = SimConfig(subscribers=subscribers, days=days, start=start.date(), seed=seed, activity=activity,
-                        bad_share=bad_share, dup_share=dup_share)
+                        bad_share=bad_share, dup_share=dup_share, **(UNFLATTERING if unflattering else {}))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     settings = _settings()
@@ -163,6 +166,39 @@ def _tee(lines: Iterator[bytes], fh: BinaryIO) -> Iterator[bytes]:
     for line in lines:
         fh.write(line)
         yield line
+
+
+@main.command()
+@click.argument("history", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="model file to write")
+@click.option("--labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="labels file (JSON lines: msisdn, churn_date); default: the history's own churn events")
+@click.option("--horizon-days", type=click.IntRange(1, 366), help="churn horizon (default: the rule set's risk.horizon_days)")
+@click.option("--rules", "rule_name", default=None, help="rule set (default: CHURNLIGHT_RULES)")
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--step-days", type=click.IntRange(1, 30), default=3, show_default=True,
+              help="examples every this many day closes")
+def train(history: Path, out: Path, labels_path: Path | None, horizon_days: int | None, rule_name: str | None,
+          seed: int, step_days: int) -> None:
+    """Learn a churn risk model from an event HISTORY and write a model file a rule set can name."""
+    from rules.ruleset import load_rule_set
+    from streams.train import LabelsError, figures_line, train as run_train
+
+    settings = _settings()
+    setup_logging("warn")
+    try:
+        rules = load_rule_set(rule_name or settings.rules)
+        trained = run_train(history, rules, settings.zone, horizon_days=horizon_days, labels_path=labels_path,
+                            seed=seed, step_days=step_days)
+    except (RuleSetError, LabelsError, ValueError) as exc:
+        console.print(f"[red]churnlight train: {exc}[/red]")
+        raise SystemExit(2) from None
+    out.write_bytes(trained.model_bytes)
+    screen = Console()
+    fig = trained.figures
+    screen.print(figures_line(f"training days {fig['training']['days']} (in-sample)", fig["training"]))
+    screen.print(figures_line(f"validation days {fig['validation']['days']}", fig["validation"]))
+    screen.print(f"model -> {out}")
 
 
 @main.command()
