@@ -130,3 +130,19 @@ def test_a_malformed_labels_file_is_one_line_naming_the_field(tmp_path: Path, li
     assert str(info.value).startswith(f"{path}:2: ") and field in str(info.value)
     with pytest.raises(LabelsError, match="no such labels file"):
         load_labels(tmp_path / "missing.jsonl")
+
+
+def test_the_backtest_judges_a_model_beside_the_lights(trained: Path, history: tuple[Path, Path],
+                                                       tmp_path: Path) -> None:
+    from streams.backtest import run_many
+
+    scores = run_many(history[0], ["cmcc-2010", "seed-004"], Settings(data_dir=tmp_path), history[1],
+                      models=[trained])
+    for s in scores:
+        figures = s.models["model.json"]
+        # Its own history: judged on the days after its training only, so not in-sample.
+        assert not figures["in_sample"] and figures["examples"] > 0
+        assert figures["top_decile_lift"] is not None and figures["at_lights_load"]["recall"] is not None
+        assert s.engine == "fold" and s.watched > 0 and 0 < s.churners < s.watched
+    # seed 004 has no minutes condition: fewer alarms on the same base.
+    assert scores[1].alarms < scores[0].alarms
