@@ -10,16 +10,22 @@ three largest per-feature contributions of each row (LightGBM's SHAP values, `pr
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 import lightgbm
 import numpy as np
 import numpy.typing as npt
 import orjson
 
-from rules.features import INDEX
+from rules.events import mask
+from rules.features import INDEX, matrix
+from rules.ruleset import RuleSet
+from rules.state import SubscriberState
 
 FORMAT: Final = "churnlight.risk-model"
 VERSION: Final = 1
@@ -118,3 +124,41 @@ def load_model(path: str | Path) -> RiskModel:
     meta = {k: v for k, v in doc.items() if k not in ("lightgbm", "features")}
     columns = np.asarray([INDEX[n] for n in names], dtype=np.intp)
     return RiskModel(shown, names, horizon, meta, booster, columns)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One line of the day's call list: whom to call, how likely they leave, why, and what to offer."""
+
+    masked: str  # rules.events.mask: never the full number on a screen or in a report
+    risk: float
+    expected_saved_cny: float  # risk x the window's revenue (the capacity queue's order)
+    arpu_cny: float
+    light: str | None
+    reasons: list[Reason]
+    offer: dict[str, str] | None
+
+
+def call_list(states: Mapping[str, SubscriberState], model: RiskModel, open_day: date, rules: RuleSet,
+              tz: ZoneInfo, limit: int = 20) -> list[Call]:
+    """Rank the watched, not churned subscribers of `states` at the close before `open_day` by
+    expected saved revenue (risk x 30-day ARPU), highest first; at most `limit` of them."""
+    from rules.tasks import ContractTerms, SubscriberFacts, light_offer
+
+    chosen = [(m, s) for m, s in states.items() if s.photo is not None and s.churned is None]
+    if not chosen:
+        return []
+    risk, reasons = model.score(matrix([s for _, s in chosen], open_day, rules, tz))
+    arpu = [s.window(open_day, rules.window_days)[0] / 100 for _, s in chosen]
+    saved = risk * np.asarray(arpu)
+    out = []
+    for i in np.argsort(-saved, kind="stable")[:limit].tolist():
+        msisdn, s = chosen[i]
+        who = SubscriberFacts(msisdn, s.region or "unknown", s.brand or "unknown", s.segment, s.activated_on,
+                              s.birthday, s.prepaid, s.light)
+        c = s.contract
+        terms = None if c is None else ContractTerms(c.ends_on, c.committed_fen, s.contract_spent_fen)
+        offer, _ = light_offer(who, terms, open_day, rules)
+        out.append(Call(mask(msisdn), round(float(risk[i]), 4), round(float(saved[i]), 2), arpu[i], s.light,
+                        reasons[i], None if offer is None else {"code": offer.code, "detail": offer.detail}))
+    return out

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from rules import features
-from rules.risk import RiskModelError, load_model
+from rules.risk import RiskModelError, call_list, load_model
 from rules.ruleset import load_rule_set
 from streams.settings import Settings
 from streams.sim import SimConfig
@@ -72,6 +72,14 @@ def test_the_model_is_judged_only_on_days_after_what_it_learned(trained: Path, h
     # ... and with only those days, the figures are in-sample, not validation.
     own = ex.take(ex.day <= known_until.toordinal())
     assert judge_model(model, history[0], own, churn, end)["in_sample"]
+
+    # The call list of the last day: ranked by expected saved revenue, masked numbers, three reasons.
+    calls = call_list(run.states, model, run.last_day, RULES, Settings().zone, limit=10)
+    assert len(calls) == 10
+    assert [c.expected_saved_cny for c in calls] == sorted((c.expected_saved_cny for c in calls), reverse=True)
+    for c in calls:
+        assert "****" in c.masked and len(c.reasons) == 3 and 0 <= c.risk <= 1
+        assert c.expected_saved_cny == pytest.approx(c.risk * c.arpu_cny, rel=1e-3, abs=0.01)
 
 
 def test_the_model_file_round_trips_and_scores_with_reasons(trained: Path, tmp_path: Path) -> None:
