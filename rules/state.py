@@ -759,7 +759,10 @@ def apply_usage(state: SubscriberState, event: Usage, *, open_day: date | None, 
         if event.direction == "out":
             seconds = event.seconds
         elif event.seconds:
-            state.in_sec, state.in_ord = decayed_add(state.in_sec, state.in_ord, event.seconds, o)
+            if o == state.in_ord:  # the usual case: another call of the same day
+                state.in_sec += event.seconds
+            else:
+                state.in_sec, state.in_ord = decayed_add(state.in_sec, state.in_ord, event.seconds, o)
     if event.charge_fen or seconds:
         state._add(o, event.charge_fen, seconds)
     if o > state.last_use_ord:
