@@ -27,9 +27,10 @@ lock:
 	$(UV_COMPILE) --extra dev -o $(DEV_LOCK)
 
 # Debian packages some tests use (promtool and prometheus, amtool, docker-compose for `config` checks,
-# chromium and a CJK font for the console's browser tests and the demo's screenshots).
+# chromium and a CJK font for the console's browser tests and the demo's screenshots), and libgomp1,
+# which LightGBM (the risk score) loads at run time.
 system-deps:
-	bash deploy/system-deps.sh docker-compose prometheus prometheus-alertmanager chromium fonts-wqy-zenhei
+	bash deploy/system-deps.sh docker-compose prometheus prometheus-alertmanager chromium fonts-wqy-zenhei libgomp1
 
 demo: $(STAMP)
 	$(VENV)/bin/churnlight demo

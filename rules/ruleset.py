@@ -28,6 +28,7 @@ TASK_KINDS: Final = KINDS
 OPEN_DUE_KINDS: Final = frozenset({"birthday", "vas_trial"})
 
 TaskChannel = Literal["callcentre", "sms"]
+PhotoSource = Literal["profile", "auto"]
 Priority = Literal["urgent", "high", "normal", "low"]
 
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -67,6 +68,14 @@ class RuleSet:
     cooldown_days: int
     quiet_start: time
     quiet_end: time
+    # `photo: auto`: the rule set photographs its own base (the first complete window meeting its
+    # thresholds; the offline backtest), instead of the profiles' photo.
+    photo: PhotoSource = "profile"
+    risk_model: str | None = None  # a model file (churnlight train); None: no risk score
+    risk_horizon_days: int = 60  # the score's churn horizon: churned within this many days
+    risk_task_threshold: float | None = None  # a `risk` task when a green subscriber's risk crosses it
+    # Call-centre calls per local day per region; a region not named is unlimited.
+    capacity: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
     def tenure_percent(self, years: int) -> int | None:
         """Return the tenure discount percent for `years` whole years of tenure, or None."""
@@ -154,6 +163,12 @@ class _Policy(_Model):
     quiet_hours: _QuietHours
 
 
+class _Risk(_Model):
+    model: Annotated[str, Field(min_length=1)] | None = None
+    horizon_days: Annotated[int, Field(ge=1, le=366)] = 60
+    task_threshold: Annotated[float, Field(gt=0, lt=1)] | None = None
+
+
 class _File(_Model):
     name: Annotated[str, Field(min_length=1)]
     description: str = ""
@@ -166,6 +181,9 @@ class _File(_Model):
     birthday_brands: list[Annotated[str, Field(min_length=1)]]
     tenure_discounts: list[_Discount]
     policy: _Policy
+    photo: PhotoSource = "profile"
+    risk: _Risk = _Risk()
+    capacity: dict[Annotated[str, Field(min_length=1)], Annotated[int, Field(ge=0)]] | None = None
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -261,6 +279,11 @@ def _build(m: _File, source: str) -> RuleSet:
         cooldown_days=m.policy.cooldown_days,
         quiet_start=time.fromisoformat(m.policy.quiet_hours.start),
         quiet_end=time.fromisoformat(m.policy.quiet_hours.end),
+        photo=m.photo,
+        risk_model=m.risk.model,
+        risk_horizon_days=m.risk.horizon_days,
+        risk_task_threshold=m.risk.task_threshold,
+        capacity=MappingProxyType(dict(m.capacity or {})),
     )
 
 

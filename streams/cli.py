@@ -8,7 +8,7 @@ import sys
 import time
 from datetime import datetime
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -149,16 +149,19 @@ def demo(subscribers: int, days: int, activity: float, seed: int, out: Path, no_
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="history file (JSON lines)")
 @click.option("--labels", "labels_out", type=click.Path(dir_okay=False, path_type=Path), help="labels file")
 @click.option("--produce", is_flag=True, help="produce into the input topics instead of (or besides) a file")
+@click.option("--unflattering", is_flag=True,
+              help="add stayers with dips and drops and leavers without a decline (streams.sim.config.UNFLATTERING)")
 def simulate(subscribers: int, days: int, start: datetime, seed: int, activity: float, bad_share: float,
-             dup_share: float, out: Path | None, labels_out: Path | None, produce: bool) -> None:
+             dup_share: float, out: Path | None, labels_out: Path | None, produce: bool, unflattering: bool) -> None:
     """Write a synthetic, labelled event history (JSON lines), or produce it into Kafka."""
     from streams.sim import SimConfig, Simulation, write_labels
+    from streams.sim.config import UNFLATTERING
 
     if out is None and not produce:
         raise click.UsageError("give --out FILE, --produce, or both")
     try:
         cfg = SimConfig(subscribers=subscribers, days=days, start=start.date(), seed=seed, activity=activity,
-                        bad_share=bad_share, dup_share=dup_share)
+                        bad_share=bad_share, dup_share=dup_share, **(UNFLATTERING if unflattering else {}))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     settings = _settings()
@@ -199,6 +202,39 @@ def _tee(lines: Iterator[bytes], fh: BinaryIO) -> Iterator[bytes]:
     for line in lines:
         fh.write(line)
         yield line
+
+
+@main.command()
+@click.argument("history", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="model file to write")
+@click.option("--labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="labels file (JSON lines: msisdn, churn_date); default: the history's own churn events")
+@click.option("--horizon-days", type=click.IntRange(1, 366), help="churn horizon (default: the rule set's risk.horizon_days)")
+@click.option("--rules", "rule_name", default=None, help="rule set (default: CHURNLIGHT_RULES)")
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--step-days", type=click.IntRange(1, 30), default=3, show_default=True,
+              help="examples every this many day closes")
+def train(history: Path, out: Path, labels_path: Path | None, horizon_days: int | None, rule_name: str | None,
+          seed: int, step_days: int) -> None:
+    """Learn a churn risk model from an event HISTORY and write a model file a rule set can name."""
+    from rules.ruleset import load_rule_set
+    from streams.train import LabelsError, figures_line, train as run_train
+
+    settings = _settings()
+    setup_logging("warn")
+    try:
+        rules = load_rule_set(rule_name or settings.rules)
+        trained = run_train(history, rules, settings.zone, horizon_days=horizon_days, labels_path=labels_path,
+                            seed=seed, step_days=step_days)
+    except (RuleSetError, LabelsError, ValueError) as exc:
+        console.print(f"[red]churnlight train: {exc}[/red]", soft_wrap=True)
+        raise SystemExit(2) from None
+    out.write_bytes(trained.model_bytes)
+    screen = Console()
+    fig = trained.figures
+    screen.print(figures_line(f"training days {fig['training']['days']} (in-sample)", fig["training"]))
+    screen.print(figures_line(f"validation days {fig['validation']['days']}", fig["validation"]))
+    screen.print(f"model -> {out}")
 
 
 @main.command()
@@ -313,18 +349,28 @@ def tail(as_json: bool, from_beginning: bool, channel: tuple[str, ...], max_coun
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="labels file of the simulator (who churned, when)")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
+              help="labels file (JSON lines: msisdn, churn_date; README: Labels); default: the history's own churn")
 @click.option("--rules", "rule_sets", multiple=True, default=["cmcc-2010"], show_default=True,
               help="rule-set name or file; repeat to compare side by side")
+@click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="risk model file (churnlight train) to judge on each rule set's base; repeatable")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="also write the figures here")
-def backtest(file: Path, labels: Path | None, rule_sets: tuple[str, ...], json_out: Path | None) -> None:
+def backtest(file: Path, labels: Path | None, rule_sets: tuple[str, ...], models: tuple[Path, ...],
+             json_out: Path | None) -> None:
     """Run rule sets offline over a history FILE and report how early and how well they lit churners."""
+    from rules.risk import RiskModelError, load_model
     from streams.backtest import run_many
+    from streams.train import LabelsError, load_labels
 
     settings = _settings()
     setup_logging("warn", settings.log_format)
     try:
+        # The inputs first: a bad one is one line, before any progress is drawn.
+        if labels is not None:
+            load_labels(labels)
+        for model in models:
+            load_model(model)
         with _progress() as progress:
             # The bar's total is the file's lines (a first quick pass: 150k lines in about 0.1 s).
             from streams.replay import iter_file
@@ -332,11 +378,34 @@ def backtest(file: Path, labels: Path | None, rule_sets: tuple[str, ...], json_o
             total = sum(1 for _ in iter_file(file))
             bars = {name: progress.add_task(f"backtest {name}", total=total) for name in rule_sets}
             scores = run_many(file, list(rule_sets), settings, labels,
-                              progress=lambda name, n: progress.update(bars[name], completed=n))
-    except RuleSetError as exc:
-        console.print(f"[red]churnlight backtest: {exc}[/red]")
+                              progress=lambda name, n: progress.update(bars[name], completed=n), models=list(models))
+    except (RuleSetError, LabelsError, RiskModelError) as exc:
+        console.print(f"[red]churnlight backtest: {exc}[/red]", soft_wrap=True)
         raise SystemExit(2) from None
-    table = Table(title=f"backtest of {file.name}")
+    Console().print(backtest_table(file.name, scores))
+    unknown = scores[0].unknown_topics if scores else {}
+    if unknown:
+        console.print("[yellow]records on unknown topics, not read: "
+                      + ", ".join(f"{t} {n:,}" for t, n in sorted(unknown.items())) + "[/yellow]", soft_wrap=True)
+    if json_out:
+        import orjson
+
+        json_out.write_bytes(orjson.dumps([{
+            "rule_set": s.name, "engine": s.engine, "watched": s.watched, "churners": s.churners,
+            "churn_rate": s.churn_rate, "alarms": s.alarms, "alarm_share": s.alarm_share, "lit": s.lit,
+            "recall": s.recall, "precision": s.precision, "lift": s.lift, "lead_days": s.lead_days,
+            "light_changes": s.changes, "final_lights": dict(s.final_lights),
+            "tasks": [{"channel": c, "kind": k, "status": st, "count": n} for (c, k, st), n in sorted(s.tasks.items())],
+            "callcentre_per_day": s.callcentre_per_day, "callcentre_per_day_median": s.callcentre_median,
+            "callcentre_per_day_max": s.callcentre_max, "events": dict(s.events),
+            "unknown_topics": dict(s.unknown_topics), "models": s.models} for s in scores],
+            option=orjson.OPT_INDENT_2))
+        console.print(f"figures written to {json_out}")
+
+
+def backtest_table(title: str, scores: list[Any]) -> Table:
+    """The backtest's side-by-side table: one column per rule set, model rows under each."""
+    table = Table(title=f"backtest of {title}")
     table.add_column("")
     for s in scores:
         table.add_column(s.name, justify="right")
@@ -344,32 +413,49 @@ def backtest(file: Path, labels: Path | None, rule_sets: tuple[str, ...], json_o
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{x:.1%}"
 
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}"
+
     rows: list[tuple[str, list[str]]] = [
         ("events applied / dup / late", [f"{s.events['applied']} / {s.events['duplicate']} / {s.events['late_dropped']}" for s in scores]),
+        ("records on unknown topics", [str(sum(s.unknown_topics.values())) for s in scores]),
         ("light changes", [str(s.changes) for s in scores]),
         ("lights at the end (g/y/r/b)", ["/".join(str(s.final_lights.get(k, 0)) for k in ("green", "yellow", "red", "black")) for s in scores]),
-        ("labelled churners (photographed)", [str(s.churners) for s in scores]),
-        ("lit yellow/red before leaving", [f"{s.lit} ({pct(s.recall)})" for s in scores]),
+        ("watched base", [str(s.watched) for s in scores]),
+        ("churners in it (rate)", [f"{s.churners} ({pct(s.churn_rate)})" for s in scores]),
+        ("alarms: lit yellow/red (share)", [f"{s.alarms} ({pct(s.alarm_share)})" for s in scores]),
         ("precision of yellow/red", [pct(s.precision) for s in scores]),
+        ("lift over the churn rate", [num(s.lift) for s in scores]),
+        ("lit before leaving (recall)", [f"{s.lit} ({pct(s.recall)})" for s in scores]),
         ("median lead time, days", ["-" if s.median_lead is None else f"{s.median_lead:.0f}" for s in scores]),
         ("tasks issued", [str(sum(n for (_, _, st), n in s.tasks.items() if st == "issued")) for s in scores]),
         ("tasks suppressed", [str(sum(n for (_, _, st), n in s.tasks.items() if st != "issued")) for s in scores]),
-        ("call-centre tasks, busiest day", [str(max(s.callcentre_per_day.values(), default=0)) for s in scores]),
+        ("call-centre tasks a day, median / max", [f"{s.callcentre_median:g} / {s.callcentre_max}" for s in scores]),
     ]
+    names = sorted({m for s in scores for m in s.models})
+    if names:
+        rows.append(("day closes judged (lights' load)",
+                     [f"{next(iter(s.models.values()), {}).get('examples', 0):,} "
+                      f"({pct(next(iter(s.models.values()), {}).get('lights', {}).get('load'))})" for s in scores]))
+        rows.append(("lights: lift / recall per day close",
+                     [f"{num(next(iter(s.models.values()), {}).get('lights', {}).get('lift'))} / "
+                      f"{pct(next(iter(s.models.values()), {}).get('lights', {}).get('recall'))}" for s in scores]))
+    for name in names:
+        def fig(s: Any, *keys: str) -> Any:
+            value: Any = s.models.get(name, {})
+            for k in keys:
+                value = value.get(k) if isinstance(value, dict) else None
+            return value
+
+        tag = f"{name}{' (in-sample)' if any(fig(s, 'in_sample') for s in scores) else ''}"
+        rows.append((f"{tag}: AUC", [num(fig(s, "auc")) for s in scores]))
+        rows.append((f"{tag}: top-decile lift", [num(fig(s, "top_decile_lift")) for s in scores]))
+        rows.append((f"{tag}: at the lights' load, lift / recall",
+                     [f"{num(fig(s, 'at_lights_load', 'lift'))} / {pct(fig(s, 'at_lights_load', 'recall'))}"
+                      for s in scores]))
     for label, values in rows:
         table.add_row(label, *values)
-    Console().print(table)
-    if json_out:
-        import orjson
-
-        json_out.write_bytes(orjson.dumps([{
-            "rule_set": s.name, "light_changes": s.changes, "final_lights": dict(s.final_lights),
-            "churners": s.churners, "lit": s.lit, "recall": s.recall, "precision": s.precision,
-            "lead_days": s.lead_days, "tasks": [{"channel": c, "kind": k, "status": st, "count": n}
-                                                for (c, k, st), n in sorted(s.tasks.items())],
-            "callcentre_per_day": s.callcentre_per_day, "events": dict(s.events)} for s in scores],
-            option=orjson.OPT_INDENT_2))
-        console.print(f"figures written to {json_out}")
+    return table
 
 
 def _progress() -> Progress:
