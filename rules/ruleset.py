@@ -28,6 +28,7 @@ TASK_KINDS: Final = KINDS
 OPEN_DUE_KINDS: Final = frozenset({"birthday", "vas_trial"})
 
 TaskChannel = Literal["callcentre", "sms"]
+PhotoSource = Literal["profile", "auto"]
 Priority = Literal["urgent", "high", "normal", "low"]
 
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -70,6 +71,14 @@ class RuleSet:
     # The metric label values allowed for regions and brands (rules.labels); None: not listed.
     label_regions: frozenset[str] | None = None
     label_brands: frozenset[str] | None = None
+    # `photo: auto`: the rule set photographs its own base (the first complete window meeting its
+    # thresholds; the offline backtest), instead of the profiles' photo.
+    photo: PhotoSource = "profile"
+    risk_model: str | None = None  # a model file (churnlight train); None: no risk score
+    risk_horizon_days: int = 60  # the score's churn horizon: churned within this many days
+    risk_task_threshold: float | None = None  # a `risk` task when a green subscriber's risk crosses it
+    # Call-centre calls per local day per region; a region not named is unlimited.
+    capacity: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
     def tenure_percent(self, years: int) -> int | None:
         """Return the tenure discount percent for `years` whole years of tenure, or None."""
@@ -160,6 +169,10 @@ class _Policy(_Model):
 class _Labels(_Model):
     regions: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = None
     brands: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = None
+class _Risk(_Model):
+    model: Annotated[str, Field(min_length=1)] | None = None
+    horizon_days: Annotated[int, Field(ge=1, le=366)] = 60
+    task_threshold: Annotated[float, Field(gt=0, lt=1)] | None = None
 
 
 class _File(_Model):
@@ -176,6 +189,9 @@ class _File(_Model):
     policy: _Policy
     # The closed sets of metric label values (rules.labels); absent: short words, capped.
     labels: _Labels = _Labels()
+    photo: PhotoSource = "profile"
+    risk: _Risk = _Risk()
+    capacity: dict[Annotated[str, Field(min_length=1)], Annotated[int, Field(ge=0)]] | None = None
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -190,13 +206,19 @@ def resolve(name_or_path: str) -> tuple[Path, str]:
     return RULES_DIR / f"{name_or_path}.yaml", f"rules/{name_or_path}.yaml"
 
 
+def known_rule_sets() -> list[str]:
+    """Return the names of the rule sets shipped under `rules/`."""
+    return sorted(p.stem for p in RULES_DIR.glob("*.yaml"))
+
+
 def load_rule_set(name_or_path: str) -> RuleSet:
     """Load and validate a rule set: a bare name from `rules/<name>.yaml`, else a file path."""
     path, shown = resolve(name_or_path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise RuleSetError(f"{shown}: no such rule-set file") from None
+        known = ", ".join(known_rule_sets())
+        raise RuleSetError(f"{shown}: no such rule-set file (rule sets under rules/: {known})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RuleSetError(f"{shown}: cannot read: {exc}") from None
     return parse_rule_set(text, shown)
@@ -267,6 +289,11 @@ def _build(m: _File, source: str) -> RuleSet:
         quiet_end=time.fromisoformat(m.policy.quiet_hours.end),
         label_regions=None if m.labels.regions is None else frozenset(m.labels.regions),
         label_brands=None if m.labels.brands is None else frozenset(m.labels.brands),
+        photo=m.photo,
+        risk_model=m.risk.model,
+        risk_horizon_days=m.risk.horizon_days,
+        risk_task_threshold=m.risk.task_threshold,
+        capacity=MappingProxyType(dict(m.capacity or {})),
     )
 
 

@@ -17,7 +17,7 @@ from functools import lru_cache
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from hashlib import blake2b
-from typing import Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -55,8 +55,17 @@ DEDUP_CLOSED_DAYS: Final = 2
 
 # 2: scalars as one orjson array, the day buckets and the dedup memory as fixed-width arrays;
 # 1 wrote everything as varints in Python loops, a quarter of the worker's time.
-_VERSION: Final = 2
+# 3: format 2 with one more item in the scalar array: the risk features' memory (`_extras`).
+# A state whose memory is empty is still written as format 2, so a deployment can roll back.
+_VERSION: Final = 3
 _VERSION_BYTES: Final = bytes((_VERSION,))  # its varint: a number below 128 is its own byte
+_V2_BYTES: Final = bytes((2,))
+# Decayed sums (incoming minutes, the days that left the window) keep this share of a day's
+# weight per day that passes: a mean life of 30 days, so a steady stream sums to 30 days of it.
+DECAY_KEEP: Final = 29 / 30
+COMPLAINT_DAYS: Final = 90  # complaints are remembered this long, at most MAX_COMPLAINTS of them
+MAX_COMPLAINTS: Final = 8
+TOPUP_AVG_WEIGHT: Final = 0.3  # weight of the newest earlier top-up in the running average
 _LITTLE: Final = sys.byteorder == "little"
 _LIGHT_CODE: Final[dict[Light | None, int]] = {None: 0, "green": 1, "yellow": 2, "red": 3, "black": 4}
 _LIGHT_OF: Final = {v: k for k, v in _LIGHT_CODE.items()}
@@ -164,6 +173,17 @@ class SubscriberState:
         "seen_off",
         "seen_h",
         "used",
+        "in_sec",
+        "in_ord",
+        "prev_fen",
+        "prev_sec",
+        "prev_ord",
+        "last_use_ord",
+        "topup_ord",
+        "topup_fen",
+        "topup_avg_fen",
+        "complaint_ords",
+        "port_requests",
     )
 
     def __init__(self) -> None:
@@ -200,6 +220,20 @@ class SubscriberState:
         # Frozen, and shared while empty: a set per subscriber was 100k more objects for the
         # garbage collector to walk.
         self.used: frozenset[str] = _NO_KEYS
+        # The risk features' memory (rules.features). Decayed sums as of the end of local day
+        # ordinal `*_ord` (0: nothing yet): incoming voice seconds, and the revenue fen and
+        # outgoing seconds of the days pruned from the window (the previous window).
+        self.in_sec = 0
+        self.in_ord = 0
+        self.prev_fen = 0
+        self.prev_sec = 0
+        self.prev_ord = 0
+        self.last_use_ord = 0  # the latest local day ordinal with any usage event
+        self.topup_ord = 0  # the local day ordinal of the latest top-up (0: none)
+        self.topup_fen = 0  # its amount
+        self.topup_avg_fen = 0  # running average of the top-ups before it (0: none)
+        self.complaint_ords: tuple[int, ...] = ()  # local day ordinals, ascending
+        self.port_requests = 0  # port-out requests applied
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -257,6 +291,11 @@ class SubscriberState:
             cut = open_day.toordinal() - window_days - self.day_first
             if offsets[0] < cut:
                 n = bisect_left(offsets, cut)
+                first = self.day_first
+                for k, fen, sec in zip(offsets[:n], self.day_fen[:n], self.day_sec[:n]):
+                    since = self.prev_ord
+                    self.prev_fen, _ = decayed_add(self.prev_fen, since, fen, first + k)
+                    self.prev_sec, self.prev_ord = decayed_add(self.prev_sec, since, sec, first + k)
                 del offsets[:n], self.day_fen[:n], self.day_sec[:n]
                 if offsets:
                     self._rebase_days(self.day_first + offsets[0])
@@ -420,6 +459,7 @@ class SubscriberState:
         """Serialise compactly: a version byte, the scalar fields as one JSON array (orjson), then
         the day buckets and the dedup memory as fixed-width little-endian arrays."""
         photo, c = self.photo, self.contract
+        extras = self._extras()
         head = orjson.dumps([
             self.has_profile | self.prepaid << 1 | _LIGHT_CODE[self.light] << 2 | _CHURN_CODE[self.churned] << 5,
             self.region, self.brand, self.segment, self.birthday,
@@ -431,8 +471,9 @@ class SubscriberState:
             self.port_out_request_ms, self.light_since_ms,
             [[r.code, r.value, r.threshold] for r in self.reasons] if self.reasons else (),
             sorted(self.used) if self.used else (),
+            *extras,
         ])
-        parts = [_VERSION_BYTES, _varint(len(head)), head]
+        parts = [_VERSION_BYTES if extras else _V2_BYTES, _varint(len(head)), head]
         # Days: the first ordinal, then offsets from it (uint8, or uint16 / uint32 as the span
         # needs: flag bits 1-2), revenue fen and voice seconds (int32, or int64: flag bit 0).
         offsets = self.day_off
@@ -452,6 +493,33 @@ class SubscriberState:
                       _le(self.seen_h))
         return b"".join(parts)
 
+    def _extras(self) -> tuple[list[object], ...]:
+        """The risk features' memory as the one extra item of format 3, or nothing while it is empty:
+        day ordinals after the first as days from the last usage day (null: none), trailing defaults left out."""
+        base = self.last_use_ord
+        if not (base or self.in_ord or self.prev_ord or self.topup_ord or self.complaint_ords or self.port_requests):
+            return ()
+        items: list[object] = [base, self.in_sec, _rel(self.in_ord, base), self.prev_fen, self.prev_sec,
+                               _rel(self.prev_ord, base), _rel(self.topup_ord, base),
+                               self.topup_fen, self.topup_avg_fen, [d - base for d in self.complaint_ords],
+                               self.port_requests]
+        while items[-1] in _EXTRA_DEFAULTS[len(items) - 1]:
+            items.pop()
+        return (items,)
+
+    def _set_extras(self, items: list[Any]) -> None:
+        given = len(items)
+        if not 1 <= given <= len(_EXTRA_DEFAULTS):
+            raise ValueError("corrupt risk memory in subscriber state")
+        full: list[Any] = [*items, *(d[0] for d in _EXTRA_DEFAULTS[given:])]
+        base, in_sec, in_ord, prev_fen, prev_sec, prev_ord, topup_ord, topup_fen, topup_avg, complaints, ports = full
+        if not isinstance(base, int) or not isinstance(complaints, list):
+            raise ValueError("corrupt risk memory in subscriber state")
+        self.last_use_ord, self.in_sec, self.prev_fen, self.prev_sec = base, in_sec, prev_fen, prev_sec
+        self.in_ord, self.prev_ord = _abs(in_ord, base), _abs(prev_ord, base)
+        self.topup_ord, self.topup_fen, self.topup_avg_fen = _abs(topup_ord, base), topup_fen, topup_avg
+        self.complaint_ords, self.port_requests = tuple(d + base for d in complaints), ports
+
     @classmethod
     def from_bytes(cls, data: bytes) -> SubscriberState:
         """Rebuild a state written by `to_bytes`; raise ValueError on anything else."""
@@ -465,12 +533,15 @@ class SubscriberState:
         version = r.uint()
         if version == 1:
             return cls._decode_v1(r)
-        if version != _VERSION:
+        if version not in (2, _VERSION):
             raise ValueError(f"unknown subscriber state version {version}")
         s = cls()
+        items = orjson.loads(r.raw(r.uint()))
+        if version == _VERSION:
+            s._set_extras(items.pop())
         (flags, s.region, s.brand, s.segment, s.birthday, activated, photo, contract, s.contract_spent_fen,
          s.balance_fen, s.balance_ms, s.churned_ms, s.port_out_request_ms, s.light_since_ms, reasons,
-         used) = orjson.loads(r.raw(r.uint()))
+         used) = items
         s.has_profile = bool(flags & 1)
         s.prepaid = bool(flags >> 1 & 1)
         s.light = _LIGHT_OF[flags >> 2 & 7]
@@ -558,6 +629,22 @@ class SubscriberState:
         return s
 
 
+# Each item of the risk memory's list (`_extras`) and the values it is left out for at the end.
+_EXTRA_DEFAULTS: Final[tuple[tuple[object, ...], ...]] = ((0,), (0,), (None,), (0,), (0,), (None,), (None,), (0,),
+                                                          (0,), ([],), (0,))
+
+
+def _rel(day: int, base: int) -> int | None:
+    return None if not day else day - base
+
+
+def _abs(offset: object, base: int) -> int:
+    if offset is None:
+        return 0
+    if not isinstance(offset, int):
+        raise ValueError("corrupt risk memory in subscriber state")
+    return offset + base
+
 # What equality and repr compare; the dedup memory is compared as a set (SubscriberState.__eq__).
 _FIELDS: Final = tuple(s for s in SubscriberState.__slots__ if not s.startswith("_") and not s.startswith("seen_"))
 
@@ -635,12 +722,18 @@ def apply(
     if isinstance(event, Billing):
         if event.type in ("fee", "adjustment") and event.amount_fen:
             state._add(day.toordinal(), event.amount_fen, 0)
+        if event.type == "topup" and event.amount_fen:
+            _topup(state, day.toordinal(), event.amount_fen)
         if event.balance_fen is not None and (state.balance_ms is None or event.ts_ms >= state.balance_ms):
             # A balance is a reading at `ts`: a late, older reading must not overwrite a newer one.
             state.balance_fen, state.balance_ms = event.balance_fen, event.ts_ms
     elif isinstance(event, Lifecycle):
         lifecycle = event.type
         _lifecycle(state, event)
+        if lifecycle == "complaint":
+            _complaint(state, day.toordinal())
+        elif lifecycle == "port_out_request":
+            state.port_requests += 1
     # Outcomes change nothing here yet: contact history lives in Redis.
 
     if h is not None:
@@ -661,13 +754,56 @@ def apply_usage(state: SubscriberState, event: Usage, *, open_day: date | None, 
     o = local_day(ts, tz).toordinal()
     if open_day is not None and o < open_day.toordinal() - window_days:
         return "late_dropped"
-    seconds = event.seconds if event.type == "voice" and event.direction == "out" else 0
+    seconds = 0
+    if event.type == "voice":
+        if event.direction == "out":
+            seconds = event.seconds
+        elif event.seconds:
+            if o == state.in_ord:  # the usual case: another call of the same day
+                state.in_sec += event.seconds
+            else:
+                state.in_sec, state.in_ord = decayed_add(state.in_sec, state.in_ord, event.seconds, o)
     if event.charge_fen or seconds:
         state._add(o, event.charge_fen, seconds)
+    if o > state.last_use_ord:
+        state.last_use_ord = o
     state._remember(h, minute)
     if open_day is not None:
         state.prune(open_day, tz, window_days)
     return "applied"
+
+
+def decayed_add(total: int, as_of: int, value: int, day: int) -> tuple[int, int]:
+    """Add `value` of local day ordinal `day` to a decayed sum as of the end of day `as_of` (0: empty);
+    return the sum and its day (the later of the two)."""
+    if not as_of:
+        return value, day
+    if day >= as_of:
+        return round(total * DECAY_KEEP ** (day - as_of)) + value if day > as_of else total + value, day
+    return total + round(value * DECAY_KEEP ** (as_of - day)), as_of
+
+
+def decayed(total: int, as_of: int, day: int) -> float:
+    """Return a decayed sum as of the end of local day ordinal `day` (days after it are not taken out)."""
+    if not as_of or day <= as_of:
+        return float(total)
+    return total * DECAY_KEEP ** (day - as_of)
+
+
+def _topup(state: SubscriberState, day: int, fen: int) -> None:
+    if day >= state.topup_ord:
+        earlier, state.topup_ord, state.topup_fen = state.topup_fen, day, fen
+    else:  # a late, older top-up: one of those before the latest
+        earlier = fen
+    if earlier:
+        avg = state.topup_avg_fen
+        state.topup_avg_fen = earlier if not avg else round(avg + TOPUP_AVG_WEIGHT * (earlier - avg))
+
+
+def _complaint(state: SubscriberState, day: int) -> None:
+    days = sorted((*state.complaint_ords, day))
+    newest = days[-1]
+    state.complaint_ords = tuple(d for d in days if d > newest - COMPLAINT_DAYS)[-MAX_COMPLAINTS:]
 
 
 def _lifecycle(state: SubscriberState, event: Lifecycle) -> None:

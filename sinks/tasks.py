@@ -67,6 +67,11 @@ class TaskMetrics(Protocol):
     def observe_end_to_end(self, channel: Channel, seconds: float) -> None: ...
 
 
+def schema_id(topic: str) -> str:
+    """Return the `$id` of the JSON Schema of `topic`'s messages (streams/schemas/<topic>.json)."""
+    return f"urn:churnlight:schema:{topic}:v1"
+
+
 def cloudevent_headers(task: Task, tz: tzinfo) -> list[tuple[str, bytes]]:
     """Return the CloudEvents binary-mode Kafka headers of `task`."""
     return [
@@ -77,6 +82,7 @@ def cloudevent_headers(task: Task, tz: tzinfo) -> list[tuple[str, bytes]]:
         ("ce_id", task.task_id.encode()),
         ("ce_time", iso_time(task.created_at_ms, tz).encode()),
         ("content-type", CONTENT_TYPE.encode()),
+        ("ce_dataschema", schema_id(f"retention.tasks.{task.channel}").encode()),
     ]
 
 

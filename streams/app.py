@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
+from datetime import date, timedelta
 from collections.abc import Awaitable
 from typing import Any
 
@@ -14,6 +16,7 @@ from faust.web import Request, View
 
 from rules.events import MSISDN_RE
 from rules.ruleset import RuleSet
+from streams.auth import Authenticator
 from streams.changelog import ChangelogWriter
 from streams.faults import Faults
 from streams.metrics import Metrics
@@ -71,10 +74,33 @@ class Sender:
         await (await self.enqueue(base, key, value, headers))
 
 
+def _window_days(pipeline: Pipeline, rules: RuleSet, msisdn: str, found: dict[str, Any]) -> None:
+    """Add the window's daily figures and the rule set's thresholds to a /subscribers answer."""
+    state = pipeline.states.get(msisdn.encode())
+    window = found.get("window")
+    days: list[dict[str, Any]] = []
+    if state is not None and window is not None:
+        buckets = state.days
+        first, last = date.fromisoformat(window["from"]), date.fromisoformat(window["to"])
+        for n in range((last - first).days + 1):
+            day = first + timedelta(days=n)
+            fen, seconds = buckets.get(day.toordinal(), (0, 0))
+            days.append({"day": day.isoformat(), "revenue": fen / 100, "mou": round(seconds / 60, 2)})
+    found["days"] = days
+    found["thresholds"] = {
+        "arpu_min": rules.arpu_min_fen / 100,
+        "mou_min": None if rules.mou_min_seconds is None else round(rules.mou_min_seconds / 60, 2),
+        "decline_ratio": rules.decline_ratio,
+    }
+
+
 def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
                store: PolicyStore | None = None) -> tuple[faust.App, Pipeline, Sender]:
     """Build the worker's Faust app and the pipeline its agent drives (tasks when `store` is given)."""
     assert settings.kafka is not None, "resolve the embedded broker before creating the app"
+    auth = Authenticator.from_settings(settings.api_token, settings.users_file)
+    if not auth.configured:
+        log.warning("neither CHURNLIGHT_API_TOKEN nor CHURNLIGHT_USERS_FILE is set: /subscribers refuses everyone")
     app = faust.App(
         f"{settings.topic_prefix}{settings.app_id}",
         broker=[f"kafka://{hp.strip()}" for hp in settings.kafka.split(",")],
@@ -92,7 +118,7 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
         # streams.changelog): a task waits for its acknowledgement, so a long linger is its latency.
         producer_linger_ms=1,
         web_port=settings.web_port,
-        web_bind="0.0.0.0",
+        web_bind=settings.bind,
         web_host=settings.web_host,
         web_in_thread=False,
         stream_wait_empty=True,
@@ -165,6 +191,8 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
     @app.page("/metrics")
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
+            ok, detail = pipeline.health()
+            metrics.set_health(ready=ok, redis_degraded=not detail["redis"])
             return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
     @app.page("/lights/summary")
@@ -178,7 +206,18 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
                 totals[light] = totals.get(light, 0) + n
             return self.json({"partitions": sorted(pipeline.owned()), "totals": totals, "counts": rows})
 
+    def authenticated(view: Any) -> Any:
+        # Checked before the request is routed to the owner (which checks the forwarded header again).
+        @functools.wraps(view)
+        async def get(web: Any, request: Request, *args: Any, **kwargs: Any) -> Response:
+            if auth.header(request.headers.get("Authorization")) is None:
+                return web.json({"error": "authentication required"}, status=401,
+                                headers={"WWW-Authenticate": 'Bearer realm="churnlight", Basic realm="churnlight"'})
+            return await view(web, request, *args, **kwargs)
+        return get
+
     @app.page("/subscribers/{msisdn}")
+    @authenticated
     @app.topic_route(topic=ticks, match_info="msisdn")
     async def subscriber(web: Any, request: Request, msisdn: str) -> Response:
         # topic_route forwards the request to the worker that owns the key's partition of the
@@ -188,6 +227,7 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
         found = pipeline.subscriber(msisdn)
         if found is None:
             return web.json({"error": "unknown subscriber"}, status=404)
+        _window_days(pipeline, rules, msisdn, found)
         return web.json(found)
 
     return app, pipeline, sender

@@ -101,6 +101,11 @@ class RunResult:
     decisions: list[Decision]
     final_lights: Counter[str]
     events: Counter[str]
+    watched: set[str] = field(default_factory=set)  # every subscriber watched at some time of the run
+    unknown_topics: Counter[str] = field(default_factory=Counter)  # lines on topics not in CONTRACT §1
+    days: tuple[date, date] | None = None  # the run's first and last local day
+    churn_days: dict[str, list[int]] = field(default_factory=dict)  # the history's own churn, by ordinal
+    examples: Any = None  # streams.train.Examples of the day closes, when a model is judged
 
 
 def run(path: Path, rules: RuleSet, settings: Settings, *, progress: Callable[[int], None] | None = None) -> RunResult:
@@ -118,15 +123,20 @@ def run(path: Path, rules: RuleSet, settings: Settings, *, progress: Callable[[i
         return done
 
     metrics = Metrics()
+    unknown: Counter[str] = Counter()
     tasks = MemoryTasks(rules, settings)
     pipeline = Pipeline(settings, metrics, rules, app=_App(consumer), send=send, tasks=tasks)
 
     def batches() -> Iterator[list[_Message]]:
         batch: list[_Message] = []
+        read = 0
         for n, line in enumerate(iter_file(path), start=1):
+            read = n
             try:
                 topic, key, value = parse_line(line)
-            except ValueError:
+            except ValueError as exc:
+                if str(exc).startswith("unknown topic"):
+                    unknown[_topic_of(line)] += 1
                 continue
             tp = TP(topic, partition_of(key or b"", settings.partitions))
             batch.append(_Message(topic, tp.partition, offsets[tp], key, value))
@@ -138,6 +148,8 @@ def run(path: Path, rules: RuleSet, settings: Settings, *, progress: Callable[[i
                     progress(n)
         if batch:
             yield batch
+        if progress:
+            progress(read)  # the last lines too, so that the bar ends at its total
 
     async def drive() -> None:
         for batch in batches():
@@ -154,7 +166,32 @@ def run(path: Path, rules: RuleSet, settings: Settings, *, progress: Callable[[i
         for sample in family.samples:
             if sample.name == "churnlight_events_total":
                 events[sample.labels["outcome"]] += int(sample.value)
-    return RunResult(rules, changes, list(tasks.decided.values()), final, events)
+    watched = {k.decode() for keys in pipeline.watched.values() for k in keys} | {c["msisdn"] for c in changes}
+    day_list = sorted({datetime.fromisoformat(c["at"]).date() for c in changes})
+    return RunResult(rules, changes, list(tasks.decided.values()), final, events, watched, unknown,
+                     (day_list[0], day_list[-1]) if day_list else None)
+
+
+def _topic_of(line: bytes) -> str:
+    try:
+        topic = orjson.loads(line).get("topic")
+    except (orjson.JSONDecodeError, AttributeError):
+        return "?"
+    return str(topic)[:64]
+
+
+def run_folded(path: Path, rules: RuleSet, settings: Settings, *, examples: bool) -> RunResult:
+    """Run `rules` over the history with the offline fold (streams.history): what `photo: auto` and a
+    model's judgement need; with `examples`, also collect the feature rows of every day close."""
+    from streams.train import collect
+
+    ex, folded = collect(path, rules, settings.zone, step_days=1, decide_tasks=True)
+    final: Counter[str] = Counter(s.light for s in folded.states.values() if s.photo is not None and s.light)
+    watched = {c["msisdn"] for c in folded.changes} | {m for m, s in folded.states.items() if s.photo is not None}
+    days = (folded.first_day, folded.last_day) if folded.first_day and folded.last_day else None
+    churn = {m: sorted(d.toordinal() for d in ds) for m, ds in folded.churn_days.items()}
+    return RunResult(rules, folded.changes, folded.decisions, final, Counter(folded.events), watched,
+                     folded.unknown_topics, days, churn, ex if examples else None)
 
 
 # --- the report -------------------------------------------------------------------------------
@@ -165,13 +202,19 @@ class Scores:
     changes: int
     final_lights: Counter[str]
     tasks: Counter[tuple[str, str, str]]  # (channel, kind, status)
-    churners: int
-    lit: int
+    churners: int  # watched subscribers who churned (the labels' churn_date, else the history's own)
+    lit: int  # of them, lit yellow or red before they left
     watched_not_churned: int
     false_alarms: int
     lead_days: list[int]
     callcentre_per_day: dict[str, int]
     events: Counter[str]
+    watched: int = 0
+    alarms: int = 0  # watched subscribers lit yellow or red at some time
+    unknown_topics: Counter[str] = field(default_factory=Counter)
+    run_days: int = 0
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # model name -> streams.train.judge_model
+    engine: str = "pipeline"
 
     @property
     def recall(self) -> float | None:
@@ -183,31 +226,65 @@ class Scores:
         return self.lit / alarms if alarms else None
 
     @property
+    def churn_rate(self) -> float | None:
+        return self.churners / self.watched if self.watched else None
+
+    @property
+    def alarm_share(self) -> float | None:
+        return self.alarms / self.watched if self.watched else None
+
+    @property
+    def lift(self) -> float | None:
+        p, r = self.precision, self.churn_rate
+        return p / r if p is not None and r else None
+
+    @property
     def median_lead(self) -> float | None:
         return statistics.median(self.lead_days) if self.lead_days else None
 
+    @property
+    def callcentre_median(self) -> float:
+        """Call-centre tasks issued per local day of the run, days without any counted as 0."""
+        counts = list(self.callcentre_per_day.values())
+        counts += [0] * max(0, self.run_days - len(counts))
+        return statistics.median(counts) if counts else 0.0
+
+    @property
+    def callcentre_max(self) -> int:
+        return max(self.callcentre_per_day.values(), default=0)
+
 
 def load_labels(path: Path | None) -> dict[str, dict[str, Any]]:
+    """Read and validate a labels file (README: Labels); raise streams.train.LabelsError naming the field."""
     if path is None:
         return {}
-    return {doc["msisdn"]: doc for doc in (orjson.loads(line) for line in iter_file(path))}
+    from streams.train import load_labels as read
+
+    return read(path)
 
 
 def score(result: RunResult, labels: dict[str, dict[str, Any]], tz: Any) -> Scores:
-    """Compare a run's yellow/red alarms with the labelled churners of the photographed base."""
+    """Compare a run's yellow/red alarms with the churners of its watched base: the labels' when
+    given (those with a `churn_date`), else the history's own (black lights)."""
     first_alarm: dict[str, date] = {}
-    watched: set[str] = set()
     for change in result.changes:
-        watched.add(change["msisdn"])
         if change["light"] in ("yellow", "red"):
             day = datetime.fromisoformat(change["at"]).date()
             first_alarm.setdefault(change["msisdn"], day)
-    churners = {m: d for m, d in labels.items() if d.get("churn_date") and d.get("photographed")}
+    watched = result.watched or {c["msisdn"] for c in result.changes}
+    churners: dict[str, date] = {}
+    if labels:
+        for m, d in labels.items():
+            if d.get("churn_date") and (m in watched or (not result.watched and d.get("photographed"))):
+                churners[m] = date.fromisoformat(d["churn_date"])
+    else:
+        for change in result.changes:
+            if change["light"] == "black":
+                churners.setdefault(change["msisdn"], datetime.fromisoformat(change["at"]).date())
     lit = 0
     leads: list[int] = []
-    for msisdn, label in churners.items():
+    for msisdn, churn in churners.items():
         alarm = first_alarm.get(msisdn)
-        churn = date.fromisoformat(label["churn_date"])
         if alarm is not None and alarm <= churn:
             lit += 1
             leads.append((churn - alarm).days)
@@ -218,16 +295,41 @@ def score(result: RunResult, labels: dict[str, dict[str, Any]], tz: Any) -> Scor
         tasks[(d.task.channel, d.task.kind, d.reason or d.status)] += 1
         if d.issued and d.task.channel == "callcentre":
             per_day[local_date(d.task.created_at_ms, tz).isoformat()] += 1
+    run_days = (result.days[1] - result.days[0]).days + 1 if result.days else len(per_day)
     return Scores(result.rules.name, len(result.changes), result.final_lights, tasks, len(churners), lit,
-                  len(watched - set(churners)), false_alarms, leads, dict(sorted(per_day.items())), result.events)
+                  len(watched - set(churners)), false_alarms, leads, dict(sorted(per_day.items())), result.events,
+                  watched=len(watched), alarms=len(first_alarm), unknown_topics=result.unknown_topics,
+                  run_days=run_days)
 
 
 def run_many(path: Path, rule_names: list[str], settings: Settings, labels_path: Path | None,
-             progress: Callable[[str, int], None] | None = None) -> list[Scores]:
+             progress: Callable[[str, int], None] | None = None, models: list[Path] | None = None) -> list[Scores]:
+    """Run each rule set over the history and score it; judge each model on each rule set's base.
+
+    The streaming pipeline runs the rule sets, as the worker would; when a model is judged or a
+    rule set photographs its own base (`photo: auto`), all of them run through the offline fold
+    (streams.history: the same rules code, one clock), so that the columns compare like with like.
+    """
+    from rules.risk import load_model
+    from streams.train import churn_days_of, judge_model
+
     labels = load_labels(labels_path)
+    loaded = [load_model(m) for m in models or []]
+    rule_sets = [load_rule_set(name) for name in rule_names]
+    folded = bool(loaded) or any(r.photo == "auto" for r in rule_sets)
     out = []
-    for name in rule_names:
-        rules = load_rule_set(name)
-        result = run(path, rules, settings, progress=(lambda n, r=name: progress(r, n)) if progress else None)
-        out.append(score(result, labels, settings.zone))
+    for rules in rule_sets:
+        if folded:
+            result = run_folded(path, rules, settings, examples=bool(loaded))
+        else:
+            result = run(path, rules, settings,
+                         progress=(lambda n, r=rules.name: progress(r, n)) if progress else None)
+        scores = score(result, labels, settings.zone)
+        scores.engine = "fold" if folded else "pipeline"
+        if loaded and result.examples is not None and result.days is not None:
+            churn = churn_days_of(labels) if labels else result.churn_days
+            end = result.days[1].toordinal() + 1
+            for model in loaded:
+                scores.models[Path(model.path).name] = judge_model(model, path, result.examples, churn, end)
+        out.append(scores)
     return out

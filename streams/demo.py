@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import secrets
 import subprocess
 import sys
 import time
@@ -10,7 +11,7 @@ import urllib.request
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -18,10 +19,12 @@ from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from streams.auth import write_user
 from streams.embedded import free_port, stop_process
 from streams.replay import iter_file, replay
 from streams.settings import Settings
@@ -35,6 +38,7 @@ COLOURS = {"green": "#2e9e44", "yellow": "#d9a400", "red": "#d0342c", "black": "
 
 @dataclass
 class DemoResult:
+    settings: Settings  # as the demo's worker runs: its topic prefix, web port, access settings
     events: int
     seconds: float
     totals: dict[str, int]
@@ -46,6 +50,7 @@ class DemoResult:
     lead_days: list[int] = field(default_factory=list)
     lit: int = 0
     churners: int = 0
+    access: Access | None = None
 
 
 def _metric_sum(text: str, name: str, **labels: str) -> float:
@@ -69,16 +74,90 @@ def _get(url: str) -> tuple[int, bytes]:
         return 0, b""
 
 
+# Ctrl-C stops the demo within 3 s: the console, then the worker (each gets this long to exit
+# cleanly before SIGKILL; the demo's state is thrown away anyway), then the embedded servers.
+STOP_TIMEOUT_S = 1.2
+_children: list[subprocess.Popen[bytes]] = []
+
+
 @contextmanager
-def _worker(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _child(command: str, settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `churnlight COMMAND` with `settings` in its own session (Ctrl-C is the demo's to handle)."""
     env = settings.worker_env()
     with log_path.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", command], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+    _children.append(proc)
     try:
         yield proc
     finally:
-        stop_process(proc, 20)
+        stop_process(proc, STOP_TIMEOUT_S)
+        _children.remove(proc)
+
+
+def signal_children() -> None:
+    """Ask every child of the demo to stop at once (each is then waited for in turn, in order)."""
+    for proc in _children:
+        if proc.poll() is None:
+            proc.terminate()
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who can sign in to the demo's console: the screenshots sign in as `user`."""
+
+    user: str
+    password: str
+    note: str
+
+
+def demo_access(settings: Settings, out_dir: Path) -> tuple[Settings, Access | None]:
+    """Give the demo an API token and a users file of its own unless the settings have them.
+
+    The passwords go to a file only its owner can read, never to the screen or a log."""
+    if settings.api_token is not None or settings.users_file is not None:
+        token = settings.api_token.get_secret_value() if settings.api_token is not None else None
+        access = Access("", token, "sign in with your users file or the API token") if token else None
+        return settings, access
+    passwords = {role: secrets.token_urlsafe(12) for role in ("manager", "supervisor")}
+    users = out_dir / "console-users"
+    users.unlink(missing_ok=True)
+    for role, password in passwords.items():
+        write_user(users, role, role, password)  # type: ignore[arg-type]
+    secret_file = out_dir / "console-passwords.txt"
+    secret_file.unlink(missing_ok=True)
+    secret_file.touch(mode=0o600)
+    secret_file.write_text("".join(f"{role} {pw}\n" for role, pw in passwords.items()), encoding="utf-8")
+    updated = settings.model_copy(update={"api_token": SecretStr(secrets.token_urlsafe(24)), "users_file": users})
+    note = f"sign in as manager (masked numbers) or supervisor (full); passwords in {secret_file.resolve()}"
+    return updated, Access("manager", passwords["manager"], note)
+
+
+@contextmanager
+def console_process(settings: Settings, out_dir: Path) -> Iterator[str]:
+    """Run `churnlight console` for the demo's worker; yield its URL once it answers."""
+    port = settings.console_port if _port_free(settings.console_port) else free_port()
+    settings = settings.model_copy(update={"console_port": port,
+                                           "workers": f"http://127.0.0.1:{settings.web_port}"})
+    url = f"http://127.0.0.1:{port}"
+    with _child("console", settings, out_dir / "console.log") as proc:
+        deadline = time.monotonic() + 30
+        while _get(url + "/health")[0] != 200:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the console did not start; see {out_dir / 'console.log'}")
+            time.sleep(0.2)
+        yield url
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _read_topic(settings: Settings, base: str) -> list[dict[str, Any]]:
@@ -107,8 +186,10 @@ def _read_topic(settings: Settings, base: str) -> list[dict[str, Any]]:
 
 
 def run_demo(settings: Settings, out_dir: Path, *, subscribers: int, days: int, activity: float, seed: int,
-             console: Console) -> DemoResult:
-    """Simulate, run a worker, replay, watch it work; return what happened."""
+             console: Console, keep: ExitStack, fresh_redis: bool) -> DemoResult:
+    """Simulate, run a worker, replay, watch it work; return what happened.
+
+    The worker stays up until `keep` closes; `fresh_redis`: empty the (demo's own) Redis first."""
     import redis as redis_lib
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,54 +205,108 @@ def run_demo(settings: Settings, out_dir: Path, *, subscribers: int, days: int, 
         "web_port": free_port(), "web_host": "127.0.0.1",
         "data_dir": out_dir / "worker-data", "log_level": "info",
     })
+    settings, access = demo_access(settings, out_dir)
     ensure_topics(settings)
     assert settings.redis is not None
     rclient = redis_lib.Redis.from_url(settings.redis.get_secret_value())
-    # A fresh feed for this run: the demo's Redis is its own, but a configured one may hold an old demo's.
-    rclient.delete("churnlight:feed")
+    if fresh_redis:
+        # The embedded Redis keeps its append-only file: an earlier demo's publication claims would
+        # hold back this run's tasks (same task ids).
+        rclient.flushdb()
+    else:
+        # A configured Redis is not the demo's to empty: a fresh feed at least.
+        rclient.delete("churnlight:feed")
     url = f"http://127.0.0.1:{settings.web_port}"
-    with _worker(settings, out_dir / "worker.log") as proc:
-        deadline = time.monotonic() + 120
-        with console.status("starting the worker (consumer-group join, table recovery)..."):
-            while _get(url + "/health")[0] != 200:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the worker exited with {proc.returncode}; see {out_dir / 'worker.log'}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the worker did not become healthy; see {out_dir / 'worker.log'}")
-                time.sleep(0.3)
-        with console.status("replaying the history into Kafka..."):
-            report = replay(settings, iter_file(history))
-        sent = report.sent
-        started = time.monotonic()
-        last_change = (0.0, time.monotonic())
-        with Live(console=console, refresh_per_second=2) as live:
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the worker exited with {proc.returncode}; see {out_dir / 'worker.log'}")
-                _, body = _get(url + "/metrics")
-                text = body.decode()
-                done = _metric_sum(text, "churnlight_events_total")
-                live.update(_progress_table(text, done, sent, time.monotonic() - started))
-                if done != last_change[0]:
-                    last_change = (done, time.monotonic())
-                if done >= sent and time.monotonic() - last_change[1] > 3:
-                    break
-                if time.monotonic() - last_change[1] > 120:
-                    console.print("[yellow]the worker made no progress for 2 minutes; reporting what it did[/yellow]")
-                    break
-                time.sleep(0.5)
-        seconds = last_change[1] - started
-        _, summary = _get(url + "/lights/summary")
-        totals = orjson.loads(summary).get("totals", {}) if summary else {}
-    changes = _read_topic(settings, LIGHTS)
+    proc = keep.enter_context(_child("worker", settings, out_dir / "worker.log"))
+    deadline = time.monotonic() + 120
+    with console.status("starting the worker (consumer-group join, table recovery)..."):
+        while _get(url + "/health")[0] != 200:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the worker exited with {proc.returncode}; see {out_dir / 'worker.log'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not become healthy; see {out_dir / 'worker.log'}")
+            time.sleep(0.3)
+    with console.status("replaying the history into Kafka..."):
+        report = replay(settings, iter_file(history))
+    sent = report.sent
+    started = time.monotonic()
+    last_change = (0.0, time.monotonic())
+    with Live(console=console, refresh_per_second=2) as live:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the worker exited with {proc.returncode}; see {out_dir / 'worker.log'}")
+            _, body = _get(url + "/metrics")
+            text = body.decode()
+            done = _metric_sum(text, "churnlight_events_total")
+            live.update(_progress_table(text, done, sent, time.monotonic() - started))
+            if done != last_change[0]:
+                last_change = (done, time.monotonic())
+            if done >= sent and time.monotonic() - last_change[1] > 3:
+                break
+            if time.monotonic() - last_change[1] > 120:
+                console.print("[yellow]the worker made no progress for 2 minutes; reporting what it did[/yellow]")
+                break
+            time.sleep(0.5)
+    seconds = last_change[1] - started
     tasks = _read_topic(settings, TASKS_CALLCENTRE) + _read_topic(settings, TASKS_SMS)
+    outcome_lines = simulated_outcomes(tasks, seed)
+    if outcome_lines:
+        with console.status(f"the call centre and the SMS gateway report {len(outcome_lines):,} outcomes..."):
+            replay(settings, iter(outcome_lines))
+            want = done + len(outcome_lines)
+            deadline = time.monotonic() + 60
+            while done < want and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.3)
+                done = _metric_sum(_get(url + "/metrics")[1].decode(), "churnlight_events_total")
+    _, summary = _get(url + "/lights/summary")
+    totals = orjson.loads(summary).get("totals", {}) if summary else {}
+    changes = _read_topic(settings, LIGHTS)
     feed = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in rclient.xrange("churnlight:feed")]
     labels = {d["msisdn"]: d for d in (orjson.loads(line) for line in iter_file(labels_path))}
     for name, rows in (("light_changes.jsonl", changes), ("tasks.jsonl", tasks)):
         (out_dir / name).write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
-    result = DemoResult(int(done), seconds, totals, changes, tasks, feed, labels, stats.photographed)
+    result = DemoResult(settings, int(done) - len(outcome_lines), seconds, totals, changes, tasks, feed, labels, stats.photographed,
+                        access=access)
     _score(result)
     return result
+
+
+# What the simulated call centre and SMS gateway report back, with the share of tasks (the rest
+# report nothing): a call centre works through about 70 % of its list, an SMS gateway nearly all.
+OUTCOME_SHARES = {
+    "callcentre": (("reached", 0.25), ("accepted", 0.15), ("declined", 0.12), ("unreachable", 0.18)),
+    "sms": (("delivered", 0.88), ("failed", 0.04)),
+}
+
+
+def simulated_outcomes(tasks: list[dict[str, Any]], seed: int, window_days: int = 30) -> list[bytes]:
+    """Return `retention.outcomes` history lines for the demo's tasks of its last `window_days` days
+    (seeded, one at most per task): older outcomes would be older than the worker's window, which
+    drops them as late."""
+    import hashlib
+
+    if not tasks:
+        return []
+    since = max(datetime.fromisoformat(t["created_at"]) for t in tasks) - timedelta(days=window_days - 1)
+    lines = []
+    for task in tasks:
+        if datetime.fromisoformat(task["created_at"]) < since:
+            continue
+        draw = int(hashlib.sha256(f"{seed}:{task['task_id']}".encode()).hexdigest()[:8], 16) / 2**32
+        status = None
+        for name, share in OUTCOME_SHARES.get(task["channel"], ()):
+            if draw < share:
+                status = name
+                break
+            draw -= share
+        if status is None:
+            continue
+        after = timedelta(hours=3) if task["channel"] == "callcentre" else timedelta(minutes=2)
+        sent = datetime.fromisoformat(task.get("send_after") or task["created_at"]) + after
+        lines.append(orjson.dumps({"topic": "retention.outcomes", "value": {
+            "task_id": task["task_id"], "msisdn": task["msisdn"], "ts": sent.isoformat(),
+            "channel": task["channel"], "status": status}}))
+    return lines
 
 
 def _progress_table(text: str, done: float, sent: int, seconds: float) -> Table:

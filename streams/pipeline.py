@@ -44,6 +44,7 @@ from streams.changelog import ChangelogWriter
 from streams.faults import NONE as NO_FAULTS, Faults
 from streams.recovery import LAST_WRITE_KEY
 from streams.outputs import STATE, deadletter_id, light_id, task_identity
+from streams.logs import DEADLETTER_LOG
 from streams.metrics import Metrics, RegionKpis
 from streams.settings import Settings
 from streams.topics import DEADLETTER, LIGHTS, TASK_TOPIC, TICKS
@@ -693,8 +694,8 @@ class Pipeline:
         self._dead.append((base, "too_far_ahead"))
         counted = (base, "rejected")
         self._counts[counted] = self._counts.get(counted, 0) + 1
-        log.warning("dead-lettered %s: too_far_ahead (more than a day past the partition's usage, and the "
-                    "records after it did not follow)", source)
+        DEADLETTER_LOG.warning("too_far_ahead", "dead-lettered %s: too_far_ahead (more than a day past the "
+                               "partition's usage, and the records after it did not follow)", source)
 
     async def _judge_suspects(self, now_ms: int) -> None:
         """Judge usage records held for SUSPECT_WAIT_S with no usage record after them: by the wall clock."""
@@ -1219,7 +1220,8 @@ class Pipeline:
         self._dead.append((base, rejection.error))
         counted = (base, "rejected")
         self._counts[counted] = self._counts.get(counted, 0) + 1
-        log.warning("dead-lettered %s: %s (%s)", source, rejection.error, rejection.detail)
+        DEADLETTER_LOG.warning(rejection.error, "dead-lettered %s: %s (%s)", source, rejection.error,
+                               rejection.detail)
 
     def _failed(self, base: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
                 source: str, exc: Exception, *, event: bool = True) -> None:
@@ -1232,7 +1234,8 @@ class Pipeline:
             counted = (base, "rejected")
             self._counts[counted] = self._counts.get(counted, 0) + 1
         # The exception's text may quote the record: its type and where it was raised only.
-        log.error("dead-lettered %s: processing_error (%s at %s)", source, type(exc).__name__, _where(exc))
+        DEADLETTER_LOG.warning("processing_error", "dead-lettered %s: processing_error (%s at %s)", source,
+                               type(exc).__name__, _where(exc))
 
     async def _send_outputs(self) -> None:
         """Enqueue the batch's light changes and dead letters, except those already on their topics.

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from rules.events import INPUT_TOPICS
 from streams.settings import Settings
@@ -83,6 +83,24 @@ def make_producer(settings: Settings, **extra: Any) -> Producer:
     return Producer(conf)
 
 
+_TOO_LARGE = "MSG_SIZE_TOO_LARGE"
+
+
+def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes | None,
+             delivered: Callable[[KafkaError | None, Any], None]) -> str | None:
+    """Hand one record to the producer, waiting while its queue is full; return why it was refused."""
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value, on_delivery=delivered)
+            return None
+        except BufferError:
+            producer.poll(0.05)
+        except KafkaException as exc:
+            # librdkafka refuses a record over message.max.bytes at once: the line is named, the rest go on.
+            error = exc.args[0] if exc.args else None
+            return error.name() if isinstance(error, KafkaError) else str(exc)
+
+
 def replay(
     settings: Settings,
     lines: Iterable[bytes],
@@ -103,12 +121,11 @@ def replay(
         except (ValueError, orjson.JSONDecodeError) as exc:
             report.unreadable.append((number, str(exc)[:200]))
             continue
-        while True:
-            try:
-                producer.produce(settings.topic(topic), key=key, value=value, on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        why = _produce(producer, settings.topic(topic), key, value, delivered)
+        if why is not None:
+            report.unreadable.append((number, why if why != _TOO_LARGE else
+                                      f"{len(line.rstrip()):,} bytes, over the broker's message size limit ({why})"))
+            continue
         report.sent += 1
         report.per_topic[topic] += 1
         if number % 1000 == 0:

@@ -8,6 +8,7 @@ from typing import Any, Final
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from rules.events import INPUT_TOPICS
+from streams.preflight import RDKAFKA_LOG
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ class StartupError(RuntimeError):
 
 def client_config(settings: Settings) -> dict[str, Any]:
     """Return the confluent-kafka base configuration for `settings`."""
-    conf: dict[str, Any] = {"bootstrap.servers": settings.kafka}
+    # librdkafka's own log (every failed connection attempt at error level) goes to the debug log.
+    conf: dict[str, Any] = {"bootstrap.servers": settings.kafka, "logger": RDKAFKA_LOG}
     if settings.kafka_security == "sasl_ssl":
         assert settings.kafka_password is not None
         conf.update({

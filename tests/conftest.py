@@ -25,6 +25,8 @@ from streams.settings import Settings
 from streams.topics import changelog_topic
 
 _redis_dbs = itertools.count(1)
+# The workers' /subscribers needs it (CONTRACT §4); WorkerProc.get sends it.
+API_TOKEN = "test-token-0123456789abcdef"
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +48,7 @@ def settings(stack: EmbeddedStack, tmp_path: Path) -> Settings:
         web_port=free_port(),
         web_host="127.0.0.1",
         data_dir=tmp_path / "data",
+        api_token=SecretStr(API_TOKEN),
     )
 
 
@@ -88,9 +91,11 @@ class WorkerProc:
             time.sleep(0.3)
         raise AssertionError(f"worker not healthy after {timeout_s} s:\n{self.tail()}")
 
-    def get(self, path: str) -> tuple[int, Any]:
+    def get(self, path: str, *, token: str | None = API_TOKEN) -> tuple[int, Any]:
+        """GET `path` of this worker, with the API token unless `token` is None."""
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as resp:
+            with urllib.request.urlopen(urllib.request.Request(self.url + path, headers=headers), timeout=5) as resp:
                 body = resp.read()
                 return resp.status, orjson.loads(body) if resp.headers.get_content_type() == "application/json" else body.decode()
         except urllib.error.HTTPError as exc:

@@ -30,9 +30,14 @@ PATTERNS: Final = (
     "sudden_deactivate",  # no warning: cancelled one day
     "recover",  # usage dips for a few weeks, then comes back
     "port_out_cancelled",  # files a request, then cancels it; stays
+    "quiet_leave",  # no decline: complains, then leaves around a tenure anniversary (quiet_churn_share)
+    "second_sim",  # usage drops for good (a second SIM takes the calls); stays (downshift_share)
 )
-NONE, DECLINE_DEACT, DECLINE_PORT, PORT_REQ, SILENT, SUDDEN, RECOVER, CANCELLED = range(8)
-CHURN_PATTERNS: Final = (DECLINE_DEACT, DECLINE_PORT, PORT_REQ, SILENT, SUDDEN)
+NONE, DECLINE_DEACT, DECLINE_PORT, PORT_REQ, SILENT, SUDDEN, RECOVER, CANCELLED, QUIET, SECOND_SIM = range(10)
+CHURN_PATTERNS: Final = (DECLINE_DEACT, DECLINE_PORT, PORT_REQ, SILENT, SUDDEN, QUIET)
+# How long before a quiet leaver's churn day it complains, and how often per day meanwhile.
+QUIET_COMPLAINT_DAYS: Final = 40
+QUIET_COMPLAINT_P: Final = 0.02
 PORTS_OUT: Final = (DECLINE_PORT, PORT_REQ)
 # Pattern mix among churners: the photographed kind leaves loudly, the rest more often silently.
 MIX_WATCHED: Final = (0.28, 0.37, 0.15, 0.12, 0.08)
@@ -348,3 +353,43 @@ def _design_fates(cfg: SimConfig, base: Base, rng: np.random.Generator) -> None:
     renew = ends_inside & stays & (rng.random(n) < 0.45)
     day = np.maximum(base.c_end.astype(np.int64) - rng.integers(0, 26, n), 1)
     base.renew_day = np.where(renew, day, NEVER).astype(np.int32)
+    _design_unflattering(cfg, base, late_scale if after_photo else scale, photo + 1 if after_photo else 1)
+
+
+def _design_unflattering(cfg: SimConfig, base: Base, late_scale: float, first: int) -> None:
+    """Add the fates that make lights look worse than they are (SimConfig.quiet_churn_share,
+    downshift_share): leavers without a decline, stayers whose usage drops for good. A generator of
+    their own, so a run without them is the same bytes as before they existed."""
+    if not (cfg.quiet_churn_share or cfg.downshift_share):
+        return
+    n, days = base.n, cfg.days
+    rng = np.random.default_rng([cfg.seed, 16])
+    u = rng.random(n)
+    free = base.pattern == NONE
+    last = days - 1
+    quiet = free & base.latent_watched & (u < min(cfg.quiet_churn_share * late_scale, 0.5))
+    shift = free & ~quiet & (rng.random(n) < min(cfg.downshift_share * late_scale, 0.5))
+    jitter = rng.integers(-10, 4, n)
+    fallback = _uniform_int(rng, first, last, n)
+    for i in np.nonzero(quiet)[0].tolist():
+        # The next anniversary of activation inside the run, a few days either side; else any day.
+        activated = base.activated[i]
+        day = fallback[i]
+        for year in range(cfg.start.year, cfg.start.year + days // 365 + 2):
+            try:
+                anniversary = activated.replace(year=year)
+            except ValueError:
+                anniversary = date(year, 3, 1)
+            k = (anniversary - cfg.start).days + int(jitter[i])
+            if first <= k <= last and anniversary > activated:
+                day = k
+                break
+        base.pattern[i] = QUIET
+        base.p_churn[i] = day
+        base.renew_day[i] = NEVER
+    start = _uniform_int(rng, max(first - 1, 0), max(last - 10, first), n)
+    base.pattern[shift] = SECOND_SIM
+    base.p_start[shift] = start[shift]
+    base.floor[shift] = rng.uniform(0.25, 0.5, n)[shift]
+    base.dip_down[shift] = _uniform_int(rng, 3, 10, n)[shift]
+    base.dip_hold[shift] = NEVER

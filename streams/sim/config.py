@@ -116,6 +116,11 @@ class SimConfig:
     other_churn_share: float = 0.06
     recover_share: float = 0.03
     cancel_share: float = 0.006  # port-out request, then cancelled
+    # Fates that do not flatter the lights (0: none, as before): watched subscribers who leave with
+    # no decline around a tenure anniversary, complaining before (per 60 days after the photo), and
+    # stayers whose usage drops for good, a second SIM taking the calls (per 60 days).
+    quiet_churn_share: float = 0.0
+    downshift_share: float = 0.0
     # "daily": the monthly plan fee is deducted day by day (日扣), so every 30-day window holds
     # 30 days of fee; "monthly": one fee event on the 1st, which a 30-day window misses on the 31st.
     fee_cycle: Literal["daily", "monthly"] = "daily"
@@ -141,7 +146,7 @@ class SimConfig:
         if not 1 <= self.days <= 3650:
             raise ValueError("days must be between 1 and 3650")
         for name in ("bad_share", "dup_share", "churn_share", "other_churn_share", "recover_share",
-                     "cancel_share"):
+                     "cancel_share", "quiet_churn_share", "downshift_share"):
             if not 0.0 <= getattr(self, name) <= 0.5:
                 raise ValueError(f"{name} must be between 0 and 0.5")
         if not self.regions or any(w <= 0 for _, w in self.regions):
@@ -157,3 +162,12 @@ class SimConfig:
             raise ValueError("photo_days must be >= 1")
         if self.fee_cycle not in ("daily", "monthly"):
             raise ValueError("fee_cycle must be 'daily' or 'monthly'")
+
+
+# The settings of `churnlight simulate --unflattering` and of the README's risk figures: more
+# stayers with dips (holidays) and drops (a second SIM), leavers without a decline.
+UNFLATTERING: Final[dict[str, float]] = {
+    "recover_share": 0.08,
+    "downshift_share": 0.05,
+    "quiet_churn_share": 0.06,
+}

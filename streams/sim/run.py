@@ -24,7 +24,11 @@ from streams.sim.base import (
     NEVER,
     PATTERNS,
     PORTS_OUT,
+    QUIET,
+    QUIET_COMPLAINT_DAYS,
+    QUIET_COMPLAINT_P,
     RECOVER,
+    SECOND_SIM,
     SEGMENTS,
     SILENT,
     TOPUP_STEPS,
@@ -146,7 +150,7 @@ class Simulation:
         self._started = False
         b = self.base
         self._decliners = np.nonzero(np.isin(b.pattern, (DECLINE_DEACT, DECLINE_PORT)))[0]
-        self._recoverers = np.nonzero(b.pattern == RECOVER)[0]
+        self._recoverers = np.nonzero(np.isin(b.pattern, (RECOVER, SECOND_SIM)))[0]
         self._silent = b.pattern == SILENT
         names = [name for name, _ in cfg.brands]
         self._shapes = [cfg.shape(name) for name in names]
@@ -210,7 +214,7 @@ class Simulation:
             how = None
             if churned:
                 how = "ported_out" if p in PORTS_OUT else "deactivated"
-            has_start = p in (DECLINE_DEACT, DECLINE_PORT, SILENT, RECOVER)
+            has_start = p in (DECLINE_DEACT, DECLINE_PORT, SILENT, RECOVER, SECOND_SIM)
             out.append({
                 "msisdn": b.msisdn[i],
                 "pattern": PATTERNS[p],
@@ -548,6 +552,8 @@ class Simulation:
         p[dec] = 4e-3
         dip = (b.pattern == RECOVER) & (d >= b.p_start) & (d < b.p_start + b.dip_down + b.dip_hold)
         p[dip] = 1e-2
+        leaving = (b.pattern == QUIET) & (d >= b.p_churn - QUIET_COMPLAINT_DAYS) & (d < b.p_churn)
+        p[leaving] = QUIET_COMPLAINT_P
         sec = rng.integers(9 * 3600, 21 * 3600, n)
         who = np.nonzero(using & (rng.random(n) < p) & (sec < cut))[0]
         for i in who.tolist():

@@ -15,6 +15,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 CONTRACT_MD = ROOT.parent / "shared" / "CONTRACT.md"
@@ -99,7 +100,7 @@ def test_compose_cli_accepts_the_file() -> None:
     # Our own PYTHONPATH must not leak into Debian's Python docker-compose.
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     result = subprocess.run(
-        [*command, "--file", str(COMPOSE_FILE), "config", "--quiet"],
+        [*command, "--file", str(COMPOSE_FILE), "--env-file", str(ENV_EXAMPLE), "config", "--quiet"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr + result.stdout
@@ -113,7 +114,7 @@ def test_the_written_out_settings_match_contract_md() -> None:
 
 
 def test_the_stack_has_its_services(services: dict[str, dict[str, Any]]) -> None:
-    assert set(services) == {"kafka", "redis", "prometheus", "grafana", *WORKERS}
+    assert set(services) == {"kafka", "redis", "prometheus", "alertmanager", "grafana", *WORKERS}
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert services["redis"]["image"].startswith("redis:")
     assert services["prometheus"]["image"].startswith("prom/prometheus:")
@@ -148,9 +149,11 @@ def test_worker_runs_against_the_compose_services(
     assert (ROOT / worker["build"]["dockerfile"]) == DOCKERFILE
     assert worker["command"] == ["churnlight", "worker"]
     env = _env(worker)
-    assert set(env) <= SETTINGS, f"not a CONTRACT §7 setting: {set(env) - SETTINGS}"
+    # CONTRACT §4: the bind address is a setting (default loopback); a container must listen on all.
+    assert set(env) <= SETTINGS | {"CHURNLIGHT_BIND"}, f"not a CONTRACT §7 setting: {set(env) - SETTINGS}"
+    assert env["CHURNLIGHT_BIND"] == "0.0.0.0"
     assert env["CHURNLIGHT_KAFKA"] == "kafka:9092"
-    assert env["CHURNLIGHT_REDIS"] == "redis://redis:6379/0"
+    assert env["CHURNLIGHT_REDIS"] == "redis://:${REDIS_PASSWORD}@redis:6379/0"
     assert env["CHURNLIGHT_WEB_PORT"] == "6066"
     assert env["CHURNLIGHT_DATA_DIR"] in _named_volumes(worker)
     health = " ".join(worker["healthcheck"]["test"])
@@ -225,11 +228,30 @@ def _dockerfile() -> list[tuple[str, str]]:
     ]
 
 
-def test_dockerfile_installs_the_project_on_python_311_slim() -> None:
+def test_dockerfile_installs_the_locked_dependencies_then_the_project_on_python_311_slim() -> None:
     instructions = _dockerfile()
-    assert instructions[0] == ("FROM", "python:3.11-slim")
-    assert any(k == "RUN" and re.search(r"\bpip install \.(\s|$)", args) for k, args in instructions)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim", instructions[0][1]) and instructions[0][0] == "FROM"
+    runs = [args for k, args in instructions if k == "RUN"]
+    locked = next(i for i, args in enumerate(runs) if "pip install --require-hashes -r requirements.lock" in args)
+    project = next(i for i, args in enumerate(runs) if re.search(r"\bpip install --no-deps \.(\s|$)", args))
+    assert locked < project
+    assert ("COPY", "requirements.lock ./") in instructions
     assert instructions[-1] == ("CMD", '["churnlight", "worker"]')
+
+
+def test_the_lock_files_pin_every_dependency_with_hashes() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["requires-python"] == ">=3.11,<3.14"
+    for name, wanted in (("requirements.lock", project["dependencies"]),
+                         ("requirements-dev.lock", project["dependencies"] + project["optional-dependencies"]["dev"])):
+        text = (ROOT / name).read_text(encoding="utf-8")
+        pins = dict(re.findall(r"^([a-z0-9._-]+)==(\S+)", text, flags=re.M))
+        for requirement in wanted:
+            # pyproject.toml names ranges, never an exact pin; the lock pins each of them.
+            assert "==" not in requirement and "<" in requirement, requirement
+            assert re.split(r"[<>=!~ ]", requirement)[0].lower() in pins, f"{name} lacks {requirement}"
+        blocks = re.split(r"\n(?=[a-z0-9])", text.split("\n", 2)[2])
+        assert all("--hash=sha256:" in block for block in blocks if "==" in block), name
 
 
 def test_dockerfile_copies_what_pip_install_needs() -> None:
@@ -257,3 +279,44 @@ def test_dockerfile_sets_only_contract_settings() -> None:
         for name in re.findall(r"(CHURNLIGHT_\w+)=", args)
     }
     assert names <= SETTINGS
+
+
+def test_images_are_pinned_to_a_patch_version(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        if "build" in service:
+            continue
+        image = service["image"]
+        assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+(-[a-z0-9.]+)?", image), f"{name}: {image} floats"
+
+
+def test_published_ports_are_bound_to_this_host_only(services: dict[str, dict[str, Any]]) -> None:
+    published = [(name, port) for name, s in services.items() for port in s.get("ports", [])]
+    assert published
+    for name, port in published:
+        assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_credentials_come_from_the_documented_env_file(services: dict[str, dict[str, Any]]) -> None:
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    used = set(re.findall(r"\$\{(\w+)", text))
+    documented = set(re.findall(r"^(\w+)=", ENV_EXAMPLE.read_text(encoding="utf-8"), flags=re.M))
+    assert used == documented == {"REDIS_PASSWORD", "GRAFANA_ADMIN_USER", "GRAFANA_ADMIN_PASSWORD"}
+    # A missing password stops `docker compose` instead of starting an open Redis or Grafana.
+    assert "${REDIS_PASSWORD:?" in " ".join(services["redis"]["command"])
+    assert _env(services["redis"])["REDISCLI_AUTH"] == "${REDIS_PASSWORD}"
+    assert _env(services["grafana"])["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert ".env" in (ROOT / ".gitignore").read_text(encoding="utf-8").split()
+
+
+def test_compose_refuses_to_start_without_the_passwords(tmp_path: Path) -> None:
+    command = _compose_command()
+    if command is None:
+        pytest.skip(f"no Compose CLI here: {INSTALL_HINT}")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD")}
+    (tmp_path / "empty.env").write_text("GRAFANA_ADMIN_USER=admin\n")
+    result = subprocess.run([*command, "--file", str(COMPOSE_FILE), "--env-file", str(tmp_path / "empty.env"),
+                             "config", "--quiet"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "REDIS_PASSWORD" in result.stderr + result.stdout

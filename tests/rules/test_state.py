@@ -251,10 +251,12 @@ def test_other_lifecycle_events_are_signals_only() -> None:
     for kind in ("complaint", "vas_trial_ending"):
         r = run(s, Lifecycle(f"e-{kind}", MSISDN, at(OPEN), kind, None, "music", date(2026, 11, 5)))
         assert (r.outcome, r.lifecycle, r.profile_changed) == ("applied", kind, False)
-    # Equal but for the event ids remembered.
+    # Equal but for the event ids remembered and the complaint's day (a risk feature).
     assert s.seen and s.seen != before.seen
+    assert s.complaint_ords == (OPEN.toordinal(),)
     s.forget_seen()
     before.forget_seen()
+    s.complaint_ords = ()
     assert s == before
 
 
@@ -418,6 +420,15 @@ def states(draw: st.DrawFn) -> SubscriberState:
     s.reasons = tuple(draw(st.lists(st.builds(Reason, st.text(min_size=1, max_size=16), reason_values,
                                               reason_values), max_size=4)))
     s.used = draw(st.sets(st.text(min_size=1, max_size=20), max_size=4))
+    if draw(st.booleans()):  # the risk features' memory (format 3)
+        ords = st.integers(0, 800_000)
+        s.in_sec, s.in_ord, s.prev_fen, s.prev_sec, s.prev_ord, s.last_use_ord = (
+            draw(st.integers(0, 10**9)), draw(ords), draw(st.integers(-10**9, 10**9)), draw(st.integers(0, 10**9)),
+            draw(ords), draw(ords))
+        s.topup_ord, s.topup_fen, s.topup_avg_fen = draw(ords), draw(st.integers(0, 10**9)), draw(
+            st.integers(0, 10**9))
+        s.complaint_ords = tuple(sorted(draw(st.lists(ords, max_size=8))))
+        s.port_requests = draw(st.integers(0, 1000))
     return s
 
 
@@ -464,8 +475,13 @@ def test_typical_subscriber_fits_in_1_kib(seed: int) -> None:
         run(s, Billing(f"{rnd.getrandbits(128):032x}", MSISDN, at(day, 23.95), "balance", None, 8000), open_day=day)
     s.mark_used("contract:2027-06-30:remaining_match")
     s.mark_used("birthday:2026")
+    # Rare events, older than the dedup memory: a top-up, two complaints.
+    run(s, Billing(f"{rnd.getrandbits(128):032x}", MSISDN, at(start, 9), "topup", 10000, 18000), open_day=start)
+    for back in (5, 20):
+        run(s, life("complaint", at(OPEN - timedelta(days=back))))
     data = s.to_bytes()
-    assert len(data) <= 1024, len(data)
+    assert s.last_use_ord and s.in_sec and s.prev_ord and s.topup_ord and len(s.complaint_ords) == 2
+    assert data[0] == 3 and len(data) <= 1024, len(data)
     assert SubscriberState.from_bytes(data) == s
 
 
@@ -542,3 +558,50 @@ def test_the_remembered_local_day_is_the_calendar_s(ts_ms: int, zone: str) -> No
     start = ts_ms - ts_ms % 900_000
     for t in (start, start + 899_999):
         assert local_day(t, tz) == datetime.fromtimestamp(t / 1000, tz).date()
+
+
+# --- the risk features' memory (format 3) ------------------------------------------------------------
+
+
+def test_incoming_minutes_and_the_last_usage_day_are_remembered() -> None:
+    s = SubscriberState()
+    run(s, call(OPEN - timedelta(days=3), 10, direction="in"))
+    run(s, call(OPEN - timedelta(days=3), 5, direction="in"))
+    run(s, Usage("d-1", MSISDN, at(OPEN - timedelta(days=1)), "data", None, 0, 0))  # free data still is usage
+    assert (s.in_sec, s.in_ord) == (900, (OPEN - timedelta(days=3)).toordinal())
+    assert s.last_use_ord == (OPEN - timedelta(days=1)).toordinal()
+    assert s.window(OPEN, 30) == (0, 0)  # incoming minutes are not MOU
+
+
+def test_days_leaving_the_window_make_the_previous_window() -> None:
+    s = SubscriberState()
+    for back in range(60):  # 60 days of 1 CNY and 1 minute
+        run(s, call(OPEN - timedelta(days=60 - back), 1, 100), open_day=OPEN - timedelta(days=59 - back))
+    assert s.window(OPEN, 30) == (3000, 1800)
+    # The 30 days before the window, decayed with a mean life of 30 days: about 30 days' worth less
+    # the decay of the earliest ones, never more than the 30 days.
+    assert 1200 < s.prev_fen < 3000 and 720 < s.prev_sec < 1800
+    assert s.prev_ord == (OPEN - timedelta(days=31)).toordinal()
+
+
+def test_topups_complaints_and_port_out_requests_are_remembered() -> None:
+    s = SubscriberState()
+    for i, fen in enumerate((5000, 5000, 2000)):
+        run(s, Billing(f"t{i}", MSISDN, at(OPEN - timedelta(days=20 - 5 * i)), "topup", fen, None))
+    assert (s.topup_fen, s.topup_avg_fen, s.topup_ord) == (2000, 5000, (OPEN - timedelta(days=10)).toordinal())
+    run(s, Billing("t-late", MSISDN, at(OPEN - timedelta(days=25)), "topup", 1000, None))  # older: earlier ones
+    assert (s.topup_fen, s.topup_avg_fen) == (2000, 3800)
+    for back in (100, 50, 3):
+        run(s, life("complaint", at(OPEN - timedelta(days=back))), open_day=None)
+    assert s.complaint_ords == tuple((OPEN - timedelta(days=b)).toordinal() for b in (50, 3))  # 90 days kept
+    run(s, life("port_out_request", at(OPEN)))
+    run(s, life("port_out_request", at(OPEN)))  # a resend
+    assert s.port_requests == 1
+
+
+def test_a_state_of_format_3_round_trips_and_an_empty_memory_is_written_as_format_2() -> None:
+    s = SubscriberState.from_bytes(V2_STATE)
+    run(s, call(date(2026, 8, 20), 3, direction="in"), open_day=None)
+    data = s.to_bytes()
+    assert data[0] == 3 and SubscriberState.from_bytes(data) == s
+    assert SubscriberState().to_bytes()[0] == 2

@@ -156,6 +156,7 @@ async def test_issued_task_is_published_with_cloudevents_headers(
         ("ce_id", task.task_id.encode()),
         ("ce_time", b"2026-10-03T12:00:00+08:00"),
         ("content-type", b"application/json"),
+        ("ce_dataschema", b"urn:churnlight:schema:retention.tasks.callcentre:v1"),
     ]
     assert read_topic(settings, TASKS_SMS) == []
     # Bookkeeping: sent, in the feed, contact recorded at the task's event time, counted once.

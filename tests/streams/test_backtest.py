@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 from rules.ruleset import load_rule_set
 from streams import backtest
@@ -46,3 +47,70 @@ def test_backtest_command_compares_two_rule_sets_side_by_side(settings: Settings
     # Without a minutes condition (seed 004), the minutes-only decline of 13900000001 raises no alarm.
     assert scores["cmcc-2010"]["light_changes"] > scores["seed-004"]["light_changes"]
     assert scores["cmcc-2010"]["churners"] == 1
+
+
+def _day_lines(msisdn: str, day: int, charge: float, minutes: float) -> bytes:
+    value = {"event_id": f"{msisdn}-{day}", "msisdn": msisdn, "ts": scripted.at(day), "type": "voice",
+             "direction": "out", "minutes": minutes, "charge": charge}
+    return orjson.dumps({"topic": "usage.events", "value": value}) + b"\n"
+
+
+def _small_history(path: Path) -> Path:
+    """45 days: 13900000101 photographed and busy, 13900000102 photographed and quiet, 13900000103
+    not photographed and busy; two records on a topic the contract does not have."""
+    lines = []
+    for msisdn, photo in (("13900000101", True), ("13900000102", True), ("13900000103", False)):
+        profile = {"msisdn": msisdn, "region": "zunyi", "brand": "easyown", "activated_on": "2020-01-01",
+                   "updated_at": scripted.at(0, 0), "photo": {"month": "2026-06", "arpu": 150, "mou": 150} if photo else None}
+        lines.append(orjson.dumps({"topic": "subscriber.profiles", "value": profile}) + b"\n")
+    for day in range(45):
+        lines.append(_day_lines("13900000101", day, 6, 6))
+        lines.append(_day_lines("13900000102", day, 1, 1))
+        lines.append(_day_lines("13900000103", day, 6, 6))
+    lines.insert(5, b'{"topic": "billing.v2", "value": {"msisdn": "13900000101"}}\n')
+    lines.insert(9, b'{"topic": "billing.v2", "value": {"msisdn": "13900000102"}}\n')
+    path.write_bytes(b"".join(lines))
+    return path
+
+
+def test_photo_auto_watches_the_first_complete_window_that_meets_the_thresholds(tmp_path: Path) -> None:
+    history = _small_history(tmp_path / "h.jsonl")
+    rules = tmp_path / "auto.yaml"
+    rules.write_text((Path(backtest.__file__).parent.parent / "rules" / "cmcc-2010.yaml").read_text()
+                     .replace("name: cmcc-2010", "name: cmcc-auto").replace("photo: profile", "photo: auto"))
+    settings = Settings(partitions=4, data_dir=tmp_path)
+    by_profile, auto = backtest.run_many(history, ["cmcc-2010", str(rules)], settings, None)
+    # The profiles photograph 101 and 102; the rule set's own photo (180 CNY and 180 minutes over the
+    # first 30 days against 120 and 100) takes 101 and 103.
+    assert (by_profile.name, by_profile.watched, by_profile.engine) == ("cmcc-2010", 2, "fold")
+    assert (auto.name, auto.watched) == ("cmcc-auto", 2)
+    folded = backtest.run_folded(history, load_rule_set(str(rules)), settings, examples=False)
+    assert folded.watched == {"13900000101", "13900000103"}
+    assert by_profile.unknown_topics == {"billing.v2": 2}
+
+
+def test_records_on_unknown_topics_are_counted_and_shown(settings: Settings, tmp_path: Path) -> None:
+    history = _small_history(tmp_path / "h.jsonl")
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "backtest", str(history)], env=env_of(settings),
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert "records on unknown topics" in done.stdout.decode()
+    assert "billing.v2 2" in done.stderr.decode()
+
+
+@pytest.mark.parametrize("content, field", [
+    (b'{"msisdn": "13900000101", "churn": "2026-08-01"}\n', "churn_date"),
+    (b'{"msisdn": 13900000101, "churn_date": null}\n', "msisdn"),
+    (None, "no such labels file"),
+])
+def test_a_missing_or_malformed_labels_file_is_one_line_naming_the_field(settings: Settings, tmp_path: Path,
+                                                                         content: bytes | None, field: str) -> None:
+    history = _small_history(tmp_path / "h.jsonl")
+    labels = tmp_path / "labels.jsonl"
+    if content is not None:
+        labels.write_bytes(content)
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "backtest", str(history), "--labels", str(labels)],
+                          env=env_of(settings), capture_output=True, timeout=120)
+    assert done.returncode == 2
+    err = [line for line in done.stderr.decode().splitlines() if line.strip()]
+    assert len(err) == 1 and field in err[0] and str(labels.name) in err[0], err

@@ -43,6 +43,15 @@ def _assert_final_state(worker: WorkerProc) -> None:
         assert status == 200, doc
         arpu, mou = scripted.final_window(sub)
         assert (doc["arpu"], doc["mou"]) == (arpu, mou), sub.msisdn
+        # The window's days add up to its figures (the console draws them).
+        assert len(doc["days"]) == 30
+        assert round(sum(d["revenue"] for d in doc["days"]), 2) == arpu, sub.msisdn
+    # Personal data needs the token; health and metrics do not.
+    msisdn = scripted.SUBS[0].msisdn
+    assert worker.get(f"/subscribers/{msisdn}", token=None)[0] == 401
+    assert worker.get(f"/subscribers/{msisdn}", token="not-the-token-at-all")[0] == 401
+    assert worker.get("/health", token=None)[0] == 200
+    assert worker.get("/metrics", token=None)[0] == 200
     expected_final: dict[str, str | None] = {s.msisdn: "green" for s in PHOTOGRAPHED}
     for msisdn, _, light, _ in sorted(scripted.EXPECTED_CHANGES, key=lambda c: c[3]):
         expected_final[msisdn] = light

@@ -64,7 +64,12 @@ def _value(m: Metrics, name: str, **labels: str) -> float | None:
 
 # CONTRACT §9 lists "at least these"; the extras churnlight adds, each documented in streams/metrics.py.
 EXTRA_METRICS = {"churnlight_outcomes_total": ("counter", {"result"}),
-                 "churnlight_rewinds_total": ("counter", {"topic"})}
+                 "churnlight_rewinds_total": ("counter", {"topic"}),
+                 "churnlight_ready": ("gauge", set()),
+                 "churnlight_redis_degraded": ("gauge", set())}
+# The worker process's own figures (prometheus_client's ProcessCollector, from /proc).
+PROCESS_METRICS = {"process_resident_memory_bytes", "process_virtual_memory_bytes", "process_cpu_seconds_total",
+                   "process_open_fds", "process_max_fds", "process_start_time_seconds"}
 
 
 def test_exposed_names_and_types_are_those_of_the_contract_and_the_documented_extras() -> None:
@@ -73,7 +78,26 @@ def test_exposed_names_and_types_are_those_of_the_contract_and_the_documented_ex
     m.outcome("unknown_task")
     m.rewind("usage.events")
     types = _types(m.render().decode())
-    assert types == {name: kind for name, (kind, _) in {**CONTRACT_METRICS, **EXTRA_METRICS}.items()}
+    ours = {name: kind for name, kind in types.items() if name.startswith("churnlight_")}
+    assert ours == {name: kind for name, (kind, _) in {**CONTRACT_METRICS, **EXTRA_METRICS}.items()}
+    assert set(types) - set(ours) <= PROCESS_METRICS | {"process_network_receive_bytes_total",
+                                                         "process_network_transmit_bytes_total"}
+
+
+def test_the_process_memory_cpu_and_open_files_are_exposed() -> None:
+    text = Metrics().render().decode()
+    values = {name: value for name, labels, value in _samples(text) if not labels}
+    assert PROCESS_METRICS <= set(values)
+    assert values["process_resident_memory_bytes"] > 10 * 2**20
+    assert values["process_open_fds"] >= 3
+
+
+def test_health_gauges_say_what_health_says() -> None:
+    m = Metrics()
+    m.set_health(ready=False, redis_degraded=True)
+    assert (_value(m, "churnlight_ready"), _value(m, "churnlight_redis_degraded")) == (0, 1)
+    m.set_health(ready=True, redis_degraded=False)
+    assert (_value(m, "churnlight_ready"), _value(m, "churnlight_redis_degraded")) == (1, 0)
 
 
 def test_label_names_are_exactly_those_of_the_contract() -> None:
@@ -81,6 +105,8 @@ def test_label_names_are_exactly_those_of_the_contract() -> None:
     _exercise(m)
     seen: dict[str, set[frozenset[str]]] = {}
     for name, labels, _ in _samples(m.render().decode()):
+        if not name.startswith("churnlight_"):
+            continue
         family = re.sub(r"_(bucket|count|sum)$", "", name)
         if family not in CONTRACT_METRICS:  # e.g. churnlight_events_total stays itself
             family = name
@@ -150,8 +176,8 @@ def test_closed_labels_reject_values_outside_their_set(call) -> None:  # type: i
     m = Metrics()
     with pytest.raises(ValueError):
         call(m)
-    # Nothing half-recorded.
-    assert not _samples(m.render().decode())
+    # Nothing half-recorded (the unlabelled process and health figures are always there).
+    assert not [sample for sample in _samples(m.render().decode()) if sample[1]]
 
 
 def test_every_dead_letter_code_is_accepted() -> None:

@@ -1,0 +1,1 @@
+"""The retention managers' web console (`churnlight console`)."""
