@@ -155,7 +155,7 @@ def row(state: SubscriberState, open_day: date, rules: RuleSet, tz: ZoneInfo) ->
         NAN if activated is None else (o - activated.toordinal()) / MONTH_DAYS,
         NAN if activated is None else float(_days_to_anniversary(activated, open_day)),
         NAN if contract is None else float((contract.ends_on - open_day).days),
-        NAN if contract is None else _ratio(state.contract_spent_fen, contract.committed_fen),
+        NAN if contract is None else _ratio(state.contract_spend(open_day), contract.committed_fen),
         float(sum(1 for d in complaints if o - 30 <= d < o)),
         float(sum(1 for d in complaints if o - 90 <= d < o)),
         float(state.port_requests),

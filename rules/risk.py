@@ -176,7 +176,7 @@ def call_list(states: Mapping[str, SubscriberState], model: RiskModel, open_day:
         who = SubscriberFacts(msisdn, s.region or "unknown", s.brand or "unknown", s.segment, s.activated_on,
                               s.birthday, s.prepaid, s.light)
         c = s.contract
-        terms = None if c is None else ContractTerms(c.ends_on, c.committed_fen, s.contract_spent_fen)
+        terms = None if c is None else ContractTerms(c.ends_on, c.committed_fen, s.contract_spend(open_day))
         offer, _ = light_offer(who, terms, open_day, rules)
         out.append(Call(mask(msisdn), round(float(risk[i]), 4), round(float(saved[i]), 2), arpu[i], s.light,
                         reasons[i], None if offer is None else {"code": offer.code, "detail": offer.detail}))

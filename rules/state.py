@@ -161,6 +161,7 @@ class SubscriberState:
         "photo",
         "contract",
         "contract_spent_fen",
+        "contract_from",
         "balance_fen",
         "balance_ms",
         "churned",
@@ -204,6 +205,9 @@ class SubscriberState:
         self.photo: Photo | None = None
         self.contract: Contract | None = None
         self.contract_spent_fen = 0
+        # The first local day ordinal whose revenue counts against the contract (contract_spend);
+        # None: every day in the buckets.
+        self.contract_from: int | None = None
         self.balance_fen: int | None = None
         self.balance_ms: int | None = None  # event time of the balance reading
         self.churned: Churn | None = None
@@ -292,6 +296,12 @@ class SubscriberState:
             if offsets[0] < cut:
                 n = bisect_left(offsets, cut)
                 first = self.day_first
+                if self.contract is not None:
+                    # Leaving the buckets, the counted days' revenue stays in the contract's spend
+                    # (contract_spend sums the buckets on top of contract_spent_fen).
+                    start = self.contract_from
+                    self.contract_spent_fen += sum(fen for k, fen in zip(offsets[:n], self.day_fen[:n])
+                                                   if start is None or self.day_first + k >= start)
                 for k, fen, sec in zip(offsets[:n], self.day_fen[:n], self.day_sec[:n]):
                     since = self.prev_ord
                     self.prev_fen, _ = decayed_add(self.prev_fen, since, fen, first + k)
@@ -393,8 +403,6 @@ class SubscriberState:
         except OverflowError:
             self.day_fen, self.day_sec = array("q", self.day_fen), array("q", self.day_sec)
             self.day_fen[i], self.day_sec[i] = total_fen, total_seconds
-        if self.contract is not None:
-            self.contract_spent_fen += fen
 
     def _profile_fields(self) -> tuple[object, ...]:
         return (
@@ -409,11 +417,24 @@ class SubscriberState:
             self.contract,
         )
 
-    def _set_profile(self, p: Profile) -> None:
+    def contract_spend(self, day: date) -> int:
+        """Return the contract's spend (fen) as the local `day` opens: its `spent` when written plus
+        the revenue of the days from then to `day` (CONTRACT §5), in event time: the same whatever
+        order the events were read in."""
+        total = self.contract_spent_fen
+        first, start, end = self.day_first, self.contract_from, day.toordinal()
+        for k, fen in zip(self.day_off, self.day_fen):
+            if first + k >= end:
+                break
+            if start is None or first + k >= start:
+                total += fen
+        return total
+
+    def _set_profile(self, p: Profile, counted_from: int | None = None) -> None:
         self.has_profile = True
         self.region, self.brand, self.segment = p.region, p.brand, p.segment
         self.activated_on, self.birthday, self.prepaid = p.activated_on, p.birthday, p.prepaid
-        self._set_contract(p.contract)
+        self._set_contract(p.contract, counted_from)
         self.photo = p.photo
         if p.photo is None:
             self._clear_light()
@@ -430,9 +451,12 @@ class SubscriberState:
         self._set_contract(None)
         self._clear_light()
 
-    def _set_contract(self, contract: Contract | None) -> None:
+    def _set_contract(self, contract: Contract | None, counted_from: int | None = None) -> None:
+        """Take `contract`, whose `spent` covers the revenue before local day ordinal `counted_from`
+        (None: every day in the buckets now)."""
         self.contract = contract
         self.contract_spent_fen = 0 if contract is None else contract.spent_fen
+        self.contract_from = None if contract is None else counted_from
 
     def _clear_light(self) -> None:
         self.light, self.light_since_ms, self.reasons = None, None, ()
@@ -466,7 +490,10 @@ class SubscriberState:
             None if self.activated_on is None else self.activated_on.toordinal(),
             None if photo is None else [photo.month, photo.arpu_fen, photo.mou_seconds],
             None if c is None else [c.ends_on.toordinal(), c.committed_fen, c.spent_fen,
-                                    None if c.starts_on is None else c.starts_on.toordinal()],
+                                    None if c.starts_on is None else c.starts_on.toordinal(),
+                                    # days before the end: shorter than an ordinal
+                                    *(() if self.contract_from is None else (
+                                        c.ends_on.toordinal() - self.contract_from,))],
             self.contract_spent_fen, self.balance_fen, self.balance_ms, self.churned_ms,
             self.port_out_request_ms, self.light_since_ms,
             [[r.code, r.value, r.threshold] for r in self.reasons] if self.reasons else (),
@@ -550,9 +577,12 @@ class SubscriberState:
         if photo is not None:
             s.photo = Photo(*photo)
         if contract is not None:
-            ends, committed, spent, starts = contract
+            # A fifth item (since 2026-12-05): the first day counted against the contract, as days
+            # before the contract's end.
+            ends, committed, spent, starts, *counted_from = contract
             s.contract = Contract(date.fromordinal(ends), committed, spent,
                                   None if starts is None else date.fromordinal(starts))
+            s.contract_from = ends - counted_from[0] if counted_from else None
         s.reasons = tuple(Reason(code, value, threshold) for code, value, threshold in reasons)
         s.used = frozenset(used) if used else _NO_KEYS
         n = r.uint()
@@ -698,7 +728,7 @@ def apply(
     if kind is Profile:
         assert isinstance(event, Profile)
         before = state._profile_fields()
-        state._set_profile(event)
+        state._set_profile(event, _counted_from(event.updated_at_ms, tz, open_day))
         return Applied("applied", balance, balance, None, state._profile_fields() != before)
     if kind is ProfileDeleted:
         before = state._profile_fields()
@@ -729,7 +759,7 @@ def apply(
             state.balance_fen, state.balance_ms = event.balance_fen, event.ts_ms
     elif isinstance(event, Lifecycle):
         lifecycle = event.type
-        _lifecycle(state, event)
+        _lifecycle(state, event, _counted_from(event.ts_ms, tz, open_day))
         if lifecycle == "complaint":
             _complaint(state, day.toordinal())
         elif lifecycle == "port_out_request":
@@ -806,7 +836,17 @@ def _complaint(state: SubscriberState, day: int) -> None:
     state.complaint_ords = tuple(d for d in days if d > newest - COMPLAINT_DAYS)[-MAX_COMPLAINTS:]
 
 
-def _lifecycle(state: SubscriberState, event: Lifecycle) -> None:
+def _counted_from(ts_ms: int | None, tz: ZoneInfo, open_day: date | None) -> int | None:
+    """Return the first local day ordinal whose revenue counts against a contract written at
+    `ts_ms`: its day when written at local midnight, else the next (the contract's `spent` holds
+    that day's revenue so far); without a time, the open day (None before any: every day)."""
+    if ts_ms is None:
+        return None if open_day is None else open_day.toordinal()
+    day = local_day(ts_ms, tz)
+    return day.toordinal() if day_start_ms(day, tz) == ts_ms else day.toordinal() + 1
+
+
+def _lifecycle(state: SubscriberState, event: Lifecycle, counted_from: int | None = None) -> None:
     kind, ts = event.type, event.ts_ms
     if kind in ("deactivated", "ported_out", "reactivated"):
         # Churn status follows the newest event time, so a late, older status cannot undo it.
@@ -823,7 +863,7 @@ def _lifecycle(state: SubscriberState, event: Lifecycle) -> None:
         if state.port_out_request_ms is not None and ts >= state.port_out_request_ms:
             state.port_out_request_ms = None
     elif kind == "contract_signed":
-        state._set_contract(event.contract)
+        state._set_contract(event.contract, counted_from)
     # vas_trial_ending and complaint are signals for the task side only.
 
 

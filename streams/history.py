@@ -53,9 +53,9 @@ def _facts(msisdn: str, s: SubscriberState) -> SubscriberFacts:
                            s.birthday, s.prepaid, s.light)
 
 
-def _contract(s: SubscriberState) -> ContractTerms | None:
+def _contract(s: SubscriberState, day: date) -> ContractTerms | None:
     c = s.contract
-    return None if c is None else ContractTerms(c.ends_on, c.committed_fen, s.contract_spent_fen)
+    return None if c is None else ContractTerms(c.ends_on, c.committed_fen, s.contract_spend(day))
 
 
 def auto_photo(state: SubscriberState, open_day: date, rules: RuleSet) -> Photo | None:
@@ -109,7 +109,8 @@ def fold(path: Path, rules: RuleSet, tz: ZoneInfo, *, salt: str = "churnlight", 
         run.changes.append({"msisdn": msisdn, "previous": change.previous, "light": change.light,
                             "at": local_day(at_ms, tz).isoformat()})
         if lights.is_worsening(change.previous, change.light):
-            for task in triggers.light_tasks(change, _facts(msisdn, s), _contract(s), rules, tz):
+            terms = _contract(s, local_day(at_ms, tz))
+            for task in triggers.light_tasks(change, _facts(msisdn, s), terms, rules, tz):
                 decide_task(task, s)
 
     def take_photos(day: date) -> None:
@@ -141,7 +142,7 @@ def fold(path: Path, rules: RuleSet, tz: ZoneInfo, *, salt: str = "churnlight", 
                     evaluate(msisdn, s, at_ms, open_day)
             for msisdn, s in states.items():
                 if s.has_profile and decide_tasks:
-                    for keyed in triggers.day_open_tasks(_facts(msisdn, s), _contract(s), open_day, s.used, rules,
+                    for keyed in triggers.day_open_tasks(_facts(msisdn, s), _contract(s, open_day), open_day, s.used, rules,
                                                          tz):
                         decide_task(keyed.task, s)
                         s.mark_used(keyed.key)

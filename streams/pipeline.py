@@ -449,7 +449,8 @@ class Pipeline:
                 "mou": round(state.photo.mou_seconds / 60, 2)},
             "contract": None if c is None else {
                 "starts_on": c.starts_on.isoformat() if c.starts_on else None, "ends_on": c.ends_on.isoformat(),
-                "committed": c.committed_fen / 100, "spent": state.contract_spent_fen / 100},
+                "committed": c.committed_fen / 100,
+                "spent": state.contract_spend(open_day or local_day(int(time.time() * 1000), self.tz)) / 100},
             "prepaid": state.prepaid,
             "balance": None if state.balance_fen is None else state.balance_fen / 100,
             "churned": state.churned,
@@ -1085,14 +1086,15 @@ class Pipeline:
             return
         await self._emit_light(key, state, change)
         if self.tasks is not None and lights.is_worsening(change.previous, change.light):
-            for task in triggers.light_tasks(change, self._facts(key, state), self._contract(state), self.rules,
+            terms = self._contract(state, local_day(at_ms, self.tz))
+            for task in triggers.light_tasks(change, self._facts(key, state), terms, self.rules,
                                              self.tz):
                 self._decide(task, state, trigger_ts)
 
     def _day_open(self, p: int, key: bytes, state: SubscriberState, day: date, at_ms: int) -> None:
         if self.tasks is None:
             return
-        for keyed in triggers.day_open_tasks(self._facts(key, state), self._contract(state), day, state.used,
+        for keyed in triggers.day_open_tasks(self._facts(key, state), self._contract(state, day), day, state.used,
                                              self.rules, self.tz):
             self._decide(keyed.task, state, None)
             state.mark_used(keyed.key)
@@ -1191,9 +1193,9 @@ class Pipeline:
                                s.activated_on, s.birthday, s.prepaid, s.light)
 
     @staticmethod
-    def _contract(s: SubscriberState) -> ContractTerms | None:
+    def _contract(s: SubscriberState, day: date) -> ContractTerms | None:
         c = s.contract
-        return None if c is None else ContractTerms(c.ends_on, c.committed_fen, s.contract_spent_fen)
+        return None if c is None else ContractTerms(c.ends_on, c.committed_fen, s.contract_spend(day))
 
     # --- outputs -------------------------------------------------------------------------------
 

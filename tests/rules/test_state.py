@@ -231,17 +231,39 @@ def test_deactivated_until_reactivated() -> None:
     assert s.churned is None
 
 
-def test_contract_spend_is_profile_spent_plus_revenue_since() -> None:
+def test_contract_spend_is_profile_spent_plus_revenue_of_the_days_after_it_was_written() -> None:
     s = SubscriberState()
-    run(s, fee(OPEN, 500))  # before any contract: not counted against it
-    run(s, profile(contract=Contract(date(2027, 6, 30), 300000, 120000)))
-    run(s, fee(OPEN, 700))
-    run(s, fee(OPEN, -200, kind="adjustment"))
-    assert s.contract_spent_fen == 120500
-    run(s, life("contract_signed", at(OPEN, 14), Contract(date(2028, 6, 30), 500000, 0)))
-    run(s, call(OPEN, 3, 90))
+    day1, day2, day3 = OPEN + timedelta(days=1), OPEN + timedelta(days=2), OPEN + timedelta(days=3)
+    run(s, fee(OPEN, 500))  # the profile's `spent` covers its own day so far
+    run(s, profile(contract=Contract(date(2027, 6, 30), 300000, 120000), updated_at_ms=at(OPEN, 14)))
+    run(s, fee(OPEN, 300, hour=20))  # the profile's day: not counted again
+    run(s, fee(day1, 700))
+    run(s, fee(day1, -200, kind="adjustment"))
+    assert s.contract_spend(day1) == 120000
+    assert s.contract_spend(day2) == 120500
+    # A contract signed at local midnight counts its own day.
+    run(s, life("contract_signed", day_start_ms(day2, TZ), Contract(date(2028, 6, 30), 500000, 0)))
+    run(s, call(day2, 3, 90))
     assert s.contract is not None and s.contract.ends_on == date(2028, 6, 30)
-    assert s.contract_spent_fen == 90
+    assert (s.contract_spend(day2), s.contract_spend(day3)) == (0, 90)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.permutations(range(6)), st.integers(0, 40))
+def test_contract_spend_does_not_depend_on_the_order_of_reading(order: list[int], days_later: int) -> None:
+    """Issue 13: a profile read after some of its subscriber's usage, or before, gives one spend."""
+    base = OPEN - timedelta(days=5)
+    events: list[Event] = [
+        profile(contract=Contract(date(2027, 6, 30), 300000, 1000), updated_at_ms=day_start_ms(base, TZ)),
+        fee(base, 100), call(base + timedelta(days=1), 2, 40), fee(base + timedelta(days=2), 250),
+        call(base - timedelta(days=1), 2, 999), fee(base + timedelta(days=3), -50, kind="adjustment"),
+    ]
+    s = SubscriberState()
+    for i in order:
+        run(s, events[i], open_day=base - timedelta(days=2))
+    later = base + timedelta(days=4 + days_later)
+    s.prune(later, TZ, RULES.window_days)  # days leaving the window stay in the spend
+    assert s.contract_spend(later) == 1000 + 100 + 40 + 250 - 50
 
 
 def test_other_lifecycle_events_are_signals_only() -> None:
