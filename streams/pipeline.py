@@ -615,20 +615,29 @@ class Pipeline:
             clock.offsets[base] = offset
             self._dirty_clocks.add(p)
             try:
-                await self._record(p, clock, base, tp, msg)
+                stamp = msg.timestamp
+                self._record_ms = None if stamp is None else int(stamp * 1000)
+                result = decode(base, msg.key, msg.value, self._future_reference(clock))
+                if type(result) is Usage and clock.suspect is None and (
+                        result.ts_ms <= clock.max_ts.get(USAGE, result.ts_ms) + OUTLIER_MS):
+                    # The bulk of the traffic, without a coroutine: nothing in it waits.
+                    moved = clock.observe(base, result.ts_ms)
+                    if self._moves(p, clock, base, tp, moved) and self._watermark(p, clock):
+                        await self._advance(p, clock)
+                    self._apply_usage(p, result, msg.key, clock)
+                else:
+                    await self._record(p, clock, base, tp, msg, result)
             except Exception as exc:
                 # The record is valid, yet applying it (or what it released) raised: it goes to
                 # the dead letters on its own and the partition goes on (issue 13).
                 self._failed(base, msg.key, msg.value, _headers(msg.headers), _source(msg), exc)
 
-    async def _record(self, p: int, clock: PartitionClock, base: str, tp: TP, msg: Any) -> None:
-        self._record_ms = None if msg.timestamp is None else int(msg.timestamp * 1000)
-        result = decode(base, msg.key, msg.value, self._future_reference(clock))
+    async def _record(self, p: int, clock: PartitionClock, base: str, tp: TP, msg: Any,
+                      result: Event | Rejection) -> None:
+        """Take one decoded record other than the usual usage event (which `_records` takes inline)."""
         if type(result) is Usage:
-            if clock.suspect is not None or result.ts_ms > clock.max_ts.get(USAGE, result.ts_ms) + OUTLIER_MS:
-                if not await self._suspect(p, clock, tp, msg, result.ts_ms):
-                    return
-            # The bulk of the traffic, without a coroutine: nothing in it waits.
+            if not await self._suspect(p, clock, tp, msg, result.ts_ms):
+                return
             moved = clock.observe(base, result.ts_ms)
             if self._moves(p, clock, base, tp, moved) and self._watermark(p, clock):
                 await self._advance(p, clock)
