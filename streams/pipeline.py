@@ -42,7 +42,6 @@ from sinks.outcomes import OutcomeStore
 from sinks.redis_store import Stopped
 from streams.changelog import ChangelogWriter
 from streams.faults import NONE as NO_FAULTS, Faults
-from streams.recovery import LAST_WRITE_KEY
 from streams.outputs import STATE, deadletter_id, light_id, task_identity
 from streams.logs import DEADLETTER_LOG
 from streams.metrics import Metrics, RegionKpis
@@ -104,7 +103,7 @@ class PartitionClock:
     """Event-time bookkeeping of one partition (CONTRACT §5, §7), persisted in the changelog."""
 
     __slots__ = ("max_ts", "offsets", "watermark_ms", "first_ts", "first_day", "open_day", "parked", "out",
-                 "suspect")
+                 "suspect", "write")
 
     def __init__(self) -> None:
         self.max_ts: dict[str, int] = {}
@@ -135,6 +134,9 @@ class PartitionClock:
         # A usage record far ahead of the partition's latest usage time, held until the next
         # usage record says whether time moved (streams.pipeline.OUTLIER_MS); at most one.
         self.suspect: Parked | None = None
+        # The number of the state write this record closes (streams.recovery rolls back a write
+        # whose clock record never came); the next write of any partition takes a higher one.
+        self.write = 0
 
     def observe(self, topic: str, ts_ms: int) -> bool:
         """Take in an event time of `topic`; say whether the topic's latest time moved."""
@@ -184,6 +186,7 @@ class PartitionClock:
             "of": self.offsets,
             "out": self.out,
             "su": self.suspect,
+            "w": self.write,
         })
 
     @classmethod
@@ -202,6 +205,7 @@ class PartitionClock:
         clock.offsets = {str(k): int(v) for k, v in doc.get("of", {}).items()}
         clock.out = {str(k): int(v) for k, v in doc.get("out", {}).items()}
         clock.suspect = None if doc.get("su") is None else _parked(doc["su"], USAGE)
+        clock.write = int(doc.get("w", 0))
         return clock
 
 
@@ -478,7 +482,6 @@ class Pipeline:
         self.watched = {p: set() for p in owned}
         self.dated = {p: set() for p in owned}
         started = time.monotonic() if started is None else started
-        self._write_no = max(self._write_no, int(data.get(LAST_WRITE_KEY, b"0")))
         changelog = self.changelog.topic if self.changelog is not None else "state-changelog"
         corrupt: list[tuple[int, bytes, bytes, str]] = []
         for key, value in data.items():
@@ -527,6 +530,7 @@ class Pipeline:
             self.watched[p], self.dated[p] = set(), set()
         for p in owned:
             self.clocks.setdefault(p, PartitionClock())
+        self._write_no = max([self._write_no, *(clock.write for clock in self.clocks.values())])
         self._rewinds.clear()
         # A day close that waited for its records to age (FRESH_MS) is not in the changelog: every
         # partition is looked at again at once, with what the loaded clocks say.
@@ -909,6 +913,7 @@ class Pipeline:
                 # Every output so far is acknowledged (the batches' commits waited for them): what
                 # the records after this state produce lands past these offsets.
                 clock.out.update(self.output_ends)
+                clock.write = number
                 # Last, and always: the clock record closes this write of the partition (a write
                 # without it is rolled back at recovery, streams.recovery).
                 changelog.write(p, META_PREFIX + str(p).encode(), clock.to_bytes(), number)

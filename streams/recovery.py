@@ -23,8 +23,6 @@ log = logging.getLogger(__name__)
 
 # A partition's clock record (streams.pipeline.META_PREFIX) closes a state write.
 CLOCK_PREFIX = b"~p:"
-# Not a changelog key: where read_changelog puts the number of the newest state write it saw.
-LAST_WRITE_KEY = b"~write"
 
 # No record for this long while partitions are still short of their end: the broker is away.
 STALL_S = 60.0
@@ -118,6 +116,4 @@ def read_changelog(settings: Settings, partitions: set[int], *,
                         "are rolled back", topic, p, write, len(replaced[p]))
             for key, before in replaced[p].items():
                 latest[key] = before
-    found = {k: v for k, v in latest.items() if v is not None}
-    found[LAST_WRITE_KEY] = str(max(newest.values(), default=0)).encode()
-    return found
+    return {k: v for k, v in latest.items() if v is not None}

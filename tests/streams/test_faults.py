@@ -32,7 +32,10 @@ from pydantic import SecretStr
 from streams.embedded import EmbeddedStack, free_port
 from streams.faults import POINTS
 from streams.settings import Settings
-from tests.conftest import WorkerProc, consume_all, env_of, produce
+from streams.changelog import ChangelogWriter
+from streams.pipeline import partition_of
+from streams.topics import changelog_topic
+from tests.conftest import API_TOKEN, WorkerProc, consume_all, env_of, produce, wait_for
 from tests.streams import scripted_tasks as st
 
 TASK_TOPICS = ("retention.tasks.callcentre", "retention.tasks.sms")
@@ -95,6 +98,7 @@ def _tenant(stack: EmbeddedStack, tmp_path: Path, name: str) -> Settings:
         kafka=stack.kafka,
         redis=SecretStr(stack.redis.rsplit("/", 1)[0] + f"/{next(_dbs)}"),
         topic_prefix=f"f{uuid.uuid4().hex[:8]}.", partitions=4, web_port=free_port(), web_host="127.0.0.1",
+        api_token=SecretStr(API_TOKEN),
         data_dir=tmp_path / name / "data",
         # A state write after every batch of 100 records: many points to crash at.
         commit_interval_s=0.0, batch_max=100,
@@ -224,3 +228,59 @@ def test_a_crash_at_a_chosen_point_changes_nothing_and_sends_nothing_twice(
 def test_fault_battery(point: str, seed: int, reference: dict[int, Outputs], stack: EmbeddedStack,
                        tmp_path: Path) -> None:
     _check(f"{point}:{1 + seed}", seed, reference, stack, tmp_path)
+
+
+def test_a_corrupt_state_record_is_skipped_dead_lettered_and_the_rest_loads(
+        stack: EmbeddedStack, tmp_path: Path) -> None:
+    settings = _tenant(stack, tmp_path, "corrupt")
+    records = _history(0)
+    client = redis_lib.Redis.from_url(settings.redis.get_secret_value())  # type: ignore[union-attr]
+    client.flushdb()
+    produce(settings, records)
+    worker = WorkerProc(settings, tmp_path / "corrupt.log").start()
+    _settle(worker, client, settings)
+    before = _collect(worker, settings, client)
+    worker.stop()
+    # One subscriber's state garbage, another's truncated: as a bad disk or a bad write leaves them.
+    writer = ChangelogWriter(settings, changelog_topic(settings))
+    garbage, truncated = st.T3, st.T5
+    for msisdn, value in ((garbage, b"\x07garbage"), (truncated, b"\x02\x81")):
+        writer.write(partition_of(msisdn.encode(), settings.partitions), msisdn.encode(), value)
+    import asyncio
+    asyncio.run(writer.flush())
+
+    worker = WorkerProc(settings, tmp_path / "corrupt.log").start(timeout_s=60)  # healthy: the load went on
+    try:
+        wait_for(lambda: sum(1 for m in consume_all(settings, "churn.deadletter", idle_s=1.0)
+                             if dict(m.headers() or [])["error"] == b"corrupt_state") == 2,
+                 timeout_s=30, what="both corrupt records dead-lettered")
+        dead = [m for m in consume_all(settings, "churn.deadletter", idle_s=1.0)
+                if dict(m.headers() or [])["error"] == b"corrupt_state"]
+        assert sorted(m.key().decode() for m in dead) == sorted([garbage, truncated])
+        assert all(dict(m.headers() or [])["source"].decode().startswith(changelog_topic(settings)) for m in dead)
+        after = _collect(worker, settings, client)
+        # The others are intact; the two start empty (CONTRACT: never applied twice, never invented).
+        for msisdn, window in before.windows.items():
+            if msisdn not in (garbage, truncated):
+                assert after.windows[msisdn] == window, msisdn
+        assert worker.metric("churnlight_deadletter_total", error="corrupt_state") == 2
+        text = (tmp_path / "corrupt.log").read_text()
+        assert garbage not in text and truncated not in text  # masked in the log
+    finally:
+        worker.stop()
+        client.flushdb()
+
+
+def test_health_is_503_while_the_broker_does_not_answer(worker: WorkerProc, stack: EmbeddedStack) -> None:
+    import os
+    import signal
+
+    worker.start()
+    tansu = stack._procs[0]
+    os.kill(tansu.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: worker.get("/health")[0] == 503, timeout_s=20, what="health 503 with the broker paused")
+        assert worker.get("/health")[1]["broker"] is False
+    finally:
+        os.kill(tansu.pid, signal.SIGCONT)
+    wait_for(lambda: worker.get("/health")[0] == 200, timeout_s=30, what="health 200 with the broker back")

@@ -10,6 +10,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from rules.events import ERRORS
+from rules.labels import OTHER
 from streams.metrics import END_TO_END_BUCKETS_S, INVALID, Metrics, RegionKpis
 
 # CONTRACT §9, written out: a change there must be a deliberate change here.
@@ -140,8 +141,34 @@ def test_free_labels_that_look_like_an_msisdn_become_invalid() -> None:
     values = {v for _, labels, _ in samples for v in labels.values()}
     assert not {v for v in values if MSISDN_LIKE.match(v)}
     assert INVALID in values
-    assert _value(m, "churnlight_lights", light="yellow", region=INVALID, brand=INVALID) == 7
+    # Regions and brands are a closed set (rules.labels): a phone number is "other".
+    assert _value(m, "churnlight_lights", light="yellow", region=OTHER, brand=OTHER) == 7
     assert _value(m, "churnlight_events_total", topic=INVALID, outcome="duplicate") == 1
+
+
+def test_regions_and_brands_outside_the_rule_sets_lists_count_as_other_and_are_logged_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    m = Metrics()
+    m.use_labels(frozenset({"zunyi"}), frozenset({"gotone", "mzone"}))
+    counts = {("red", "zunyi", "gotone"): 2, ("red", "tel:13811112222", "gotone"): 1,
+              ("red", "zunyi", "13811113333 "): 4, ("green", "guiyang", "mzone"): 3}
+    with caplog.at_level("WARNING"):
+        m.set_lights(counts)
+        m.set_lights(counts)
+    assert _value(m, "churnlight_lights", light="red", region="zunyi", brand="gotone") == 2
+    assert _value(m, "churnlight_lights", light="red", region=OTHER, brand="gotone") == 1
+    assert _value(m, "churnlight_lights", light="red", region="zunyi", brand=OTHER) == 4
+    assert _value(m, "churnlight_lights", light="green", region=OTHER, brand="mzone") == 3
+    noticed = [r.getMessage() for r in caplog.records if "not in the rule set's labels" in r.getMessage()]
+    assert len(noticed) == 3  # once per value, not once per update
+    assert not any(re.search(r"\d{5}", line) for line in noticed)
+
+
+def test_without_lists_labels_are_short_words_and_capped() -> None:
+    m = Metrics()
+    m.set_lights({("red", f"r{i:02x}", "gotone"): 1 for i in range(70)} | {("red", "Zunyi City!", "gotone"): 1})
+    regions = {labels["region"] for name, labels, _ in _samples(m.render().decode()) if name == "churnlight_lights"}
+    assert len(regions) == 65 and OTHER in regions  # 64 words, the rest "other"
 
 
 def test_ordinary_free_labels_pass_unchanged() -> None:
@@ -231,10 +258,10 @@ def test_set_lights_replaces_the_whole_gauge() -> None:
     assert not [s for s in _samples(m.render().decode()) if s[0] == "churnlight_lights"]
 
 
-def test_set_lights_adds_up_regions_that_are_both_invalid() -> None:
+def test_set_lights_adds_up_regions_that_both_become_other() -> None:
     m = Metrics()
     m.set_lights({("green", "13800000001", "gotone"): 2, ("green", "13800000002", "gotone"): 3})
-    assert _value(m, "churnlight_lights", light="green", region=INVALID, brand="gotone") == 5
+    assert _value(m, "churnlight_lights", light="green", region=OTHER, brand="gotone") == 5
 
 
 def test_set_lags_drops_revoked_partitions() -> None:
