@@ -472,7 +472,8 @@ class Pipeline:
         clock = self.clocks[p] = PartitionClock()
         return clock
 
-    def load(self, owned: set[int], data: dict[bytes, bytes], generation: Any, *, started: float | None = None) -> None:
+    def load(self, owned: set[int], data: dict[bytes, bytes], generation: Any, *, started: float | None = None,
+             last_write: int = 0) -> None:
         """Replace the state with what the changelog holds for partitions `owned` (after a rebalance).
 
         `started` is when reading the changelog began (time.monotonic), for the log line.
@@ -530,7 +531,8 @@ class Pipeline:
             self.watched[p], self.dated[p] = set(), set()
         for p in owned:
             self.clocks.setdefault(p, PartitionClock())
-        self._write_no = max([self._write_no, *(clock.write for clock in self.clocks.values())])
+        # Past every write the changelog holds, a rolled-back one's too: a number is never reused.
+        self._write_no = max([self._write_no, last_write, *(clock.write for clock in self.clocks.values())])
         self._rewinds.clear()
         # A day close that waited for its records to age (FRESH_MS) is not in the changelog: every
         # partition is looked at again at once, with what the loaded clocks say.
@@ -1003,7 +1005,8 @@ class Pipeline:
             cap = day_start_ms(clock.open_day + timedelta(days=1), self.tz) - 1
             if watermark > cap:
                 clock.watermark_ms = watermark = cap if before is None else max(cap, before)
-                self._deferred[p] = max(fresh, self._deferred.get(p, fresh))
+                # The first record that waited: under live traffic the newest is always fresh.
+                self._deferred.setdefault(p, fresh)
         if watermark != before:
             self._dirty_clocks.add(p)
         if watermark is None:

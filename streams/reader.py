@@ -194,10 +194,12 @@ class Reader:
         def stale() -> bool:
             return self._revocations != revocations or self._stopping
 
-        data = await loop.run_in_executor(None, lambda: read_changelog(self.settings, owned, cancelled=stale))
+        writes: dict[int, int] = {}
+        data = await loop.run_in_executor(
+            None, lambda: read_changelog(self.settings, owned, cancelled=stale, writes=writes))
         if stale() or self.app.consumer_generation_id != generation:
             return  # a rebalance came while reading: the next assignment loads again
-        self.pipeline.load(owned, data, generation, started=started)
+        self.pipeline.load(owned, data, generation, started=started, last_write=max(writes.values(), default=0))
         del data
         # What this state's records produced before a crash is on the output topics already.
         published, ends = await loop.run_in_executor(

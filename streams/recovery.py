@@ -32,9 +32,11 @@ class RecoveryError(RuntimeError):
     """The changelog could not be read to its end."""
 
 
-def read_changelog(settings: Settings, partitions: set[int], *,
-                   cancelled: Callable[[], bool] = lambda: False) -> dict[bytes, bytes]:
+def read_changelog(settings: Settings, partitions: set[int], *, cancelled: Callable[[], bool] = lambda: False,
+                   writes: dict[int, int] | None = None) -> dict[bytes, bytes]:
     """Return the latest value of every key in `partitions` of the changelog (tombstones removed).
+
+    `writes`, when given, receives per partition the number of the newest state write seen.
 
     Reads each partition from its low watermark until librdkafka reports its end (the high
     watermark the broker gives with the fetched records; the changelog writer seals each flush
@@ -116,4 +118,6 @@ def read_changelog(settings: Settings, partitions: set[int], *,
                         "are rolled back", topic, p, write, len(replaced[p]))
             for key, before in replaced[p].items():
                 latest[key] = before
+    if writes is not None:
+        writes.update(newest)
     return {k: v for k, v in latest.items() if v is not None}
