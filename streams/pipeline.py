@@ -783,8 +783,14 @@ class Pipeline:
 
     async def _recheck(self) -> None:
         """Recompute the watermark of partitions whose day close waited until their records aged."""
+        caught_up = bool(getattr(self.source, "caught_up", True))
         for p, kafka_ms in list(self._deferred.items()):
             if self._now_ms < kafka_ms + FRESH_MS:
+                continue
+            if kafka_ms == 0 and not caught_up:
+                # Looked at again after a load: only once the reader has taken everything fetched
+                # (a broker may report a partition's end short of it, and the records still to
+                # come would pass for read); records that come meanwhile close days as usual.
                 continue
             del self._deferred[p]
             clock = self.clocks.get(p)

@@ -108,6 +108,9 @@ class Reader:
         self._last_tick = time.monotonic()
         # Whether the broker answered the last probe (`probe`, every few seconds): /health says 503 while not.
         self.broker_ok = True
+        # Whether a read since the last assignment found nothing more to take (streams.pipeline
+        # looks at the loaded partitions' days again only then).
+        self.caught_up = False
 
     # --- what the pipeline asks ----------------------------------------------------------------
 
@@ -232,6 +235,7 @@ class Reader:
             return
         self.consumer.assign(wanted)
         self.assigned = set(offsets)
+        self.caught_up = False
         self.delivered.clear()
         self._held, self._paused, self._waiting_since = [], set(), {}
         self.generation = generation
@@ -273,6 +277,7 @@ class Reader:
                 if records:
                     await self.pipeline.process(records)
                 else:
+                    self.caught_up = not self._held
                     await self.pipeline.idle()
                 if time.monotonic() - self._last_tick >= TICK_INTERVAL_S:
                     self._last_tick = time.monotonic()
