@@ -6,9 +6,10 @@ partitions are let go or the worker stops, each subscriber touched since the las
 to the changelog partition of its partition (co-partitioned with the source), and only at the
 end of a batch whose outputs (dead letters, light changes, tasks) the broker acknowledged. Each
 partition's clock record, written last, holds the offsets applied: the reader (streams.reader)
-resumes from them, so a crash at any point re-processes records whose effects may already be in
-the changelog, and the applied offsets and the dedup memory inside each subscriber's state make
-that harmless.
+resumes from them. A write whose clock record never came is rolled back at recovery
+(streams.recovery), and the outputs produced since the loaded state are read back from their
+topics (streams.outputs), so a crash at any point re-processes records without counting an event
+twice or sending an output again.
 """
 
 from __future__ import annotations
