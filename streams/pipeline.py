@@ -706,11 +706,7 @@ class Pipeline:
     def _too_far(self, held: Parked) -> None:
         """Dead-letter a held usage record that the records after it did not confirm."""
         _, _, key, value, base, source, _ = held
-        self._out.append((DEADLETTER, key.encode(), value.encode(),
-                          [("error", b"too_far_ahead"), ("source", source.encode())], deadletter_id(source)))
-        self._dead.append((base, "too_far_ahead"))
-        counted = (base, "rejected")
-        self._counts[counted] = self._counts.get(counted, 0) + 1
+        self._dead_letter(base, key.encode(), value.encode(), [], source, "too_far_ahead")
         DEADLETTER_LOG.warning("too_far_ahead", "dead-lettered %s: too_far_ahead (more than a day past the "
                                "partition's usage, and the records after it did not follow)", source)
 
@@ -1237,28 +1233,29 @@ class Pipeline:
         self.metrics.light_change(change.previous or "green", change.light)
         log.info("light %s -> %s for %s", change.previous, change.light, mask(msisdn))
 
+    def _dead_letter(self, base: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
+                     source: str, error: str, *, exception: str | None = None, event: bool = True) -> None:
+        """Queue one dead letter (CONTRACT §1: unchanged, `error` and `source` headers) and count it."""
+        headers = [*headers, ("error", error.encode()), ("source", source.encode())]
+        if exception is not None:
+            headers.append(("exception", exception.encode()))
+        self._out.append((DEADLETTER, key, value, headers, deadletter_id(source)))
+        self._dead.append((base, error))
+        if event:
+            counted = (base, "rejected")
+            self._counts[counted] = self._counts.get(counted, 0) + 1
+
     def _reject(self, base: str, msg: Any, rejection: Rejection) -> None:
         source = _source(msg)
-        headers = _headers(msg.headers)
-        headers.append(("error", rejection.error.encode()))
-        headers.append(("source", source.encode()))
-        self._out.append((DEADLETTER, msg.key, msg.value, headers, deadletter_id(source)))
-        self._dead.append((base, rejection.error))
-        counted = (base, "rejected")
-        self._counts[counted] = self._counts.get(counted, 0) + 1
+        self._dead_letter(base, msg.key, msg.value, _headers(msg.headers), source, rejection.error)
         DEADLETTER_LOG.warning(rejection.error, "dead-lettered %s: %s (%s)", source, rejection.error,
                                rejection.detail)
 
     def _failed(self, base: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
                 source: str, exc: Exception, *, event: bool = True) -> None:
         """Dead-letter a valid record whose processing raised (`processing_error`, the exception's type)."""
-        headers = [*headers, ("error", b"processing_error"), ("source", source.encode()),
-                   ("exception", type(exc).__name__.encode())]
-        self._out.append((DEADLETTER, key, value, headers, deadletter_id(source)))
-        self._dead.append((base, "processing_error"))
-        if event:
-            counted = (base, "rejected")
-            self._counts[counted] = self._counts.get(counted, 0) + 1
+        self._dead_letter(base, key, value, headers, source, "processing_error", exception=type(exc).__name__,
+                          event=event)
         # The exception's text may quote the record: its type and where it was raised only.
         DEADLETTER_LOG.warning("processing_error", "dead-lettered %s: processing_error (%s at %s)", source,
                                type(exc).__name__, _where(exc))
