@@ -12,6 +12,7 @@ import atexit
 import ctypes
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,10 +30,29 @@ _PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
-    """Return a TCP port that is free on loopback right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """Return a TCP port that is free on loopback right now, outside the kernel's ephemeral range."""
+    # A port the kernel hands out for bind(0) comes from the ephemeral range, which is also where
+    # outgoing connections (the worker's own broker and Redis clients) take their local ports: one
+    # of them could take it before the server that was meant to get it binds it. SystemRandom: a
+    # test that seeds `random` must not make two processes pick the same ports.
+    low, high = _ephemeral_range()
+    pool = [p for p in range(10000, 65536) if not low <= p <= high]
+    for port in random.SystemRandom().sample(pool, 64):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free TCP port on loopback outside the ephemeral range")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def _die_with_parent() -> None:
