@@ -58,6 +58,9 @@ class _Consumer:
     def end(self, tp: TP) -> int | None:
         return None  # nothing is ever left to read behind the current line
 
+    def at_end(self, tp: TP, offset: int) -> bool:
+        return True
+
     def assignment(self) -> set[TP]:
         return self._assignment
 

@@ -576,8 +576,9 @@ class Pipeline:
 
     # --- the batch -----------------------------------------------------------------------------
 
-    async def process(self, records: list[Any]) -> None:
-        """Handle one batch of records (topic, partition, offset, key, value, timestamp, headers)."""
+    async def process(self, records: list[Any], *, ended: set[int] | None = None) -> None:
+        """Handle one batch of records (topic, partition, offset, key, value, timestamp, headers);
+        `ended`: partitions one of whose topics the source has just read to its end."""
         self._highwater.clear()
         self._pend.clear()
         self._now_ms = int(time.time() * 1000)
@@ -585,7 +586,7 @@ class Pipeline:
         if self._rewinds:
             await self._repeat_seeks()
         try:
-            await self._recheck()
+            await self._recheck(ended)
             await self._records(records)
             self._record_ms = None
             await self._commit()
@@ -764,22 +765,32 @@ class Pipeline:
         await self._commit()
         self._count()
 
-    async def idle(self) -> None:
-        """Between batches with no record: close the days that waited for records to age; write
-        the state when it is due."""
+    async def idle(self, *, ended: set[int] | None = None) -> None:
+        """Between batches with no record: close the days that waited for records to age or for a
+        topic to be read to its end (`ended` partitions); write the state when it is due."""
         self._now_ms = int(time.time() * 1000)
-        if not any(self._now_ms >= kafka_ms + FRESH_MS for kafka_ms in self._deferred.values()):
+        if not ended and not any(self._now_ms >= kafka_ms + FRESH_MS for kafka_ms in self._deferred.values()):
             await self.write_if_due()
             return
         self._highwater.clear()
         self._pend.clear()
         self._settled = False
-        await self._recheck()
+        await self._recheck(ended)
         await self._commit()
         self._count()
 
-    async def _recheck(self) -> None:
-        """Recompute the watermark of partitions whose day close waited until their records aged."""
+    async def _recheck(self, ended: set[int] | None = None) -> None:
+        """Recompute the watermark of partitions whose day close waited until their records aged,
+        and of the `ended` ones."""
+        if ended:
+            owned = self.owned()
+            for p in ended:
+                clock = self.clocks.get(p)
+                if clock is None or p not in owned or p in self._deferred:
+                    continue
+                self._pend[p] = self._pending(p, clock)
+                if self._watermark(p, clock):
+                    await self._advance(p, clock)
         caught_up = bool(getattr(self.source, "caught_up", True))
         for p, kafka_ms in list(self._deferred.items()):
             if self._now_ms < kafka_ms + FRESH_MS:
@@ -943,9 +954,12 @@ class Pipeline:
 
     def _more(self, tp: TP, base: str, clock: PartitionClock) -> bool:
         """Say whether input partition `tp` (of topic `base`) has records left to read."""
-        # A partition being read again holds the watermark, whatever its high watermark says.
+        # A partition being read again holds the watermark, whatever its high watermark says; so
+        # does one the source has not read to its end since it was assigned or sought (a high
+        # watermark may be short of the end).
         high = self._high(tp)
-        return tp in self._rewinds or (high is not None and high > self._next_offset(base, clock))
+        offset = self._next_offset(base, clock)
+        return tp in self._rewinds or (high is not None and high > offset) or not self.source.at_end(tp, offset)
 
     def _input_tps(self, partition: int) -> list[tuple[TP, str]]:
         tps = self._tps.get(partition)

@@ -78,6 +78,9 @@ class Reader:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
+            # The end-of-partition event is the one sure sign that a partition is read to its end
+            # (`at_end`): a high watermark may be reported short of the end.
+            "enable.partition.eof": True,
             "fetch.wait.max.ms": 100,
             "queued.max.messages.kbytes": 65536,
         })
@@ -96,6 +99,10 @@ class Reader:
         # caught-up one (the watermark would run ahead of it).
         self.initial_high: dict[TP, int] = {}
         self.initial_low: dict[TP, int] = {}
+        # The partitions librdkafka said it read to their end (its end-of-partition event) with no
+        # record since, and no assignment or seek; the partitions whose end came with the last batch.
+        self.eof: set[TP] = set()
+        self.ended: set[int] = set()
         self._waiting_since: dict[int, float] = {}
         # Records of partitions waiting for a topic's first record, and the partitions paused meanwhile.
         self._held: list[Record] = []
@@ -133,6 +140,16 @@ class Reader:
             return high
         return done if high is None else max(high, done)
 
+    def at_end(self, tp: TP, offset: int) -> bool:
+        """Say whether `tp` is read to its end once the records before `offset` are taken: its
+        end-of-partition event came after the last record delivered, and `offset` is past that record.
+
+        A partition assigned or sought and not read to its end since may have records left whatever
+        its high watermark says: Tansu reports one past the first offset of the last record batch,
+        and a restart in the middle of that batch would take the rest for read.
+        """
+        return tp in self.eof and offset >= self.delivered.get(tp, 0)
+
     def start(self, tp: TP) -> int:
         """The first offset of `tp` that exists (as the broker said at assignment)."""
         return self.initial_low.get(tp, 0)
@@ -147,6 +164,7 @@ class Reader:
             self.consumer.incremental_unassign([TopicPartition(tp.topic, tp.partition)])
             self.consumer.incremental_assign([target])
         self.delivered.pop(tp, None)
+        self.eof.discard(tp)
 
     async def probe(self, timeout_s: float = 2.0) -> bool:
         """Ask the broker for its metadata; say whether it answered within `timeout_s`."""
@@ -177,6 +195,7 @@ class Reader:
             log.info("the reader let %d input partitions go", len(self.assigned))
         self.assigned = set()
         self.delivered.clear()
+        self.eof.clear()
         self._held, self._paused, self._waiting_since = [], set(), {}
 
     def _ready(self) -> bool:
@@ -274,11 +293,12 @@ class Reader:
                 else:
                     messages = await loop.run_in_executor(self._executor, self.consumer.consume, batch_max, within)
                 records = self._started(self._records(messages))
+                ended, self.ended = self.ended, set()
                 if records:
-                    await self.pipeline.process(records)
+                    await self.pipeline.process(records, ended=ended)
                 else:
                     self.caught_up = not self._held
-                    await self.pipeline.idle()
+                    await self.pipeline.idle(ended=ended)
                 if time.monotonic() - self._last_tick >= TICK_INTERVAL_S:
                     self._last_tick = time.monotonic()
                     await self.pipeline.tick(int(time.time() * 1000))
@@ -296,11 +316,18 @@ class Reader:
         records: list[Record] = []
         append = records.append
         delivered = self.delivered
+        eof = self.eof
         tps = self._tp_cache
         for m in messages:
             err = m.error()
             if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    tp = tps.get((m.topic(), m.partition()))
+                    if tp is None:
+                        tp = tps[(m.topic(), m.partition())] = TP(m.topic(), m.partition())
+                    eof.add(tp)
+                    self.ended.add(m.partition())
+                else:
                     log.warning("the reader got an error from the broker: %s", err)
                 continue
             name, partition, offset = m.topic(), m.partition(), m.offset()
@@ -310,6 +337,8 @@ class Reader:
             _, ts = m.timestamp()
             append(Record(tp, offset, m.key(), m.value(), None if ts < 0 else ts / 1000, m.headers()))
             delivered[tp] = offset + 1
+            if eof and tp in eof:
+                eof.discard(tp)  # a record after the end event: where the partition ends is unknown again
         return interleave(records, self.profiles_topic)
 
     def _started(self, records: list[Record]) -> list[Record]:
