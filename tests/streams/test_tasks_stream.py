@@ -134,7 +134,7 @@ def test_redis_outage_loses_no_task_and_sends_none_unchecked(
 ) -> None:
     settings, client, part1, part2, before = _into_an_outage(worker, settings, own_redis)
     assert worker.get("/health")[1]["status"] == "degraded"
-    time.sleep(20)  # the outage: the stream waits, nothing is published without a policy check
+    time.sleep(8)  # the outage: the stream waits, nothing is published without a policy check
     assert len(_tasks(settings)) == before
     assert worker.get("/health")[0] == 503
 
