@@ -1,0 +1,312 @@
+"""The call-centre capacity queue in Redis (CONTRACT §3, §5), shared by every worker and partition.
+
+Only where the rule set gives a region a capacity (`capacity: {region: n}`); otherwise nothing
+here runs. The ranking itself is pure (rules.capacity); this module keeps the queue and applies
+each release atomically.
+
+What drives 08:00: event time. A release of (region, day) happens when the first partition's
+event time (its watermark, or the wall clock on an idle live partition, as days close) passes
+08:00 local of that day, so a replay releases at the same points of the data as the live run.
+The queue is per region, and every worker's partitions reach the same 08:00 at their own pace:
+the first to arrive releases, in one optimistic transaction (WATCH on the day and the queue,
+MULTI) that sets the day's `released` marker, so that no two workers release a day twice.
+
+The release does not publish. It moves each task it takes into the outbox of the partition that
+owns the task's subscriber; that partition's worker publishes it when its own event time passes
+the same 08:00 (and after every load), through the claim protocol of sinks.tasks (claim ->
+send -> `sent`, a `pending` claim read back from the topic at recovery): one writer per task, as
+everywhere else, so a SIGKILL between release and publish loses nothing and sends nothing twice.
+
+Keys (under `churnlight:capacity:`):
+- `{region}:queue`: hash task id -> the waiting task (`Entry` as JSON).
+- `{region}:day:{date}`: hash `released` (the release's epoch ms, once done) and `used` (calls
+  taken that day: released ones and those issued at once after the release); expires after 40 days.
+- `admitted:{task_id}`: `slot` (issued at once) or `queued`: a task is admitted once; expires
+  with the task claims.
+- `out:{partition}`: hash task id -> {"status": released | expired, "entry": ...}, waiting for
+  the partition's worker to publish or expire it.
+
+A queued task's decision marker (`churnlight:decision:{task_id}`, sinks.redis_store) reads
+`queued:<token>` and moves once to `released:` or `expired:`, each move with its feed entry in
+the same script, so the feed shows each of `queued`, `released`, `expired` at most once per task.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, tzinfo
+from typing import Any, Final, Literal
+
+import orjson
+from aiokafka.partitioner import murmur2
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from rules.capacity import Waiting, rank_key, select
+from rules.tasks import Task
+from sinks.redis_store import (
+    CLAIM_TTL_S, DEFAULT_BACKOFF, FEED, FEED_MAXLEN, REDIS_TRANSIENT, Backoff, Retrier, decision_key, describe,
+)
+
+log = logging.getLogger(__name__)
+
+PREFIX: Final = "churnlight:capacity:"
+DAY_TTL_S: Final = 40 * 24 * 3600
+
+Admission = Literal["slot", "queued", "held_slot", "held_queued"]
+Delivered = Literal["released", "expired"]
+
+
+def queue_key(region: str) -> str:
+    return f"{PREFIX}{region}:queue"
+
+
+def day_key(region: str, day: date) -> str:
+    return f"{PREFIX}{region}:day:{day.isoformat()}"
+
+
+def admitted_key(task_id: str) -> str:
+    return f"{PREFIX}admitted:{task_id}"
+
+
+def outbox_key(partition: int) -> str:
+    return f"{PREFIX}out:{partition}"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A queued call-centre task: its message as it will be published, and what ranks it."""
+
+    task_id: str
+    msisdn: str
+    region: str
+    kind: str
+    priority: str
+    light: str
+    saved: float  # expected saved revenue, fen (rules.capacity.expected_saved_fen)
+    due_by_ms: int
+    created_at_ms: int
+    partition: int  # of the subscriber: whose worker publishes it once released
+    task: bytes  # the task message, as decided (its created_at stays the decision time)
+    headers: tuple[tuple[str, bytes], ...]  # its CloudEvents headers
+
+    @property
+    def waiting(self) -> Waiting:
+        return Waiting(self.task_id, self.saved, self.due_by_ms, self.created_at_ms)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({
+            "task_id": self.task_id, "msisdn": self.msisdn, "region": self.region, "kind": self.kind,
+            "priority": self.priority, "light": self.light, "saved": self.saved, "due_by_ms": self.due_by_ms,
+            "created_at_ms": self.created_at_ms, "partition": self.partition, "task": self.task.decode(),
+            "headers": [[k, v.decode()] for k, v in self.headers],
+        })
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Entry:
+        doc = orjson.loads(raw)
+        return cls(str(doc["task_id"]), str(doc["msisdn"]), str(doc["region"]), str(doc["kind"]),
+                   str(doc["priority"]), str(doc["light"]), float(doc["saved"]), int(doc["due_by_ms"]),
+                   int(doc["created_at_ms"]), int(doc["partition"]), str(doc["task"]).encode(),
+                   tuple((str(k), str(v).encode()) for k, v in doc["headers"]))
+
+    def feed_fields(self, status: str, reason: str) -> list[str | bytes]:
+        return ["task_id", self.task_id, "msisdn", self.msisdn, "region", self.region, "channel", "callcentre",
+                "kind", self.kind, "priority", self.priority, "light", self.light, "status", status,
+                "reason", reason, "task", self.task]
+
+    def as_task(self) -> Task:
+        """Return the task as far as the outcome store's issued count needs it."""
+        doc = orjson.loads(self.task)
+        return Task(task_id=self.task_id, msisdn=self.msisdn, channel="callcentre", kind=doc["kind"],
+                    priority=doc["priority"], light=doc.get("light"), previous_light=doc.get("previous_light"),
+                    reasons=(), offer=None, region=self.region, brand=str(doc.get("brand", "")),
+                    segment=doc.get("segment"), created_at_ms=self.created_at_ms, due_by_ms=self.due_by_ms,
+                    send_after_ms=None, rule_set=str(doc.get("rule_set", "")), template=None, vars=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A released or expired task waiting in a partition's outbox."""
+
+    status: Delivered
+    entry: Entry
+
+
+# Admit a call-centre task the policy issued: a slot of its day when the day's release is done and
+# calls are left, else the queue with its `queued` decision and feed entry, all at once. A task is
+# admitted once; a retry or a replay gets the first answer (`held_...`).
+_ADMIT: Final = """
+local held = redis.call('GET', KEYS[1])
+if held then return 'held_' .. held end
+if redis.call('HEXISTS', KEYS[2], 'released') == 1
+    and tonumber(redis.call('HGET', KEYS[2], 'used') or '0') < tonumber(ARGV[1]) then
+  redis.call('HINCRBY', KEYS[2], 'used', 1)
+  redis.call('SET', KEYS[1], 'slot', 'EX', ARGV[2])
+  return 'slot'
+end
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+redis.call('SET', KEYS[1], 'queued', 'EX', ARGV[2])
+redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[2])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', unpack(ARGV, 7))
+return 'queued'
+"""
+
+# Move a queued task's decision marker to `released:` / `expired:` with its feed entry, once: a
+# retry whose first attempt succeeded finds its own marker and still returns 1.
+_SETTLE: Final = """
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then return 1 end
+if held and string.sub(held, 1, 7) ~= 'queued:' then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+return 1
+"""
+
+
+class CapacityQueue:
+    """The capacity queues of the regions in `limits` (calls per local day), in Redis."""
+
+    def __init__(self, client: Redis, *, limits: Mapping[str, int], partitions: int, tz: tzinfo,
+                 backoff: Backoff = DEFAULT_BACKOFF, ttl_s: int = CLAIM_TTL_S, feed_maxlen: int = FEED_MAXLEN) -> None:
+        self.client = client
+        self.limits = dict(limits)
+        self.partitions = partitions
+        self.tz = tz
+        self.ttl_s = ttl_s
+        self.feed_maxlen = feed_maxlen
+        self._calls = Retrier(describe(client), REDIS_TRANSIENT, backoff)
+        self._admit = client.register_script(_ADMIT)
+        self._settle = client.register_script(_SETTLE)
+
+    @property
+    def degraded(self) -> bool:
+        """Whether calls are failing right now (they are being retried)."""
+        return self._calls.degraded
+
+    def stop(self) -> None:
+        """Make calls waiting out an outage, and all later calls, raise `Stopped`."""
+        self._calls.stop()
+
+    def limited(self, task: Task) -> bool:
+        """Say whether `task` goes through a queue: a call-centre task of a region with a capacity."""
+        return task.channel == "callcentre" and task.region in self.limits
+
+    def partition_of(self, msisdn: str) -> int:
+        """Return the input partition of `msisdn` (Kafka's murmur2, as the producers use)."""
+        return int(murmur2(msisdn.encode()) & 0x7FFFFFFF) % self.partitions
+
+    async def admit(self, entry: Entry, day: date) -> Admission:
+        """Take a call of `day` for `entry` or queue it; return which, or the first answer again.
+
+        Called by TaskSink.handle when the policy issued a call-centre task of a limited region,
+        before its publication is claimed: `slot` means publish it now, anything else not.
+        """
+        marker = f"queued:{uuid.uuid4().hex}"
+        keys = [admitted_key(entry.task_id), day_key(entry.region, day), queue_key(entry.region),
+                decision_key(entry.task_id), FEED]
+        args: list[Any] = [self.limits[entry.region], self.ttl_s, entry.task_id, entry.to_json(), marker,
+                           self.feed_maxlen, *entry.feed_fields("queued", "")]
+
+        async def op() -> Admission:
+            answer = await self._admit(keys=keys, args=args)
+            text = _text(answer)
+            for admission in ("slot", "queued", "held_slot", "held_queued"):
+                if text == admission:
+                    return admission
+            raise ValueError(f"unexpected admission {text!r}")
+
+        return await self._calls.call(f"admission of task {entry.task_id}", op)
+
+    async def release(self, region: str, day: date, at_ms: int) -> int | None:
+        """Release `day`'s calls of `region` at `at_ms` (its 08:00) unless done; return how many
+        tasks it moved to outboxes (released and expired), None when it was done before.
+
+        Called by TaskSink.morning when a partition's event time passes `day`'s 08:00; every
+        partition calls it, the first one does it.
+        """
+        day_k, queue_k = day_key(region, day), queue_key(region)
+        capacity = self.limits[region]
+
+        async def op() -> int | None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        await pipe.watch(day_k, queue_k)
+                        if await pipe.hexists(day_k, "released"):
+                            return None
+                        used = int(await pipe.hget(day_k, "used") or 0)
+                        entries = {}
+                        for task_id, raw in (await pipe.hgetall(queue_k)).items():
+                            try:
+                                entries[_text(task_id)] = Entry.from_json(raw)
+                            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                                log.error("capacity queue of %s: unreadable entry %s left in place (%s)", region,
+                                          _text(task_id), type(exc).__name__)
+                        plan = select((e.waiting for e in entries.values()), at_ms, capacity - used)
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        for status, group in (("released", plan.released), ("expired", plan.expired)):
+                            for w in group:
+                                e = entries[w.task_id]
+                                pipe.hset(outbox_key(e.partition), w.task_id,
+                                          orjson.dumps({"status": status, "entry": e.to_json().decode()}))
+                        moved = [w.task_id for w in (*plan.released, *plan.expired)]
+                        if moved:
+                            pipe.hdel(queue_k, *moved)
+                        pipe.hset(day_k, "released", at_ms)
+                        pipe.hincrby(day_k, "used", len(plan.released))
+                        pipe.expire(day_k, DAY_TTL_S)
+                        await pipe.execute()
+                        if moved:
+                            log.info("capacity of %s on %s: released %d of %d waiting (%d calls), %d expired", region,
+                                     day.isoformat(), len(plan.released), len(entries), capacity, len(plan.expired))
+                        return len(moved)
+                    except WatchError:
+                        continue  # a task was queued or the day released meanwhile: look again
+
+        return await self._calls.call(f"release of {day.isoformat()}", op)
+
+    async def outbox(self, partition: int) -> list[Delivery]:
+        """Return what releases gave `partition`'s worker to publish or expire, highest ranked first.
+
+        Called by TaskSink.morning after the releases (and after every load, so that a delivery
+        a crash interrupted is finished).
+        """
+        raw = await self._calls.call(f"outbox of partition {partition}",
+                                     lambda: self.client.hgetall(outbox_key(partition)))
+        out: list[Delivery] = []
+        for task_id, value in raw.items():
+            try:
+                doc = orjson.loads(value)
+                status: Delivered = "released" if doc["status"] == "released" else "expired"
+                out.append(Delivery(status, Entry.from_json(doc["entry"])))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                log.error("capacity outbox of partition %d: unreadable entry %s left in place (%s)", partition,
+                          _text(task_id), type(exc).__name__)
+        out.sort(key=lambda d: (d.status != "released", rank_key(d.entry.waiting)))
+        return out
+
+    async def settle(self, delivery: Delivery) -> bool:
+        """Write the delivery's decision (`released` or `expired`) and its feed entry if not yet
+        written; say whether this call wrote it. Called once the released message is acknowledged."""
+        e = delivery.entry
+        marker = f"{delivery.status}:{uuid.uuid4().hex}"
+        reason = "expired" if delivery.status == "expired" else ""
+        args: list[Any] = [marker, self.ttl_s, self.feed_maxlen, *e.feed_fields(delivery.status, reason)]
+
+        async def op() -> bool:
+            return bool(await self._settle(keys=[decision_key(e.task_id), FEED], args=args))
+
+        return await self._calls.call(f"{delivery.status} decision of task {e.task_id}", op)
+
+    async def done(self, partition: int, task_id: str) -> None:
+        """Remove a delivered task from `partition`'s outbox; its records are all written."""
+        await self._calls.call(f"outbox of partition {partition}",
+                               lambda: self.client.hdel(outbox_key(partition), task_id))
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
