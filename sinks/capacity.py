@@ -4,12 +4,17 @@ Only where the rule set gives a region a capacity (`capacity: {region: n}`); oth
 here runs. The ranking itself is pure (rules.capacity); this module keeps the queue and applies
 each release atomically.
 
-What drives 08:00: event time. A release of (region, day) happens when the first partition's
-event time (its watermark, or the wall clock on an idle live partition, as days close) passes
-08:00 local of that day, so a replay releases at the same points of the data as the live run.
-The queue is per region, and every worker's partitions reach the same 08:00 at their own pace:
-the first to arrive releases, in one optimistic transaction (WATCH on the day and the queue,
-MULTI) that sets the day's `released` marker, so that no two workers release a day twice.
+What drives 08:00: event time, as it closes days. A partition arrives at a day's 08:00 local when
+its watermark passes it (or the wall clock, on an idle live partition); the queues are shared by
+every partition of every worker, and they reach the same 08:00 at their own pace (a replay reads
+one partition days ahead of another). The day's release waits until every partition that ever
+arrived anywhere has arrived at this one: by then each has decided its tasks of the hours before,
+so the ranking sees them all and a replay releases what the live run released. The last partition
+to arrive releases every region's queue in one optimistic transaction (WATCH on the day, the
+arrivals and the queues, MULTI) that sets the day's `released` marker: no two workers release a
+day twice. A partition with no record at all is never named and holds nothing up; one whose data
+stops holds the releases until the wall clock moves it (live) or its records come. A worker
+that starts while another has passed several 08:00s alone is not waited for by those releases.
 
 The release does not publish. It moves each task it takes into the outbox of the partition that
 owns the task's subscriber; that partition's worker publishes it when its own event time passes
@@ -19,8 +24,11 @@ everywhere else, so a SIGKILL between release and publish loses nothing and send
 
 Keys (under `churnlight:capacity:`):
 - `{region}:queue`: hash task id -> the waiting task (`Entry` as JSON).
-- `{region}:day:{date}`: hash `released` (the release's epoch ms, once done) and `used` (calls
+- `day:{date}`: hash `released` (the release's epoch ms, once done) and `used:{region}` (calls
   taken that day: released ones and those issued at once after the release); expires after 40 days.
+- `arrived:{date}`: set of the partitions that passed the day's 08:00; expires after 40 days.
+- `partitions`: set of the partitions that hold records (each worker names its own after a load)
+  or ever arrived at an 08:00: whom a release waits for.
 - `admitted:{task_id}`: `slot` (issued at once) or `queued`: a task is admitted once; expires
   with the task claims.
 - `out:{partition}`: hash task id -> {"status": released | expired, "entry": ...}, waiting for
@@ -45,7 +53,7 @@ from aiokafka.partitioner import murmur2
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from rules.capacity import Waiting, rank_key, select
+from rules.capacity import Release, Waiting, rank_key, select
 from rules.tasks import Task
 from sinks.redis_store import (
     CLAIM_TTL_S, DEFAULT_BACKOFF, FEED, FEED_MAXLEN, REDIS_TRANSIENT, Backoff, Retrier, decision_key, describe,
@@ -64,8 +72,15 @@ def queue_key(region: str) -> str:
     return f"{PREFIX}{region}:queue"
 
 
-def day_key(region: str, day: date) -> str:
-    return f"{PREFIX}{region}:day:{day.isoformat()}"
+def day_key(day: date) -> str:
+    return f"{PREFIX}day:{day.isoformat()}"
+
+
+def arrived_key(day: date) -> str:
+    return f"{PREFIX}arrived:{day.isoformat()}"
+
+
+PARTITIONS: Final = f"{PREFIX}partitions"
 
 
 def admitted_key(task_id: str) -> str:
@@ -142,16 +157,17 @@ class Delivery:
 _ADMIT: Final = """
 local held = redis.call('GET', KEYS[1])
 if held then return 'held_' .. held end
+local used = 'used:' .. ARGV[7]
 if redis.call('HEXISTS', KEYS[2], 'released') == 1
-    and tonumber(redis.call('HGET', KEYS[2], 'used') or '0') < tonumber(ARGV[1]) then
-  redis.call('HINCRBY', KEYS[2], 'used', 1)
+    and tonumber(redis.call('HGET', KEYS[2], used) or '0') < tonumber(ARGV[1]) then
+  redis.call('HINCRBY', KEYS[2], used, 1)
   redis.call('SET', KEYS[1], 'slot', 'EX', ARGV[2])
   return 'slot'
 end
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
 redis.call('SET', KEYS[1], 'queued', 'EX', ARGV[2])
 redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[2])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', unpack(ARGV, 7))
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', unpack(ARGV, 8))
 return 'queued'
 """
 
@@ -206,10 +222,10 @@ class CapacityQueue:
         before its publication is claimed: `slot` means publish it now, anything else not.
         """
         marker = f"queued:{uuid.uuid4().hex}"
-        keys = [admitted_key(entry.task_id), day_key(entry.region, day), queue_key(entry.region),
+        keys = [admitted_key(entry.task_id), day_key(day), queue_key(entry.region),
                 decision_key(entry.task_id), FEED]
         args: list[Any] = [self.limits[entry.region], self.ttl_s, entry.task_id, entry.to_json(), marker,
-                           self.feed_maxlen, *entry.feed_fields("queued", "")]
+                           self.feed_maxlen, entry.region, *entry.feed_fields("queued", "")]
 
         async def op() -> Admission:
             answer = await self._admit(keys=keys, args=args)
@@ -221,53 +237,87 @@ class CapacityQueue:
 
         return await self._calls.call(f"admission of task {entry.task_id}", op)
 
-    async def release(self, region: str, day: date, at_ms: int) -> int | None:
-        """Release `day`'s calls of `region` at `at_ms` (its 08:00) unless done; return how many
-        tasks it moved to outboxes (released and expired), None when it was done before.
+    async def register(self, partitions: set[int]) -> None:
+        """Add `partitions` to those every release waits for. Called by TaskSink.register."""
+        await self._calls.call("registration of partitions",
+                               lambda: self.client.sadd(PARTITIONS, *sorted(partitions)))
 
-        Called by TaskSink.morning when a partition's event time passes `day`'s 08:00; every
-        partition calls it, the first one does it.
+    async def arrive(self, partition: int, day: date) -> None:
+        """Record that `partition`'s event time passed `day`'s 08:00.
+
+        Called by TaskSink.morning when it does, before the release is tried.
         """
-        day_k, queue_k = day_key(region, day), queue_key(region)
-        capacity = self.limits[region]
+        arrived = arrived_key(day)
 
-        async def op() -> int | None:
+        async def op() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.sadd(PARTITIONS, partition)
+                pipe.sadd(arrived, partition)
+                pipe.expire(arrived, DAY_TTL_S)
+                await pipe.execute()
+
+        await self._calls.call(f"arrival of partition {partition} at {day.isoformat()}", op)
+
+    async def release(self, day: date, at_ms: int) -> tuple[bool, int]:
+        """Release `day`'s calls of every region at `at_ms` (its 08:00) once every partition has
+        arrived; return whether the day is released (now or before) and how many tasks this call
+        moved to outboxes (released and expired).
+
+        Called by TaskSink.morning after `arrive`, and again while the day waits for partitions.
+        """
+        day_k, arrived_k = day_key(day), arrived_key(day)
+        regions = sorted(self.limits)
+        queues = [queue_key(r) for r in regions]
+
+        async def op() -> tuple[bool, int]:
             async with self.client.pipeline(transaction=True) as pipe:
                 while True:
                     try:
-                        await pipe.watch(day_k, queue_k)
+                        await pipe.watch(day_k, arrived_k, PARTITIONS, *queues)
                         if await pipe.hexists(day_k, "released"):
-                            return None
-                        used = int(await pipe.hget(day_k, "used") or 0)
-                        entries = {}
-                        for task_id, raw in (await pipe.hgetall(queue_k)).items():
-                            try:
-                                entries[_text(task_id)] = Entry.from_json(raw)
-                            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                                log.error("capacity queue of %s: unreadable entry %s left in place (%s)", region,
-                                          _text(task_id), type(exc).__name__)
-                        plan = select((e.waiting for e in entries.values()), at_ms, capacity - used)
+                            return True, 0
+                        if await pipe.scard(PARTITIONS) > await pipe.scard(arrived_k):
+                            return False, 0  # the last partition to arrive releases
+                        plans = [await self._plan(pipe, day_k, region, at_ms) for region in regions]
                         pipe.multi()  # type: ignore[no-untyped-call]
-                        for status, group in (("released", plan.released), ("expired", plan.expired)):
-                            for w in group:
-                                e = entries[w.task_id]
-                                pipe.hset(outbox_key(e.partition), w.task_id,
-                                          orjson.dumps({"status": status, "entry": e.to_json().decode()}))
-                        moved = [w.task_id for w in (*plan.released, *plan.expired)]
-                        if moved:
-                            pipe.hdel(queue_k, *moved)
+                        moved = 0
+                        for region, queue, (entries, plan) in zip(regions, queues, plans):
+                            ids = []
+                            for status, group in (("released", plan.released), ("expired", plan.expired)):
+                                for w in group:
+                                    e = entries[w.task_id]
+                                    pipe.hset(outbox_key(e.partition), w.task_id,
+                                              orjson.dumps({"status": status, "entry": e.to_json().decode()}))
+                                    ids.append(w.task_id)
+                            if ids:
+                                pipe.hdel(queue, *ids)
+                            pipe.hincrby(day_k, f"used:{region}", len(plan.released))
+                            moved += len(ids)
                         pipe.hset(day_k, "released", at_ms)
-                        pipe.hincrby(day_k, "used", len(plan.released))
                         pipe.expire(day_k, DAY_TTL_S)
                         await pipe.execute()
-                        if moved:
-                            log.info("capacity of %s on %s: released %d of %d waiting (%d calls), %d expired", region,
-                                     day.isoformat(), len(plan.released), len(entries), capacity, len(plan.expired))
-                        return len(moved)
+                        for region, (entries, plan) in zip(regions, plans):
+                            if entries:
+                                log.info("capacity of %s on %s: released %d of %d waiting (%d calls), %d expired",
+                                         region, day.isoformat(), len(plan.released), len(entries),
+                                         self.limits[region], len(plan.expired))
+                        return True, moved
                     except WatchError:
-                        continue  # a task was queued or the day released meanwhile: look again
+                        continue  # a task was queued, a partition arrived or the day was released: look again
 
         return await self._calls.call(f"release of {day.isoformat()}", op)
+
+    async def _plan(self, pipe: Any, day_k: str, region: str, at_ms: int) -> tuple[dict[str, Entry], Release]:
+        """Read `region`'s queue and calls used (inside the release's WATCH); return it and what to release."""
+        used = int(await pipe.hget(day_k, f"used:{region}") or 0)
+        entries: dict[str, Entry] = {}
+        for task_id, raw in (await pipe.hgetall(queue_key(region))).items():
+            try:
+                entries[_text(task_id)] = Entry.from_json(raw)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                log.error("capacity queue of %s: unreadable entry %s left in place (%s)", region, _text(task_id),
+                          type(exc).__name__)
+        return entries, select((e.waiting for e in entries.values()), at_ms, self.limits[region] - used)
 
     async def outbox(self, partition: int) -> list[Delivery]:
         """Return what releases gave `partition`'s worker to publish or expire, highest ranked first.

@@ -224,22 +224,36 @@ class TaskSink:
                       task.kind, mask(task.msisdn), task.region)
         return admitted
 
-    async def morning(self, partition: int, day: date) -> None:
-        """Release `day`'s calls unless a worker did, then publish or expire what `partition` was given.
+    async def register(self, partitions: set[int]) -> None:
+        """Name partitions that hold records: each day's release waits for them to pass its 08:00.
 
-        Called by the pipeline when `partition`'s event time passes `day`'s 08:00 local, and once
-        after each load of the partition's state (finishing what a crash interrupted).
+        Called by the pipeline after each load, before the first 08:00 it passes.
+        """
+        if self.capacity is not None and partitions:
+            await self.capacity.register(partitions)
+
+    async def morning(self, partition: int, day: date, *, arrived: bool = False) -> bool:
+        """Note that `partition` passed `day`'s 08:00 local (unless `arrived` says it was noted),
+        release the day's calls if it was the last partition to, and once the day is released
+        publish or expire what `partition` was given; say whether the day is released.
+
+        Called by the pipeline when `partition`'s event time passes the 08:00 (and once after each
+        load of its state, finishing what a crash interrupted), then with `arrived` at each commit
+        until the day is released.
         """
         capacity = self.capacity
         if capacity is None:
-            return
-        at_ms = release_ms(day, self.tz)
-        for region in sorted(capacity.limits):
-            if await capacity.release(region, day, at_ms):
-                # The release is in Redis; nothing it took is published yet.
-                self.crash("task_released")
-        for delivery in await capacity.outbox(partition):
-            await self._deliver(partition, delivery)
+            return True
+        if not arrived:
+            await capacity.arrive(partition, day)
+        released, moved = await capacity.release(day, release_ms(day, self.tz))
+        if moved:
+            # The release is in Redis; nothing it took is published yet.
+            self.crash("task_released")
+        if released:
+            for delivery in await capacity.outbox(partition):
+                await self._deliver(partition, delivery)
+        return released
 
     async def _deliver(self, partition: int, delivery: Delivery) -> None:
         """Publish a released task (claim -> send -> `sent`, as `handle` does) or record it expired;

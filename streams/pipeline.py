@@ -300,6 +300,11 @@ class Pipeline:
         self._capacity = bool(rules.capacity)
         self._mornings: dict[int, int] = {}
         self._mornings_due: list[tuple[int, int, date]] = []
+        # Partitions past an 08:00 whose release waits for other partitions: asked again at each commit.
+        self._unreleased: dict[int, date] = {}
+        # Whether the owned partitions that hold records were named to the queue since the load:
+        # a release waits for each of them to pass its 08:00.
+        self._registered = False
         self._arpu: dict[str, int] = {}
         # High watermarks change only between fetches: one look-up per partition and batch.
         self._highwater: dict[TP, int | None] = {}
@@ -559,6 +564,8 @@ class Pipeline:
         self._due.clear()
         self._mornings.clear()  # the next pass re-delivers what a crash may have left in the outboxes
         self._mornings_due.clear()
+        self._unreleased.clear()
+        self._registered = False
         self._arpu.clear()
         self._acks.clear()
         self._out[:] = out
@@ -1230,21 +1237,40 @@ class Pipeline:
         mornings, self._mornings_due = self._mornings_due, []
         # The backtest's in-memory handler has no queue.
         morning = getattr(self.tasks, "morning", None)
-        if mornings and morning is not None:
-            # The tasks decided before each 08:00 passed, then its release, then the tasks after it.
-            start = 0
-            for at, p, day in mornings:
-                await self._decide_all(due[start:at])
-                start = at
-                try:
-                    await morning(p, day)
-                except OUTAGES:
-                    raise  # the batch fails and is read again; the release and deliveries are idempotent
-                except Exception:
-                    # Not an outage: what is left in the outbox is delivered at the next 08:00 passed.
-                    log.exception("the capacity release of %s for partition %d failed", day.isoformat(), p)
-            due = due[start:]
-        await self._decide_all(due)
+        if morning is None or not (mornings or self._unreleased):
+            await self._decide_all(due)
+            return
+        if not self._registered:
+            # Before any arrival: a partition read after the others must not be released without.
+            await self.tasks.register({p for p in self.clocks if any(  # type: ignore[union-attr]
+                (self._end(tp) or 0) > 0 for tp, _ in self._input_tps(p))})
+            self._registered = True
+        # The tasks decided before each 08:00 passed, then its release, then the tasks after it.
+        start = 0
+        for at, p, day in mornings:
+            await self._decide_all(due[start:at])
+            start = at
+            await self._morning(morning, p, day, arrived=False)
+        await self._decide_all(due[start:])
+        for p, day in list(self._unreleased.items()):
+            await self._morning(morning, p, day, arrived=True)
+
+    async def _morning(self, morning: Callable[..., Awaitable[bool]], p: int, day: date, *, arrived: bool) -> None:
+        """Pass `day`'s 08:00 for partition `p` (sinks.tasks.TaskSink.morning); remember it while
+        its release waits for the other partitions."""
+        try:
+            released = await morning(p, day, arrived=arrived)
+        except OUTAGES:
+            raise  # the batch fails and is read again; arrivals, releases and deliveries are idempotent
+        except Exception:
+            # Not an outage: what is left in the outbox is delivered at the next 08:00 passed.
+            log.exception("the capacity release of %s for partition %d failed", day.isoformat(), p)
+            released = True
+        if released:
+            if self._unreleased.get(p) == day:
+                del self._unreleased[p]
+        else:
+            self._unreleased[p] = day
 
     async def _decide_all(self, due: list[tuple[Task, bool, int | None]]) -> None:
         """Decide `due`: one subscriber's tasks in order, subscribers side by side."""
