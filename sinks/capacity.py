@@ -297,10 +297,10 @@ class CapacityQueue:
                         pipe.expire(day_k, DAY_TTL_S)
                         await pipe.execute()
                         for region, (entries, plan) in zip(regions, plans):
-                            if entries:
-                                log.info("capacity of %s on %s: released %d of %d waiting (%d calls), %d expired",
-                                         region, day.isoformat(), len(plan.released), len(entries),
-                                         self.limits[region], len(plan.expired))
+                            if plan.released or plan.expired:
+                                log.info("capacity of %s on %s: %d released (%d calls a day), %d expired, %d left "
+                                         "waiting", region, day.isoformat(), len(plan.released), self.limits[region],
+                                         len(plan.expired), len(entries) - len(plan.released) - len(plan.expired))
                         return True, moved
                     except WatchError:
                         continue  # a task was queued, a partition arrived or the day was released: look again
