@@ -5,6 +5,10 @@ beyond it wait, ranked by expected saved revenue (risk x 30-day ARPU; the ARPU a
 scoring model); at 08:00 local each day the queue releases up to the day's free calls, highest
 first, and a task whose `due_by` is not after that 08:00 leaves as `expired`.
 
+The call centre's day starts with that release: a task decided before it (the night's day-close
+decisions above all) waits for it, so that the morning ranks all of them, not the first come; one
+decided after it takes a free call of its day at once, or waits when the day's calls are taken.
+
 Everything here is pure: the Redis side (sinks.capacity) reads the waiting tasks, asks `select`
 what a release takes, and applies the answer atomically.
 """

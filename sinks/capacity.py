@@ -7,8 +7,8 @@ each release atomically.
 What drives 08:00: event time, as it closes days. A partition arrives at a day's 08:00 local when
 its watermark passes it (or the wall clock, on an idle live partition); the queues are shared by
 every partition of every worker, and they reach the same 08:00 at their own pace (a replay reads
-one partition days ahead of another). The day's release waits until every partition that ever
-arrived anywhere has arrived at this one: by then each has decided its tasks of the hours before,
+one partition days ahead of another). The day's release waits until every partition that holds
+records (each worker names its own after a load) has arrived at this one: by then each has decided its tasks of the hours before,
 so the ranking sees them all and a replay releases what the live run released. The last partition
 to arrive releases every region's queue in one optimistic transaction (WATCH on the day, the
 arrivals and the queues, MULTI) that sets the day's `released` marker: no two workers release a
@@ -17,8 +17,9 @@ stops holds the releases until the wall clock moves it (live) or its records com
 that starts while another has passed several 08:00s alone is not waited for by those releases.
 
 The release does not publish. It moves each task it takes into the outbox of the partition that
-owns the task's subscriber; that partition's worker publishes it when its own event time passes
-the same 08:00 (and after every load), through the claim protocol of sinks.tasks (claim ->
+owns the task's subscriber; that partition's worker publishes it once the day is released: at
+the 08:00 it passes when it is the last to arrive, else at its next commit or tick, where it asks
+again (and after every load), through the claim protocol of sinks.tasks (claim ->
 send -> `sent`, a `pending` claim read back from the topic at recovery): one writer per task, as
 everywhere else, so a SIGKILL between release and publish loses nothing and sends nothing twice.
 

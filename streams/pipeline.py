@@ -293,10 +293,10 @@ class Pipeline:
         # Tasks the batch decided on: (task, port-out request open, Kafka time of the trigger).
         self._due: list[tuple[Task, bool, int | None]] = []
         # Call-centre capacity (sinks.capacity), only when the rule set sets one. Per partition, the
-        # next 08:00 local its event time passes: each one passed releases the queue (the first
-        # partition to pass it does) and delivers what the partition was given, in event-time order
-        # among the batch's tasks: (position in `_due`, partition, day). And the 30-day ARPU (fen)
-        # of each call-centre task when it was decided, which ranks it in the queue.
+        # next 08:00 local its event time passes: each one passed is an arrival (the last partition
+        # to arrive releases the day's queues) and delivers what the partition was given, in
+        # event-time order among the batch's tasks: (position in `_due`, partition, day). And the
+        # 30-day ARPU (fen) of each call-centre task when it was decided, which ranks it in the queue.
         self._capacity = bool(rules.capacity)
         self._mornings: dict[int, int] = {}
         self._mornings_due: list[tuple[int, int, date]] = []
@@ -1231,7 +1231,8 @@ class Pipeline:
 
         Each task waits on Redis and on the broker's acknowledgement of its message; a day close
         that decides thousands of tasks one after the other spent minutes waiting. A subscriber's
-        tasks stay in order, since each one's contact is the next one's cooldown.
+        tasks stay in order, since each one's contact is the next one's cooldown. With a call-centre
+        capacity, the 08:00s the batch passed come between the tasks decided before and after them.
         """
         due, self._due = self._due, []
         mornings, self._mornings_due = self._mornings_due, []
@@ -1239,10 +1240,11 @@ class Pipeline:
         morning = getattr(self.tasks, "morning", None)
         if morning is None or not (mornings or self._unreleased):
             await self._decide_all(due)
+            self._arpu.clear()
             return
         if not self._registered:
             # Before any arrival: a partition read after the others must not be released without.
-            await self.tasks.register({p for p in self.clocks if any(  # type: ignore[union-attr]
+            await getattr(self.tasks, "register")({p for p in self.clocks if any(
                 (self._end(tp) or 0) > 0 for tp, _ in self._input_tps(p))})
             self._registered = True
         # The tasks decided before each 08:00 passed, then its release, then the tasks after it.
@@ -1254,6 +1256,7 @@ class Pipeline:
         await self._decide_all(due[start:])
         for p, day in list(self._unreleased.items()):
             await self._morning(morning, p, day, arrived=True)
+        self._arpu.clear()
 
     async def _morning(self, morning: Callable[..., Awaitable[bool]], p: int, day: date, *, arrived: bool) -> None:
         """Pass `day`'s 08:00 for partition `p` (sinks.tasks.TaskSink.morning); remember it while
