@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import date
 
-import pytest
 import redis as redis_lib
 from redis.asyncio import Redis
 
 from rules.capacity import release_ms
 from sinks.capacity import CapacityQueue, Entry
-from streams.settings import Settings
+from tests.sinks.test_outcomes import client  # noqa: F401 (the fixture: an async client of the test's Redis db)
 from tests.sinks.test_redis_store import TZ
 
 DAY = date(2026, 8, 10)
@@ -23,14 +21,6 @@ HOUR = 3_600_000
 def entry(task_id: str, saved: float, partition: int = 0, due_h: int = 24) -> Entry:
     return Entry(task_id, f"1390000{task_id[-4:]:0>4}", "zunyi", "red_light", "high", "red", saved,
                  EIGHT + due_h * HOUR, EIGHT - 8 * HOUR, partition, b'{"kind": "red_light"}', (("ce_id", b"x"),))
-
-
-@pytest.fixture
-async def client(settings: Settings, redis_client: redis_lib.Redis) -> AsyncIterator[Redis]:
-    assert settings.redis is not None
-    c = Redis.from_url(settings.redis.get_secret_value())
-    yield c
-    await c.aclose()
 
 
 def queue(client: Redis, calls: int = 2) -> CapacityQueue:
