@@ -220,7 +220,7 @@ class TaskSink:
         admitted = await self.capacity.admit(entry, local_date(task.created_at_ms, self.tz))
         if admitted == "queued":
             self.metrics.capacity(task.region, task.kind, "queued")
-            log.debug("task %s (%s) for %s queued: the call centre's capacity of %s is taken", task.task_id,
+            log.debug("task %s (%s) for %s queued for the next 08:00 release of %s's calls", task.task_id,
                       task.kind, mask(task.msisdn), task.region)
         return admitted
 
