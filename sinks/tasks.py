@@ -17,6 +17,10 @@ Exactly-once effects over an at-least-once stream:
   entry (one script), then the contact. Both are idempotent, so a task found `sent` without a
   marker simply runs them again. The contact comes last so that it is never recorded for a task
   whose decision is not. With an `OutcomeStore`, its issued count follows (idempotent too).
+- Call-centre capacity (sinks.capacity, only where the rule set sets one): a call-centre task the
+  policy issues is admitted to a call of its day or queued (`queued` in the feed) before any
+  claim; `morning` publishes what a release gave the partition through the same claim protocol
+  (`released`) or records it `expired`, and only then removes it from the partition's outbox.
 - Metrics count a decision only in the call whose `record_decision` created the task's marker.
   The marker is written once per task id, after the send was acknowledged, so a crash before
   it leaves the decision uncounted and the attempt that completes it counts it; a replay counts
@@ -29,7 +33,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import tzinfo
+from datetime import date, tzinfo
 from typing import Final, Protocol
 from urllib.parse import quote
 
@@ -44,7 +48,9 @@ from rules.policy import (
     decide,
     quiet_until_ms,
 )
-from rules.tasks import Channel, Kind, Task, iso_time
+from rules.capacity import expected_saved_fen, release_ms
+from rules.tasks import Channel, Kind, Task, iso_time, local_date
+from sinks.capacity import Admission, CapacityQueue, Delivery, Entry
 from sinks.outcomes import OutcomeStore
 from sinks.redis_store import DEFAULT_BACKOFF, Backoff, PolicyStore, Retrier, Stopped
 
@@ -65,6 +71,8 @@ class TaskMetrics(Protocol):
     def task(self, channel: Channel, kind: Kind, status: Status, reason: SuppressReason | None = None) -> None: ...
 
     def observe_end_to_end(self, channel: Channel, seconds: float) -> None: ...
+
+    def capacity(self, region: str, kind: str, status: str) -> None: ...
 
 
 def schema_id(topic: str) -> str:
@@ -110,8 +118,14 @@ class TaskSink:
         outcomes: OutcomeStore | None = None,
         published: Callable[[str], bool] = lambda task_id: False,
         crash: Callable[[str], None] = lambda point: None,
+        capacity: CapacityQueue | None = None,
+        arpu_of: Callable[[Task], int | None] = lambda task: None,
     ) -> None:
         self.store = store
+        # The call-centre capacity queues (None: no region has a capacity), and the 30-day ARPU
+        # (fen) of a task's subscriber when it was decided, which ranks it there.
+        self.capacity = capacity
+        self.arpu_of = arpu_of
         self.published = published
         # The fault battery's crash points (streams.faults); a no-op in production.
         self.crash = crash
@@ -128,7 +142,8 @@ class TaskSink:
     @property
     def degraded(self) -> bool:
         """Whether Redis or the broker is failing right now (calls are being retried)."""
-        return self.store.degraded or self._sends.degraded or (self.outcomes is not None and self.outcomes.degraded)
+        return (self.store.degraded or self._sends.degraded or (self.outcomes is not None and self.outcomes.degraded)
+                or (self.capacity is not None and self.capacity.degraded))
 
     def stop(self) -> None:
         """Make calls waiting out an outage of Redis or the broker raise `Stopped`."""
@@ -136,6 +151,8 @@ class TaskSink:
         self._sends.stop()
         if self.outcomes is not None:
             self.outcomes.stop()
+        if self.capacity is not None:
+            self.capacity.stop()
 
     async def handle(self, task: Task, *, port_out_open: bool, trigger_kafka_ts_ms: int | None) -> Decision:
         """Decide `task` under the contact policy, publish it if issued, record it; return the decision."""
@@ -177,6 +194,9 @@ class TaskSink:
             return decision
 
         task_json = orjson.dumps(decision.task.to_message(self.tz))
+        if self.capacity is not None and self.capacity.limited(task) and await self._admit(task, task_json) not in (
+                "slot", "held_slot"):
+            return decision  # queued: published when a morning releases it, or expired
         published_at: float | None = None
         if await self.store.claim(task.task_id) != "sent":
             self.crash("task_claimed")
@@ -186,6 +206,81 @@ class TaskSink:
             await self.store.mark_sent(task.task_id)
             self.crash("task_marked")
         return await self._record_issued(decision, task_json, trigger_kafka_ts_ms, published_at)
+
+    async def _admit(self, task: Task, task_json: bytes) -> Admission:
+        """Take a call of the task's day for it, or queue it ranked by expected saved revenue."""
+        assert self.capacity is not None
+        arpu = self.arpu_of(task)
+        # A task carries `risk` where the rule set names a scoring model (CONTRACT §2).
+        risk = getattr(task, "risk", None)
+        saved = expected_saved_fen(arpu or 0, None if risk is None else float(risk))
+        entry = Entry(task.task_id, task.msisdn, task.region, task.kind, task.priority, task.light or "", saved,
+                      task.due_by_ms, task.created_at_ms, self.capacity.partition_of(task.msisdn), task_json,
+                      tuple(cloudevent_headers(task, self.tz)))
+        admitted = await self.capacity.admit(entry, local_date(task.created_at_ms, self.tz))
+        if admitted == "queued":
+            self.metrics.capacity(task.region, task.kind, "queued")
+            log.debug("task %s (%s) for %s queued for the next 08:00 release of %s's calls", task.task_id,
+                      task.kind, mask(task.msisdn), task.region)
+        return admitted
+
+    async def register(self, partitions: set[int]) -> None:
+        """Name partitions that hold records: each day's release waits for them to pass its 08:00.
+
+        Called by the pipeline after each load, before the first 08:00 it passes.
+        """
+        if self.capacity is not None and partitions:
+            await self.capacity.register(partitions)
+
+    async def morning(self, partition: int, day: date, *, arrived: bool = False) -> bool:
+        """Note that `partition` passed `day`'s 08:00 local (unless `arrived` says it was noted),
+        release the day's calls if it was the last partition to, and once the day is released
+        publish or expire what `partition` was given; say whether the day is released.
+
+        Called by the pipeline when `partition`'s event time passes the 08:00 (and once after each
+        load of its state, finishing what a crash interrupted), then with `arrived` at each commit
+        until the day is released.
+        """
+        capacity = self.capacity
+        if capacity is None:
+            return True
+        if not arrived:
+            await capacity.arrive(partition, day)
+        released, moved = await capacity.release(day, release_ms(day, self.tz))
+        if moved:
+            # The release is in Redis; nothing it took is published yet.
+            self.crash("task_released")
+        if released:
+            for delivery in await capacity.outbox(partition):
+                await self._deliver(partition, delivery)
+        return released
+
+    async def _deliver(self, partition: int, delivery: Delivery) -> None:
+        """Publish a released task (claim -> send -> `sent`, as `handle` does) or record it expired;
+        then its decision and feed entry, the contact, the issued count, and out of the outbox."""
+        assert self.capacity is not None
+        entry = delivery.entry
+        if delivery.status == "released":
+            claim = await self.store.claim(entry.task_id)
+            if claim != "sent":
+                if not (claim == "pending" and self.published(entry.task_id)):
+                    self.crash("task_claimed")
+                    topic = self.topic_for("callcentre")
+                    await self._sends.call(
+                        f"send of task {entry.task_id} to {topic}",
+                        lambda: self.send(topic, entry.msisdn.encode(), entry.task, list(entry.headers)))
+                    self.crash("task_sent")
+                await self.store.mark_sent(entry.task_id)
+                self.crash("task_marked")
+        first = await self.capacity.settle(delivery)
+        if delivery.status == "released":
+            await self.store.record_contact(entry.msisdn, "callcentre", entry.created_at_ms)
+            if self.outcomes is not None:
+                await self.outcomes.record_issued(entry.as_task())
+        await self.capacity.done(partition, entry.task_id)
+        if first:
+            self.metrics.capacity(entry.region, entry.kind, delivery.status)
+            log.debug("task %s (%s) for %s %s", entry.task_id, entry.kind, mask(entry.msisdn), delivery.status)
 
     def _issued(self, task: Task) -> Decision:
         """Return the issued decision of an already issued `task`, quiet-hours deferral included."""

@@ -23,6 +23,7 @@ from streams.metrics import Metrics
 from streams.pipeline import Pipeline, TaskHandler
 from streams.reader import Reader
 from streams.settings import Settings
+from sinks.capacity import CapacityQueue
 from sinks.outcomes import OutcomeStore
 from sinks.redis_store import PolicyStore
 from sinks.tasks import TaskSink
@@ -138,7 +139,9 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
         pipeline.tasks = tasks = TaskSink(
             store, sender.acked, metrics, tz=settings.zone, salt=settings.holdout_salt, rules=rules,
             topic_for=TASK_TOPIC.__getitem__, outcomes=outcomes, published=pipeline.was_published,
-            crash=faults.reached)
+            crash=faults.reached, arpu_of=pipeline.decision_arpu,
+            capacity=CapacityQueue(store.client, limits=rules.capacity, partitions=settings.partitions,
+                                   tz=settings.zone) if rules.capacity else None)
 
     reader = Reader(settings, app, pipeline)
     pipeline.attach(reader)

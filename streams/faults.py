@@ -18,6 +18,7 @@ POINTS: Final = (
     "task_claimed",      # a task's publication claimed in Redis, its message not sent
     "task_sent",         # the broker acknowledged a task's message, the claim still `pending`
     "task_marked",       # the claim marked `sent`, the decision and feed entry not recorded
+    "task_released",     # a morning's capacity release done in Redis, none of its tasks published
     "outputs_acked",     # a batch's outputs acknowledged, the state not written
     "state_half_written",  # half of a state write's records with the broker, the rest not
     "state_written",     # a state write acknowledged by the broker

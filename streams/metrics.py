@@ -49,6 +49,8 @@ LIGHTS: Final[frozenset[str]] = frozenset(vocabulary.LIGHTS)
 CHANNELS: Final[frozenset[str]] = frozenset(vocabulary.CHANNELS)
 TASK_STATUSES: Final[frozenset[str]] = frozenset(Status.__args__)  # type: ignore[attr-defined]
 SUPPRESS_REASONS: Final[frozenset[str]] = frozenset(vocabulary.SUPPRESS_REASONS)
+# The capacity queue's statuses (CONTRACT §3 feed): counted apart from churnlight_tasks_total.
+CAPACITY_STATUSES: Final[frozenset[str]] = frozenset({"queued", "released", "expired"})
 TASK_KINDS: Final[frozenset[str]] = frozenset(vocabulary.KINDS)
 DEADLETTER_ERRORS: Final[frozenset[str]] = frozenset(ERRORS)
 
@@ -154,6 +156,16 @@ class Metrics:
             "churnlight_outcomes_total",
             "Retention outcomes by result (recorded, duplicate, unknown_task).",
             ["result"],
+            registry=r,
+        )
+        # Beyond CONTRACT §9: the call-centre capacity queue (CONTRACT §5). A counter of its own, so
+        # that churnlight_tasks_total keeps the contract's statuses and meaning: a queued task counts
+        # `queued`, then `released` or `expired` here, never `issued` there; the call-centre tasks
+        # published are issued + released.
+        self.capacity_tasks = Counter(
+            "churnlight_capacity_tasks_total",
+            "Call-centre tasks through the capacity queue by region, kind and status (queued, released, expired).",
+            ["region", "kind", "status"],
             registry=r,
         )
         # Beyond CONTRACT §9: how often the consumer had to be sent back to the state's offsets.
@@ -282,6 +294,11 @@ class Metrics:
             self._tasks[key] = children
         for child in children:
             child.inc()
+
+    def capacity(self, region: str, kind: str, status: str) -> None:
+        """Count one call-centre task queued, released or expired by the capacity queue."""
+        self.capacity_tasks.labels(self.regions(region), _closed(kind, TASK_KINDS, "kind"),
+                                   _closed(status, CAPACITY_STATUSES, "status")).inc()
 
     def observe_end_to_end(self, channel: Channel, seconds: float) -> None:
         """Record the latency from the triggering event's Kafka timestamp to the task's publish."""

@@ -29,7 +29,7 @@ from confluent_kafka import KafkaException
 from redis.exceptions import RedisError
 from faust.types import TP
 
-from rules import lights, tasks as triggers
+from rules import capacity as capacity_rules, lights, tasks as triggers
 from rules.events import (
     BILLING, INPUT_TOPICS, LIFECYCLE, PROFILES, USAGE, Billing, Event, Lifecycle, Outcome, Profile, ProfileDeleted,
     Rejection, Usage, decode, event_time_ms, mask,
@@ -292,6 +292,20 @@ class Pipeline:
         self._suspected: dict[int, float] = {}
         # Tasks the batch decided on: (task, port-out request open, Kafka time of the trigger).
         self._due: list[tuple[Task, bool, int | None]] = []
+        # Call-centre capacity (sinks.capacity), only when the rule set sets one. Per partition, the
+        # next 08:00 local its event time passes: each one passed is an arrival (the last partition
+        # to arrive releases the day's queues) and delivers what the partition was given, in
+        # event-time order among the batch's tasks: (position in `_due`, partition, day). And the
+        # 30-day ARPU (fen) of each call-centre task when it was decided, which ranks it in the queue.
+        self._capacity = bool(rules.capacity)
+        self._mornings: dict[int, int] = {}
+        self._mornings_due: list[tuple[int, int, date]] = []
+        # Partitions past an 08:00 whose release waits for other partitions: asked again at each commit.
+        self._unreleased: dict[int, date] = {}
+        # Whether the owned partitions that hold records were named to the queue since the load:
+        # a release waits for each of them to pass its 08:00.
+        self._registered = False
+        self._arpu: dict[str, int] = {}
         # High watermarks change only between fetches: one look-up per partition and batch.
         self._highwater: dict[TP, int | None] = {}
         # Per partition, whether each input topic has records left (`_pending`), kept up to date
@@ -313,6 +327,11 @@ class Pipeline:
         """Say whether task `task_id` was found on its topic at recovery (a crash came between
         the broker's acknowledgement and the claim's `sent`)."""
         return task_identity(task_id) in self.published
+
+    def decision_arpu(self, task: Task) -> int | None:
+        """Return the 30-day ARPU (fen) of `task`'s subscriber when the task was decided (the
+        capacity queue ranks by it; sinks.tasks.TaskSink's `arpu_of`)."""
+        return self._arpu.pop(task.task_id, None)
 
     def output_starts(self) -> dict[str, int]:
         """Per output partition, where the outputs of the owned partitions' loaded state may start."""
@@ -543,6 +562,11 @@ class Pipeline:
         self._dirty.clear()
         self._dirty_clocks.clear()
         self._due.clear()
+        self._mornings.clear()  # the next pass re-delivers what a crash may have left in the outboxes
+        self._mornings_due.clear()
+        self._unreleased.clear()
+        self._registered = False
+        self._arpu.clear()
         self._acks.clear()
         self._out[:] = out
         self._outcomes_due.clear()
@@ -1031,7 +1055,8 @@ class Pipeline:
         # Usually none of it: the watermark moves with nearly every usage event, a day once a day.
         open_day = clock.open_day
         return (open_day is None or (clock.first_day is None and clock.first_ts is not None)
-                or local_day(watermark, self.tz) > open_day or bool(clock.parked and clock.parked[0][0] <= watermark))
+                or local_day(watermark, self.tz) > open_day or bool(clock.parked and clock.parked[0][0] <= watermark)
+                or (self._capacity and watermark >= self._mornings.get(p, watermark)))
 
     async def _advance(self, p: int, clock: PartitionClock) -> None:
         """Release what waited for the watermark of partition `p` (after `_watermark` said so):
@@ -1045,9 +1070,33 @@ class Pipeline:
     async def _unpark(self, p: int, clock: PartitionClock, until_ms: int, *, before: bool = False) -> None:
         """Apply parked records due up to `until_ms` (or before it), oldest first."""
         while clock.parked and (clock.parked[0][0] < until_ms if before else clock.parked[0][0] <= until_ms):
+            if self._capacity:
+                self._pass_mornings(p, clock.parked[0][0], inclusive=True)
             entry = clock.parked.pop(0)
             self._dirty_clocks.add(p)
             await self._release(p, clock, entry)
+        if self._capacity:
+            self._pass_mornings(p, until_ms, inclusive=not before)
+
+    def _pass_mornings(self, p: int, until_ms: int, *, inclusive: bool) -> None:
+        """Place the capacity releases of the 08:00s that partition `p`'s event time passes up to
+        `until_ms` among the batch's tasks (sinks.tasks.TaskSink.morning).
+
+        Event time drives them, as it closes days, so a replay releases where the live run did.
+        After a load the latest 08:00 already passed is passed again: its release is done (a
+        no-op then), and what it gave the partition is delivered if a crash interrupted that.
+        """
+        upcoming = self._mornings.get(p)
+        if upcoming is None:
+            day = capacity_rules.last_release_day(until_ms, self.tz)
+            self._mornings_due.append((len(self._due), p, day))
+            self._mornings[p] = capacity_rules.release_ms(day + timedelta(days=1), self.tz)
+            return
+        while until_ms > upcoming or (inclusive and until_ms == upcoming):
+            day = local_day(upcoming, self.tz)
+            self._mornings_due.append((len(self._due), p, day))
+            upcoming = capacity_rules.release_ms(day + timedelta(days=1), self.tz)
+        self._mornings[p] = upcoming
 
     async def _release(self, p: int, clock: PartitionClock, entry: Parked) -> None:
         """Apply one parked record; one that raises is dead-lettered on its own."""
@@ -1186,19 +1235,66 @@ class Pipeline:
         # taken now; the decision itself runs with the batch's other tasks before its commit.
         port_out = state.port_out_open(task.created_at_ms, self.rules.port_out_request_open_days)
         self._due.append((task, port_out, trigger_ts))
+        if self._capacity and task.channel == "callcentre" and task.region in self.rules.capacity:
+            clock = self.clocks.get(partition_of(task.msisdn.encode(), self.partitions))
+            open_day = clock.open_day if clock is not None and clock.open_day else local_day(task.created_at_ms, self.tz)
+            self._arpu[task.task_id] = state.window(open_day, self.rules.window_days)[0]
 
     async def _run_tasks(self) -> None:
         """Decide, publish and record the batch's tasks: one subscriber's in order, subscribers side by side.
 
         Each task waits on Redis and on the broker's acknowledgement of its message; a day close
         that decides thousands of tasks one after the other spent minutes waiting. A subscriber's
-        tasks stay in order, since each one's contact is the next one's cooldown.
+        tasks stay in order, since each one's contact is the next one's cooldown. With a call-centre
+        capacity, the 08:00s the batch passed come between the tasks decided before and after them.
         """
-        if not self._due:
+        due, self._due = self._due, []
+        mornings, self._mornings_due = self._mornings_due, []
+        # The backtest's in-memory handler has no queue.
+        morning = getattr(self.tasks, "morning", None)
+        if morning is None or not (mornings or self._unreleased):
+            await self._decide_all(due)
+            self._arpu.clear()
+            return
+        if not self._registered:
+            # Before any arrival: a partition read after the others must not be released without.
+            await getattr(self.tasks, "register")({p for p in self.clocks if any(
+                (self._end(tp) or 0) > 0 for tp, _ in self._input_tps(p))})
+            self._registered = True
+        # The tasks decided before each 08:00 passed, then its release, then the tasks after it.
+        start = 0
+        for at, p, day in mornings:
+            await self._decide_all(due[start:at])
+            start = at
+            await self._morning(morning, p, day, arrived=False)
+        await self._decide_all(due[start:])
+        for p, day in list(self._unreleased.items()):
+            await self._morning(morning, p, day, arrived=True)
+        self._arpu.clear()
+
+    async def _morning(self, morning: Callable[..., Awaitable[bool]], p: int, day: date, *, arrived: bool) -> None:
+        """Pass `day`'s 08:00 for partition `p` (sinks.tasks.TaskSink.morning); remember it while
+        its release waits for the other partitions."""
+        try:
+            released = await morning(p, day, arrived=arrived)
+        except OUTAGES:
+            raise  # the batch fails and is read again; arrivals, releases and deliveries are idempotent
+        except Exception:
+            # Not an outage: what is left in the outbox is delivered at the next 08:00 passed.
+            log.exception("the capacity release of %s for partition %d failed", day.isoformat(), p)
+            released = True
+        if released:
+            if self._unreleased.get(p) == day:
+                del self._unreleased[p]
+        else:
+            self._unreleased[p] = day
+
+    async def _decide_all(self, due: list[tuple[Task, bool, int | None]]) -> None:
+        """Decide `due`: one subscriber's tasks in order, subscribers side by side."""
+        if not due:
             return
         assert self.tasks is not None
         tasks = self.tasks
-        due, self._due = self._due, []
         by_subscriber: dict[str, list[tuple[Task, bool, int | None]]] = {}
         for item in due:
             by_subscriber.setdefault(item[0].msisdn, []).append(item)

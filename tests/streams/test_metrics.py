@@ -66,6 +66,8 @@ def _value(m: Metrics, name: str, **labels: str) -> float | None:
 # CONTRACT §9 lists "at least these"; the extras churnlight adds, each documented in streams/metrics.py.
 EXTRA_METRICS = {"churnlight_outcomes_total": ("counter", {"result"}),
                  "churnlight_rewinds_total": ("counter", {"topic"}),
+                 # The call-centre capacity queue (CONTRACT §5): queued, released, expired.
+                 "churnlight_capacity_tasks_total": ("counter", {"region", "kind", "status"}),
                  "churnlight_ready": ("gauge", set()),
                  "churnlight_redis_degraded": ("gauge", set())}
 # The worker process's own figures (prometheus_client's ProcessCollector, from /proc).
@@ -137,6 +139,7 @@ def test_free_labels_that_look_like_an_msisdn_become_invalid() -> None:
     m.deadletter("13800000003", "bad_time")
     m.set_lag("13800000004", 1, 5)
     m.set_kpis({"13800000005": RegionKpis(0.1, 0.2, 0.3)})
+    m.capacity("13800000006", "red_light", "queued")
     samples = _samples(m.render().decode())
     values = {v for _, labels, _ in samples for v in labels.values()}
     assert not {v for v in values if MSISDN_LIKE.match(v)}
@@ -144,6 +147,7 @@ def test_free_labels_that_look_like_an_msisdn_become_invalid() -> None:
     # Regions and brands are a closed set (rules.labels): a phone number is "other".
     assert _value(m, "churnlight_lights", light="yellow", region=OTHER, brand=OTHER) == 7
     assert _value(m, "churnlight_events_total", topic=INVALID, outcome="duplicate") == 1
+    assert _value(m, "churnlight_capacity_tasks_total", region=OTHER, kind="red_light", status="queued") == 1
 
 
 def test_regions_and_brands_outside_the_rule_sets_lists_count_as_other_and_are_logged_once(
@@ -197,6 +201,8 @@ def test_ordinary_free_labels_pass_unchanged() -> None:
         lambda m: m.task("fax", "yellow_light", "suppressed", "cooldown"),
         lambda m: m.observe_end_to_end("fax", 0.1),
         lambda m: m.set_lights({("orange", "zunyi", "gotone"): 1}),
+        lambda m: m.capacity("zunyi", "red_light", "issued"),
+        lambda m: m.capacity("zunyi", "13800000001", "queued"),
     ],
 )
 def test_closed_labels_reject_values_outside_their_set(call) -> None:  # type: ignore[no-untyped-def]
