@@ -338,7 +338,7 @@ def uplift(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Churn of contacted subscribers against the hold-out group, per light and channel.
 
     A subscriber counts in the group of their first yellow or red light task: `contacted` when it
-    was issued, `holdout` when the hold-out suppressed it; churned when a later decision in the
+    was issued (or released from the call-centre queue), `holdout` when the hold-out suppressed it; churned when a later decision in the
     feed says they turned black.
     """
     first: dict[str, tuple[str, str, str, int]] = {}
@@ -349,7 +349,9 @@ def uplift(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             black_at[m] = row["decided_ms"]  # the latest: a reactivated subscriber may turn black again
         if m in first or row["kind"] not in ("yellow_light", "red_light"):
             continue
-        group = "contacted" if row["status"] == "issued" else "holdout" if row["reason"] == "holdout" else None
+        # A task held for call-centre capacity contacts when it is released (an expired one never does).
+        group = ("contacted" if row["status"] in ("issued", "released")
+                 else "holdout" if row["reason"] == "holdout" else None)
         if group is not None:
             first[m] = (row["light"], row["channel"], group, row["decided_ms"])
     cells: dict[tuple[str, str], dict[str, list[int]]] = defaultdict(lambda: {"contacted": [0, 0], "holdout": [0, 0]})
