@@ -692,7 +692,9 @@ class Pipeline:
             # data starts from: applied at once.
             clock.park((ts, _kafka_ms(msg) or -1, msg.key.decode(), msg.value.decode(), base, _source(msg), 0))
             return
-        await self._take(p, clock, base, result, msg.key, _kafka_ms(msg), _source(msg), msg.value.decode())
+        # A profile deletion has no value (and no time: it is applied at once).
+        raw = "" if msg.value is None else msg.value.decode()
+        await self._take(p, clock, base, result, msg.key, _kafka_ms(msg), _source(msg), raw)
 
     async def _suspect(self, p: int, clock: PartitionClock, tp: TP, msg: Any, ts_ms: int) -> bool:
         """Hold a usage record far ahead of the partition's latest usage time, or judge the one

@@ -60,6 +60,19 @@ def test_one_valid_event_of_each_topic_is_applied_and_counted(worker: WorkerProc
     assert worker.metric("churnlight_deadletter_total") == 0
 
 
+def test_a_profile_deletion_is_applied_and_not_dead_lettered(worker: WorkerProc, settings: Settings) -> None:
+    worker.start()
+    produce(settings, [(topic, MSISDN.encode(), orjson.dumps(value)) for topic, value in VALID])
+    wait_for(lambda: worker.metric("churnlight_events_total", topic=PROFILES, outcome="applied") == 1,
+             what="the profile applied")
+    assert worker.get(f"/subscribers/{MSISDN}")[1]["region"] is not None
+    produce(settings, [(PROFILES, MSISDN.encode(), None)])  # CONTRACT §1: a null value deletes the profile
+    wait_for(lambda: worker.metric("churnlight_events_total", topic=PROFILES, outcome="applied") == 2,
+             what="the deletion applied")
+    assert worker.metric("churnlight_deadletter_total") == 0
+    assert worker.get(f"/subscribers/{MSISDN}")[1]["region"] is None
+
+
 def test_bad_input_lands_on_deadletter_with_reason_and_worker_keeps_consuming(
     worker: WorkerProc, settings: Settings
 ) -> None:
