@@ -1101,12 +1101,14 @@ class Pipeline:
                         change = self._judge(p, key, state, at_ms, clock)
                         if change is not None:
                             changes.append((key, state, change))
-            if scorer is not None:
-                await self._score(p, day, changes)
-            for key in sorted(self.dated.get(p, ())):
-                self._day_open(p, key, self.states[key], day, at_ms)
-            if scorer is not None:
-                scorer.forget()
+            try:
+                if scorer is not None:
+                    await self._score(p, day, changes)
+                for key in sorted(self.dated.get(p, ())):
+                    self._day_open(p, key, self.states[key], day, at_ms)
+            finally:
+                if scorer is not None:
+                    scorer.forget()  # what is shown from now on is computed from the features then
 
     async def _evaluate(self, p: int, key: bytes, state: SubscriberState, at_ms: int, clock: PartitionClock,
                         trigger_ts: int | None) -> None:
