@@ -65,6 +65,7 @@ class DemoScoring:
     calls: list[Any] = field(default_factory=list)  # rules.risk.Call, the last day's ranked call list
     call_day: date | None = None
     judged_seconds: float = 0.0
+    horizon_days: int = 60  # the model's: churned within this many days of a close
 
 
 def _metric_sum(text: str, name: str, **labels: str) -> float:
@@ -346,6 +347,7 @@ def judge_run(scoring: DemoScoring, history: Path, labels_path: Path, settings: 
     started = time.monotonic()
     rules = load_rule_set(settings.rules)
     model = load_model(scoring.model)
+    scoring.horizon_days = model.horizon_days
     examples, run = collect(history, rules, settings.zone)
     if run.last_day is not None:
         scoring.call_day = run.last_day - timedelta(days=1)
@@ -517,7 +519,7 @@ def _print_scoring(s: DemoScoring, console: Console) -> None:
         console.print(calls)
     j = s.judged
     lift = Table(title=f"Lights and score on this run ({j.get('examples', 0):,} subscriber-days, churn within "
-                       f"60 days {j.get('churn_rate') or 0:.1%}; model trained on another seed)")
+                       f"{s.horizon_days} days {j.get('churn_rate') or 0:.1%}; model trained on another seed)")
     lift.add_column("")
     lift.add_column("lights", justify="right")
     lift.add_column("score", justify="right")
@@ -579,7 +581,7 @@ def _report_scoring(s: DemoScoring) -> str:
         f"<td>{e((c.offer or {}).get('code', '-'))}</td></tr>" for i, c in enumerate(s.calls, start=1))
     lift = "".join(f"<tr><td>{e(what)}</td><td>{a}</td><td>{b}</td></tr>" for what, a, b in _lift_rows(s))
     return f"""<h2>Call list for {s.call_day}</h2><p>Watched subscribers not yet gone, ranked by expected saved
-revenue (risk of leaving within 60 days x 30-day ARPU); the reasons are the score's three largest contributions.</p>
+revenue (risk of leaving within {s.horizon_days} days x 30-day ARPU); the reasons are the score's three largest contributions.</p>
 <table><tr><th>#</th><th>subscriber</th><th>risk</th><th>saved CNY</th><th>light</th><th>why</th><th>offer</th></tr>
 {rows}</table><h2>Lights and score</h2><p>On this run's history ({s.judged.get('examples', 0):,} subscriber-days
 with 30 days of labels after them), the model trained on another simulated operator.</p>
