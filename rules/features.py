@@ -92,10 +92,10 @@ def previous_window(state: SubscriberState, open_day: date, window_days: int) ->
     return fen, sec
 
 
-def _last_usage(state: SubscriberState, o: int) -> int | None:
+def _last_usage(state: SubscriberState, o: int, last_use_ord: int) -> int | None:
     """The latest local day before ordinal `o` with usage, as far as the state still tells it."""
-    if 0 < state.last_use_ord < o:
-        return state.last_use_ord
+    if 0 < last_use_ord < o:
+        return last_use_ord
     best = None
     first = state.day_first
     for k in state.day_off:  # the usage days with revenue or outgoing minutes, oldest first
@@ -128,8 +128,10 @@ def row(state: SubscriberState, open_day: date, rules: RuleSet, tz: ZoneInfo) ->
     photo = state.photo
     photo_arpu = photo.arpu_fen / 100 if photo is not None else NAN
     photo_mou = photo.mou_seconds / 60 if photo is not None else NAN
-    incoming = decayed(state.in_sec, state.in_ord, o - 1) / 60 if state.in_ord and state.in_ord < o else 0.0
-    last_use = _last_usage(state, o)
+    # Usage the worker applied ahead of its day's close is left out (SubscriberState.use_ahead).
+    in_sec, in_ord, last_use_ord = state.usage_memory(o)
+    incoming = decayed(in_sec, in_ord, o - 1) / 60 if in_ord and in_ord < o else 0.0
+    last_use = _last_usage(state, o, last_use_ord)
     topup = state.topup_ord if 0 < state.topup_ord < o else None
     activated = state.activated_on
     contract = state.contract

@@ -20,8 +20,10 @@ __all__ = ["SUPPRESS_REASONS", "Status", "SuppressReason"]  # re-exported for th
 
 # MIIT 2019: no retention offer or interference while a port-out request is open; service
 # reminders (balance_low, vas_trial) still go.
-GUARDED_KINDS: Final[frozenset[str]] = frozenset(LIGHT_KINDS | {"contract_expiry", "birthday"})
-MARKETING_KINDS: Final[frozenset[str]] = frozenset(LIGHT_KINDS | {"contract_expiry"})
+GUARDED_KINDS: Final[frozenset[str]] = frozenset(LIGHT_KINDS | {"contract_expiry", "birthday", "risk"})
+# CONTRACT §5 calls the `risk` task a marketing task: the cooldown holds it like a light task (the
+# hold-out does not: it is the light tasks' control group).
+MARKETING_KINDS: Final[frozenset[str]] = frozenset(LIGHT_KINDS | {"contract_expiry", "risk"})
 
 
 class PolicyRules(Protocol):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import time
 from pathlib import Path
 from types import MappingProxyType
@@ -137,6 +137,8 @@ class _Tasks(_Model):
     birthday: _Task
     vas_trial: _Task
     port_out: _Task
+    # CONTRACT §5's row; a rule set may name its own (only with `risk.task_threshold` is one made).
+    risk: _Task = _Task(channel="callcentre", priority="normal", due_hours=72)
 
 
 class _Contract(_Model):
@@ -221,7 +223,11 @@ def load_rule_set(name_or_path: str) -> RuleSet:
         raise RuleSetError(f"{shown}: no such rule-set file (rule sets under rules/: {known})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RuleSetError(f"{shown}: cannot read: {exc}") from None
-    return parse_rule_set(text, shown)
+    rules = parse_rule_set(text, shown)
+    if rules.risk_model is not None and not Path(rules.risk_model).is_absolute():
+        # Like any file a rule set names: relative to the rule file's folder, not to where it runs.
+        rules = replace(rules, risk_model=str(path.parent / rules.risk_model))
+    return rules
 
 
 def parse_rule_set(text: str, source: str = "<rules>") -> RuleSet:
@@ -265,6 +271,9 @@ def _build(m: _File, source: str) -> RuleSet:
     for i in range(1, len(discounts)):
         if discounts[i][0] == discounts[i - 1][0]:
             raise fail("tenure_discounts", f"min_years {discounts[i][0]} appears twice")
+
+    if m.risk.task_threshold is not None and m.risk.model is None:
+        raise fail("risk.task_threshold", "needs risk.model (a model file to score with)")
 
     th = m.thresholds
     return RuleSet(

@@ -56,6 +56,8 @@ DEDUP_CLOSED_DAYS: Final = 2
 # 2: scalars as one orjson array, the day buckets and the dedup memory as fixed-width arrays;
 # 1 wrote everything as varints in Python loops, a quarter of the worker's time.
 # 3: format 2 with one more item in the scalar array: the risk features' memory (`_extras`).
+# Formats 2 and 3 keep the last close's risk score in the flags' bits from 7 up (risk_bp + 1; 0:
+# never scored): older records read as never scored, and older readers ignore those bits.
 # A state whose memory is empty is still written as format 2, so a deployment can roll back.
 _VERSION: Final = 3
 _VERSION_BYTES: Final = bytes((_VERSION,))  # its varint: a number below 128 is its own byte
@@ -185,6 +187,8 @@ class SubscriberState:
         "topup_avg_fen",
         "complaint_ords",
         "port_requests",
+        "use_ahead",
+        "risk_bp",
     )
 
     def __init__(self) -> None:
@@ -238,6 +242,13 @@ class SubscriberState:
         self.topup_avg_fen = 0  # running average of the top-ups before it (0: none)
         self.complaint_ords: tuple[int, ...] = ()  # local day ordinals, ascending
         self.port_requests = 0  # port-out requests applied
+        # Usage of days after the open day when it was applied (a replay reads usage ahead of the
+        # day closes): (local day ordinal, incoming voice seconds), ascending. Taken into the memory
+        # above once its day is open (`prune`), so that a close's features never see a later day.
+        self.use_ahead: tuple[tuple[int, int], ...] = ()
+        # The risk score of the last day close that scored it (rules.risk), in basis points (0-10000);
+        # None: never scored. The `risk` task fires on a crossing from one close to the next.
+        self.risk_bp: int | None = None
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -290,6 +301,8 @@ class SubscriberState:
 
     def prune(self, open_day: date, tz: ZoneInfo, window_days: int) -> None:
         """Drop day buckets older than the window and dedup entries that can no longer match."""
+        if self.use_ahead and self.use_ahead[0][0] <= open_day.toordinal():
+            self._settle_ahead(open_day.toordinal())
         offsets = self.day_off
         if offsets:
             cut = open_day.toordinal() - window_days - self.day_first
@@ -332,6 +345,28 @@ class SubscriberState:
         self.seen_base += least
         self.seen_off = array(_width(max(kept) - least, _SEEN_WIDTHS), [k - least for k in kept])
         self.seen_h = array("Q", [h for k, h in zip(seen, hashes) if k > cut])
+
+    def usage_memory(self, day: int) -> tuple[int, int, int]:
+        """Return (incoming seconds, their day ordinal, the last usage day ordinal) of the usage
+        memory with the usage applied ahead of its day taken in up to the day before `day`."""
+        in_sec, in_ord, last = self.in_sec, self.in_ord, self.last_use_ord
+        for d, sec in self.use_ahead:
+            if d >= day:
+                break
+            if sec:
+                in_sec, in_ord = decayed_add(in_sec, in_ord, sec, d)
+            last = max(last, d)
+        return in_sec, in_ord, last
+
+    def _use_ahead(self, day: int, in_sec: int) -> None:
+        ahead = dict(self.use_ahead)
+        ahead[day] = ahead.get(day, 0) + in_sec
+        self.use_ahead = tuple(sorted(ahead.items()))
+
+    def _settle_ahead(self, open_ord: int) -> None:
+        """Take the usage of the days now open into the memory, as if it had come on time."""
+        self.in_sec, self.in_ord, self.last_use_ord = self.usage_memory(open_ord + 1)
+        self.use_ahead = tuple(e for e in self.use_ahead if e[0] > open_ord)
 
     def _is_duplicate(self, h: int, minute: int) -> bool:
         hashes = self.seen_h
@@ -459,7 +494,8 @@ class SubscriberState:
         self.contract_from = None if contract is None else counted_from
 
     def _clear_light(self) -> None:
-        self.light, self.light_since_ms, self.reasons = None, None, ()
+        # Out of the watched base: no light, and no score (only the watched base is scored).
+        self.light, self.light_since_ms, self.reasons, self.risk_bp = None, None, (), None
 
     # --- comparison and serialisation ----------------------------------------------------------
 
@@ -485,7 +521,8 @@ class SubscriberState:
         photo, c = self.photo, self.contract
         extras = self._extras()
         head = orjson.dumps([
-            self.has_profile | self.prepaid << 1 | _LIGHT_CODE[self.light] << 2 | _CHURN_CODE[self.churned] << 5,
+            self.has_profile | self.prepaid << 1 | _LIGHT_CODE[self.light] << 2 | _CHURN_CODE[self.churned] << 5
+            | (0 if self.risk_bp is None else self.risk_bp + 1) << 7,
             self.region, self.brand, self.segment, self.birthday,
             None if self.activated_on is None else self.activated_on.toordinal(),
             None if photo is None else [photo.month, photo.arpu_fen, photo.mou_seconds],
@@ -524,12 +561,14 @@ class SubscriberState:
         """The risk features' memory as the one extra item of format 3, or nothing while it is empty:
         day ordinals after the first as days from the last usage day (null: none), trailing defaults left out."""
         base = self.last_use_ord
-        if not (base or self.in_ord or self.prev_ord or self.topup_ord or self.complaint_ords or self.port_requests):
+        if not (base or self.in_ord or self.prev_ord or self.topup_ord or self.complaint_ords or self.port_requests
+                or self.in_sec or self.prev_fen or self.prev_sec or self.topup_fen or self.topup_avg_fen
+                or self.use_ahead):
             return ()
         items: list[object] = [base, self.in_sec, _rel(self.in_ord, base), self.prev_fen, self.prev_sec,
                                _rel(self.prev_ord, base), _rel(self.topup_ord, base),
                                self.topup_fen, self.topup_avg_fen, [d - base for d in self.complaint_ords],
-                               self.port_requests]
+                               self.port_requests, [x for d, sec in self.use_ahead for x in (d - base, sec)]]
         while items[-1] in _EXTRA_DEFAULTS[len(items) - 1]:
             items.pop()
         return (items,)
@@ -539,9 +578,12 @@ class SubscriberState:
         if not 1 <= given <= len(_EXTRA_DEFAULTS):
             raise ValueError("corrupt risk memory in subscriber state")
         full: list[Any] = [*items, *(d[0] for d in _EXTRA_DEFAULTS[given:])]
-        base, in_sec, in_ord, prev_fen, prev_sec, prev_ord, topup_ord, topup_fen, topup_avg, complaints, ports = full
-        if not isinstance(base, int) or not isinstance(complaints, list):
+        (base, in_sec, in_ord, prev_fen, prev_sec, prev_ord, topup_ord, topup_fen, topup_avg, complaints, ports,
+         ahead) = full
+        if not isinstance(base, int) or not isinstance(complaints, list) or not isinstance(ahead, list) or len(
+                ahead) % 2:
             raise ValueError("corrupt risk memory in subscriber state")
+        self.use_ahead = tuple((ahead[i] + base, ahead[i + 1]) for i in range(0, len(ahead), 2))
         self.last_use_ord, self.in_sec, self.prev_fen, self.prev_sec = base, in_sec, prev_fen, prev_sec
         self.in_ord, self.prev_ord = _abs(in_ord, base), _abs(prev_ord, base)
         self.topup_ord, self.topup_fen, self.topup_avg_fen = _abs(topup_ord, base), topup_fen, topup_avg
@@ -573,6 +615,7 @@ class SubscriberState:
         s.prepaid = bool(flags >> 1 & 1)
         s.light = _LIGHT_OF[flags >> 2 & 7]
         s.churned = _CHURN_OF[flags >> 5 & 3]
+        s.risk_bp = None if flags < 128 else (flags >> 7) - 1
         s.activated_on = None if activated is None else date.fromordinal(activated)
         if photo is not None:
             s.photo = Photo(*photo)
@@ -661,7 +704,7 @@ class SubscriberState:
 
 # Each item of the risk memory's list (`_extras`) and the values it is left out for at the end.
 _EXTRA_DEFAULTS: Final[tuple[tuple[object, ...], ...]] = ((0,), (0,), (None,), (0,), (0,), (None,), (None,), (0,),
-                                                          (0,), ([],), (0,))
+                                                          (0,), ([],), (0,), ([],))
 
 
 def _rel(day: int, base: int) -> int | None:
@@ -782,20 +825,23 @@ def apply_usage(state: SubscriberState, event: Usage, *, open_day: date | None, 
     if h in state.seen_h and state._is_duplicate(h, minute):
         return "duplicate"
     o = local_day(ts, tz).toordinal()
-    if open_day is not None and o < open_day.toordinal() - window_days:
+    opened = o if open_day is None else open_day.toordinal()
+    if o < opened - window_days:
         return "late_dropped"
     seconds = 0
     if event.type == "voice":
         if event.direction == "out":
             seconds = event.seconds
-        elif event.seconds:
+        elif event.seconds and o <= opened:
             if o == state.in_ord:  # the usual case: another call of the same day
                 state.in_sec += event.seconds
             else:
                 state.in_sec, state.in_ord = decayed_add(state.in_sec, state.in_ord, event.seconds, o)
     if event.charge_fen or seconds:
         state._add(o, event.charge_fen, seconds)
-    if o > state.last_use_ord:
+    if o > opened:
+        state._use_ahead(o, event.seconds if event.type == "voice" and event.direction != "out" else 0)
+    elif o > state.last_use_ord:
         state.last_use_ord = o
     state._remember(h, minute)
     if open_day is not None:

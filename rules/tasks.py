@@ -78,6 +78,9 @@ class TaskRules(Protocol):
     @property
     def tenure_discounts(self) -> Sequence[tuple[int, int]]: ...
 
+    @property
+    def risk_task_threshold(self) -> float | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class _Spec:
@@ -180,6 +183,11 @@ class LightChange:
     reasons: tuple[Reason, ...] = ()
 
 
+# A risk reason (rules.risk): the feature's name, its value (None: missing), its contribution to the log-odds.
+RiskReason = tuple[str, float | None, float]
+RISK_SCALE: Final = 10_000  # a risk (0-1) is kept in basis points
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
     """One retention task: every field of the CONTRACT §2 task message, in internal units."""
@@ -202,6 +210,9 @@ class Task:
     rule_set: str
     template: str | None  # sms only
     vars: tuple[tuple[str, Scalar], ...] | None  # sms only
+    # Only where the rule set names a model and the subscriber is scored (CONTRACT §2).
+    risk: float | None = None
+    risk_reasons: tuple[RiskReason, ...] = ()
 
     def to_message(self, tz: tzinfo) -> dict[str, Any]:
         """Render the JSON-ready task message of CONTRACT §2."""
@@ -230,6 +241,9 @@ class Task:
         if self.channel == "sms":
             message["template"] = self.template
             message["vars"] = {k: json_scalar(v) for k, v in self.vars or ()}
+        if self.risk is not None:
+            message["risk"] = self.risk
+            message["risk_reasons"] = risk_reasons_json(self.risk_reasons)
         return message
 
 
@@ -265,6 +279,11 @@ def iso_time(ms: int, tz: tzinfo) -> str:
     if ms % 1000:
         return moment.replace(microsecond=(ms % 1000) * 1000).isoformat(timespec="milliseconds")
     return moment.isoformat(timespec="seconds")
+
+
+def risk_reasons_json(reasons: Sequence[RiskReason]) -> list[dict[str, Any]]:
+    """Render risk reasons as CONTRACT §2's `risk_reasons` (feature, value, contribution)."""
+    return [{"feature": f, "value": v, "contribution": c} for f, v, c in reasons]
 
 
 def cny(fen: int) -> float:
@@ -676,3 +695,44 @@ def lifecycle_tasks(event: Lifecycle, who: SubscriberFacts, rules: TaskRules, tz
     if event.type == "port_out_request":
         return port_out_tasks(who, event.ts_ms, rules, tz)
     return []
+
+
+def risk_crossed(previous_bp: int | None, risk_bp: int, threshold: float | None, light: Light | None) -> bool:
+    """Tell whether a green subscriber's risk first crosses `threshold` at this close: at or above it
+    now, below it at the close before or never scored before (as a first judgement is a change)."""
+    if threshold is None or light != "green":
+        return False
+    limit = round(threshold * RISK_SCALE)
+    return risk_bp >= limit and (previous_bp is None or previous_bp < limit)
+
+
+def risk_tasks(
+    who: SubscriberFacts,
+    previous_bp: int | None,
+    risk_bp: int,
+    contract: ContractTerms | None,
+    day: date,
+    rules: TaskRules,
+    tz: tzinfo,
+) -> list[Task]:
+    """Return the `risk` task when a green watched subscriber's risk first crosses the rule set's
+    threshold at the close before local `day` (CONTRACT §5): one per crossing, its period the local
+    date the close opens, with the light tasks' offer."""
+    threshold = rules.risk_task_threshold
+    if not risk_crossed(previous_bp, risk_bp, threshold, who.light):
+        return []
+    assert threshold is not None
+    offer, vars = light_offer(who, contract, day, rules)
+    task = _build(
+        "risk",
+        day.isoformat(),
+        who,
+        rules,
+        tz,
+        created_at_ms=local_midnight_ms(day, tz),
+        reasons=(Reason("risk_above", risk_bp / RISK_SCALE, threshold),),
+        offer=offer,
+        vars={**vars, "risk": risk_bp / RISK_SCALE},
+        light=who.light,
+    )
+    return [] if task is None else [task]

@@ -23,6 +23,7 @@ Kind = Literal[
     "birthday",
     "vas_trial",
     "port_out",
+    "risk",
 ]
 KINDS: Final[tuple[Kind, ...]] = (
     "red_light",
@@ -33,6 +34,7 @@ KINDS: Final[tuple[Kind, ...]] = (
     "birthday",
     "vas_trial",
     "port_out",
+    "risk",
 )
 
 Status = Literal["issued", "suppressed"]

@@ -245,7 +245,15 @@ def worker() -> None:
     from streams.auth import UsersFileError
     from streams.worker import run_worker
 
-    load_rule_set(settings.rules)  # an unknown rule set fails before anything is started or created
+    rules = load_rule_set(settings.rules)  # an unknown rule set fails before anything is started or created
+    if rules.risk_model is not None:
+        from rules.risk import RiskModelError, load_model
+
+        try:
+            load_model(rules.risk_model)  # so does a model file that cannot be used (one line naming it)
+        except RiskModelError as exc:
+            click.echo(f"churnlight worker: {settings.rules}: risk.model: {exc}", err=True)
+            raise SystemExit(2) from None
     with connected(settings) as resolved:
         try:
             run_worker(resolved)

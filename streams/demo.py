@@ -51,6 +51,21 @@ class DemoResult:
     lit: int = 0
     churners: int = 0
     access: Access | None = None
+    scoring: DemoScoring | None = None
+
+
+@dataclass
+class DemoScoring:
+    """The risk model of the demo: trained on another seed, named by the worker's rule set, judged here."""
+
+    model: Path
+    trained_seconds: float
+    validation: dict[str, Any]  # the model's own validation (its training seed's later days)
+    judged: dict[str, Any] = field(default_factory=dict)  # on this run's history: lights beside score
+    calls: list[Any] = field(default_factory=list)  # rules.risk.Call, the last day's ranked call list
+    call_day: date | None = None
+    judged_seconds: float = 0.0
+    horizon_days: int = 60  # the model's: churned within this many days of a close
 
 
 def _metric_sum(text: str, name: str, **labels: str) -> float:
@@ -200,6 +215,9 @@ def run_demo(settings: Settings, out_dir: Path, *, subscribers: int, days: int, 
     console.print(f"simulated {stats.lines:,} events ({stats.photographed:,} photographed subscribers, "
                   f"{stats.churners:,} churners) in {stats.seconds:.1f} s -> {history}")
 
+    scoring = train_model(cfg, out_dir, settings, console)
+    if scoring is not None:
+        settings = settings.model_copy(update={"rules": str(scored_rule_set(settings.rules, scoring.model, out_dir))})
     settings = settings.model_copy(update={
         "topic_prefix": settings.topic_prefix or f"demo{int(time.time())}.",
         "web_port": free_port(), "web_host": "127.0.0.1",
@@ -266,9 +284,78 @@ def run_demo(settings: Settings, out_dir: Path, *, subscribers: int, days: int, 
     for name, rows in (("light_changes.jsonl", changes), ("tasks.jsonl", tasks)):
         (out_dir / name).write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
     result = DemoResult(settings, int(done) - len(outcome_lines), seconds, totals, changes, tasks, feed, labels, stats.photographed,
-                        access=access)
+                        access=access, scoring=scoring)
     _score(result)
+    if scoring is not None:
+        with console.status("ranking the last day's call list and judging lights and score..."):
+            judge_run(scoring, history, labels_path, settings)
     return result
+
+
+# The demo's model learns on a simulated operator of its own (the run's seed + 1): 125 days, the
+# shortest history `churnlight train` validates by time (30 days of window, 30 to learn from, 30
+# to judge on, 30 of labels).
+TRAIN_DAYS = 125
+
+
+def train_model(run: SimConfig, out_dir: Path, settings: Settings, console: Console) -> DemoScoring | None:
+    """Train the demo's risk model on another seed of the same simulator; None if it cannot learn."""
+    from dataclasses import replace as copy
+
+    from rules.ruleset import load_rule_set
+    from streams.train import train
+
+    # 2,000 subscribers: 500 gave a dozen churn examples to learn from, a model no better than chance.
+    cfg = copy(run, seed=run.seed + 1, days=TRAIN_DAYS, subscribers=max(2000, min(run.subscribers, 5000)),
+               activity=0.05)
+    history = out_dir / "train-history.jsonl"
+    started = time.monotonic()
+    with console.status(f"training a risk model on another simulated operator ({cfg.subscribers:,} subscribers, "
+                        f"{cfg.days} days, seed {cfg.seed})..."):
+        write_history(cfg, history, out_dir / "train-labels.jsonl")
+        try:
+            trained = train(history, load_rule_set(settings.rules), settings.zone, seed=cfg.seed)
+        except ValueError as exc:
+            console.print(f"[yellow]no risk model: {exc}[/yellow]")
+            return None
+    model = out_dir / "model.json"
+    model.write_bytes(trained.model_bytes)
+    seconds = time.monotonic() - started
+    console.print(f"trained a risk model in {seconds:.1f} s -> {model}")
+    return DemoScoring(model, seconds, trained.figures["validation"])
+
+
+def scored_rule_set(rules: str, model: Path, out_dir: Path) -> Path:
+    """Write the demo's rule set: `rules` naming `model` (risk scores on tasks, lights, /subscribers)."""
+    import yaml
+
+    from rules.ruleset import resolve
+
+    doc = yaml.safe_load(resolve(rules)[0].read_text(encoding="utf-8"))
+    doc["risk"] = {**(doc.get("risk") or {}), "model": model.name}
+    path = out_dir / "rules-scored.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def judge_run(scoring: DemoScoring, history: Path, labels_path: Path, settings: Settings) -> None:
+    """Fold the run's history offline: the last day's call list, and the lights' and the score's lift."""
+    from rules.risk import call_list, load_model
+    from rules.ruleset import load_rule_set
+    from streams.train import churn_days_of, collect, judge_model, load_labels
+
+    started = time.monotonic()
+    rules = load_rule_set(settings.rules)
+    model = load_model(scoring.model)
+    scoring.horizon_days = model.horizon_days
+    examples, run = collect(history, rules, settings.zone)
+    if run.last_day is not None:
+        scoring.call_day = run.last_day - timedelta(days=1)
+        scoring.calls = call_list(run.states, model, run.last_day, rules, settings.zone, limit=10)
+        churn = churn_days_of(load_labels(labels_path))
+        scoring.judged = judge_model(model, history, examples, churn, run.last_day.toordinal() + 1)
+    scoring.judged_seconds = time.monotonic() - started
+
 
 
 # What the simulated call centre and SMS gateway report back, with the share of tasks (the rest
@@ -390,6 +477,57 @@ def print_summary(r: DemoResult, console: Console) -> None:
                         f"{ordered[len(ordered) // 2]} ({ordered[0]}-{ordered[-1]})")
     outcome.add_row("throughput", f"{r.events:,} events in {r.seconds:.0f} s = {r.events / max(r.seconds, 0.001):,.0f}/s")
     console.print(outcome)
+    if r.scoring is not None:
+        _print_scoring(r.scoring, console)
+
+
+def _reasons_text(reasons: list[Any], values: bool = True) -> str:
+    if not values:
+        return ", ".join(name for name, _, _ in reasons)
+    return ", ".join(f"{name} {'-' if value is None else f'{value:g}'}" for name, value, _ in reasons)
+
+
+def _lift_rows(s: DemoScoring) -> list[tuple[str, str, str]]:
+    """(what, lights, score) rows of the judgement on the run's history."""
+    j = s.judged
+    lights, at = j.get("lights") or {}, j.get("at_lights_load") or {}
+
+    def num(v: Any) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    def pct(v: Any) -> str:
+        return "-" if v is None else f"{v:.0%}"
+
+    return [
+        ("lift over the base's churn rate, at the lights' alarm load", num(lights.get("lift")), num(at.get("lift"))),
+        ("recall at that load", pct(lights.get("recall")), pct(at.get("recall"))),
+        ("top-decile lift", "", num(j.get("top_decile_lift"))),
+        ("AUC", "", num(j.get("auc"))),
+    ]
+
+
+def _print_scoring(s: DemoScoring, console: Console) -> None:
+    if s.call_day is not None:
+        calls = Table(title=f"Call list for {s.call_day} (top {len(s.calls)} by expected saved revenue = risk x "
+                            "30-day ARPU)")
+        for name, justify in (("#", "right"), ("subscriber", "left"), ("risk", "right"), ("saved CNY", "right"),
+                              ("light", "left"), ("why (the score's top 3)", "left"), ("offer", "left")):
+            calls.add_column(name, justify=justify)  # type: ignore[arg-type]
+        for i, c in enumerate(s.calls, start=1):
+            calls.add_row(str(i), c.masked, f"{c.risk:.2f}", f"{c.expected_saved_cny:,.2f}", c.light or "-",
+                          _reasons_text(c.reasons, values=False), (c.offer or {}).get("code", "-"))
+        console.print(calls)
+    j = s.judged
+    lift = Table(title=f"Lights and score on this run ({j.get('examples', 0):,} subscriber-days, churn within "
+                       f"{s.horizon_days} days {j.get('churn_rate') or 0:.1%}; model trained on another seed)")
+    lift.add_column("")
+    lift.add_column("lights", justify="right")
+    lift.add_column("score", justify="right")
+    for row in _lift_rows(s):
+        lift.add_row(*row)
+    console.print(lift)
+    console.print(f"risk model: trained in {s.trained_seconds:.1f} s; call list and judgement in "
+                  f"{s.judged_seconds:.1f} s")
 
 
 # --- the HTML report ----------------------------------------------------------------------------
@@ -432,6 +570,22 @@ def _svg_bars(values: dict[str, int], title: str, colour: str, height: int = 200
     parts.append(f'<text x="{pad - 4}" y="12" font-size="11" text-anchor="end">{top:,}</text>')
     parts.append(f'<line x1="{pad}" y1="{height}" x2="{width - 10}" y2="{height}" stroke="#999"/></svg>')
     return "".join(parts)
+
+
+def _report_scoring(s: DemoScoring) -> str:
+    """The report's risk section: the last day's call list, and the lights' and the score's lift."""
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{i}</td><td>{e(c.masked)}</td><td>{c.risk:.2f}</td><td>{c.expected_saved_cny:,.2f}</td>"
+        f"<td>{e(c.light or '-')}</td><td>{e(_reasons_text(c.reasons))}</td>"
+        f"<td>{e((c.offer or {}).get('code', '-'))}</td></tr>" for i, c in enumerate(s.calls, start=1))
+    lift = "".join(f"<tr><td>{e(what)}</td><td>{a}</td><td>{b}</td></tr>" for what, a, b in _lift_rows(s))
+    return f"""<h2>Call list for {s.call_day}</h2><p>Watched subscribers not yet gone, ranked by expected saved
+revenue (risk of leaving within {s.horizon_days} days x 30-day ARPU); the reasons are the score's three largest contributions.</p>
+<table><tr><th>#</th><th>subscriber</th><th>risk</th><th>saved CNY</th><th>light</th><th>why</th><th>offer</th></tr>
+{rows}</table><h2>Lights and score</h2><p>On this run's history ({s.judged.get('examples', 0):,} subscriber-days
+with 30 days of labels after them), the model trained on another simulated operator.</p>
+<table><tr><th></th><th>lights</th><th>score</th></tr>{lift}</table>"""
 
 
 def write_report(r: DemoResult, path: Path) -> Path:
@@ -479,6 +633,7 @@ td:first-child,th:first-child{{text-align:left}}h2{{margin-top:1.6em}}svg{{width
 <p>Days between the first yellow or red light and the day the subscriber left.</p>
 <h2>Task decisions</h2><table><tr><th>channel</th><th>kind</th><th>status</th><th>count</th></tr>{rows}</table>
 <h2>Suppressed, and why</h2><table><tr><th>reason</th><th>count</th></tr>{reason_rows}</table>
+{_report_scoring(r.scoring) if r.scoring is not None else ""}
 </body></html>"""
     path.write_text(body, encoding="utf-8")
     return path

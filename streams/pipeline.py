@@ -19,6 +19,7 @@ import bisect
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any, Protocol
 
@@ -38,10 +39,11 @@ from rules.kpi import TaskCounts, local_month, region_kpis
 from rules.lights import LightChange
 from rules.ruleset import RuleSet
 from rules.state import SubscriberState, apply, apply_usage, day_start_ms, local_day
-from rules.tasks import ContractTerms, SubscriberFacts, Task
+from rules.tasks import ContractTerms, SubscriberFacts, Task, risk_crossed, risk_reasons_json
 from sinks.outcomes import OutcomeStore
 from sinks.redis_store import Stopped
 from streams.changelog import ChangelogWriter
+from streams.scoring import Scorer
 from streams.faults import NONE as NO_FAULTS, Faults
 from streams.outputs import STATE, deadletter_id, light_id, task_identity
 from streams.logs import DEADLETTER_LOG
@@ -282,6 +284,8 @@ class Pipeline:
         # acknowledged to this process (streams.app.Sender keeps it), recorded with each clock.
         self.output_ends: dict[str, int] = {} if output_ends is None else output_ends
         self.faults = faults
+        # The rule set's risk model, loaded now (a file that cannot be used stops the start-up); None: no score.
+        self.scorer = Scorer.of(rules, self.tz)
         # The number of the last state write (every changelog record carries its write's number).
         self._write_no = 0
         # The Kafka time (ms) of the record being processed; None between records (ticks, rechecks).
@@ -481,6 +485,7 @@ class Pipeline:
             "port_out_request_open": state.port_out_open(
                 clock.watermark_ms or 0, self.rules.port_out_request_open_days) if clock else False,
             "rule_set": self.rules.name,
+            **self._risk_fields(msisdn.encode(), state, open_day),
         }
 
     # --- the cache -----------------------------------------------------------------------------
@@ -1148,33 +1153,84 @@ class Pipeline:
             # window is whole most subscribers are steady (a replay's first month judges nobody).
             whole = lights.judged(day, clock.first_day, self.rules.window_days)
             states = self.states
+            # With a model, the whole close is judged first and scored after (the model learned
+            # the lights of the close), then its changes go out with their scores.
+            scorer = self.scorer if whole else None
+            changes: list[tuple[bytes, SubscriberState, LightChange]] = []
             for key in sorted(self.watched.get(p, ())):
                 state = states[key]
                 if whole or not lights.steady_before_window(state):
-                    await self._evaluate(p, key, state, at_ms, clock, trigger_ts=None)
-            for key in sorted(self.dated.get(p, ())):
-                self._day_open(p, key, self.states[key], day, at_ms)
+                    if scorer is None:
+                        await self._evaluate(p, key, state, at_ms, clock, trigger_ts=None)
+                    else:
+                        change = self._judge(p, key, state, at_ms, clock)
+                        if change is not None:
+                            changes.append((key, state, change))
+            try:
+                if scorer is not None:
+                    await self._score(p, day, changes)
+                for key in sorted(self.dated.get(p, ())):
+                    self._day_open(p, key, self.states[key], day, at_ms)
+            finally:
+                if scorer is not None:
+                    scorer.forget()  # what is shown from now on is computed from the features then
 
     async def _evaluate(self, p: int, key: bytes, state: SubscriberState, at_ms: int, clock: PartitionClock,
                         trigger_ts: int | None) -> None:
+        change = self._judge(p, key, state, at_ms, clock)
+        if change is not None:
+            await self._changed(key, state, change, trigger_ts)
+
+    def _judge(self, p: int, key: bytes, state: SubscriberState, at_ms: int,
+               clock: PartitionClock) -> LightChange | None:
+        """Judge the light of `state` at `at_ms` and move it; return the change, if any."""
         # Before the partition's first day opens, a lifecycle event is judged on its own day.
         open_day = clock.open_day or local_day(at_ms, self.tz)
         judgement = lights.evaluate(state, at_ms=at_ms, open_day=open_day, first_day=clock.first_day,
                                     rules=self.rules)
         if judgement is None:
-            return
+            return None
         before = (state.light, state.reasons)
         change = lights.change(state, judgement, at_ms)
         if (state.light, state.reasons) != before:
             self._touch(p, key)
-        if change is None:
-            return
+        return change
+
+    async def _changed(self, key: bytes, state: SubscriberState, change: LightChange, trigger_ts: int | None) -> None:
+        """Send a light change and decide its task."""
         await self._emit_light(key, state, change)
         if self.tasks is not None and lights.is_worsening(change.previous, change.light):
-            terms = self._contract(state, local_day(at_ms, self.tz))
+            terms = self._contract(state, local_day(change.at_ms, self.tz))
             for task in triggers.light_tasks(change, self._facts(key, state), terms, self.rules,
                                              self.tz):
                 self._decide(task, state, trigger_ts)
+
+    async def _score(self, p: int, day: date, changes: list[tuple[bytes, SubscriberState, LightChange]]) -> None:
+        """Score the partition's watched subscribers at the close before `day` (streams.scoring), then
+        send the close's light changes and decide its `risk` tasks, with their scores."""
+        assert self.scorer is not None
+        scored = self.scorer.close([(key, self.states[key]) for key in sorted(self.watched.get(p, ()))], day)
+        threshold = None if self.tasks is None else self.rules.risk_task_threshold
+        crossed = []
+        for key, state, previous in scored:
+            if state.risk_bp != previous:
+                self._touch(p, key)
+            if risk_crossed(previous, state.risk_bp or 0, threshold, state.light):
+                crossed.append((key, state, previous))
+        # The reasons of what is shown, in one batch: a millisecond a row, so never for all.
+        self.scorer.explain([key for key, _, _ in changes] + [key for key, _, _ in crossed])
+        for key, state, change in changes:
+            await self._changed(key, state, change, None)
+        for key, state, previous in crossed:
+            assert state.risk_bp is not None
+            for task in triggers.risk_tasks(self._facts(key, state), previous, state.risk_bp,
+                                            self._contract(state, day), day, self.rules, self.tz):
+                self._decide(task, state, None)
+
+    def _risk_fields(self, key: bytes, state: SubscriberState, open_day: date | None) -> dict[str, Any]:
+        """The `risk` and `risk_reasons` of a message about a scored subscriber; none without a model."""
+        shown = None if self.scorer is None else self.scorer.shown(key, state, open_day)
+        return {} if shown is None else {"risk": shown[0], "risk_reasons": risk_reasons_json(shown[1])}
 
     def _day_open(self, p: int, key: bytes, state: SubscriberState, day: date, at_ms: int) -> None:
         if self.tasks is None:
@@ -1236,6 +1292,10 @@ class Pipeline:
         # The policy sees the state after the triggering event (CONTRACT §5): the port-out flag is
         # taken now; the decision itself runs with the batch's other tasks before its commit.
         port_out = state.port_out_open(task.created_at_ms, self.rules.port_out_request_open_days)
+        if self.scorer is not None:
+            shown = self.scorer.shown(task.msisdn.encode(), state, local_day(task.created_at_ms, self.tz))
+            if shown is not None:
+                task = replace(task, risk=shown[0], risk_reasons=shown[1])
         self._due.append((task, port_out, trigger_ts))
         if self._capacity and task.channel == "callcentre" and task.region in self.rules.capacity:
             clock = self.clocks.get(partition_of(task.msisdn.encode(), self.partitions))
@@ -1340,6 +1400,7 @@ class Pipeline:
             "arpu": round(change.arpu_fen / 100, 2), "mou": round(change.mou_seconds / 60, 2),
             "reasons": [_reason(r) for r in change.reasons],
             "region": state.region, "brand": state.brand, "rule_set": self.rules.name,
+            **self._risk_fields(key, state, local_day(change.at_ms, self.tz)),
         }
         self._out.append((LIGHTS, key, orjson.dumps(message), [], light_id(msisdn, at, change.light)))
         self.metrics.light_change(change.previous or "green", change.light)

@@ -290,7 +290,7 @@ def judge_model(model: RiskModel, path: Path, ex: Examples, churn: Mapping[str, 
             in_sample = True
     chosen = ex.take(usable)
     y = label(chosen, churn, model.horizon_days, end)
-    risk = model.score(chosen.x)[0] if len(chosen) else None
+    risk = model.risk(chosen.x) if len(chosen) else None  # not `score`: its reasons cost 1 ms a row
     return {"in_sample": in_sample, **_days(chosen), **judge(y, risk, chosen.alarm)}
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from rules import features
 from rules.events import Billing, Contract, Event, Lifecycle, Photo, Profile, Usage
 from rules.ruleset import load_rule_set
-from rules.state import DECAY_KEEP, SubscriberState, apply, day_start_ms
+from rules.state import DECAY_KEEP, SubscriberState, apply, day_start_ms, local_day
 from tests.rules.test_state import MSISDN, OPEN, RULES, TZ, at
 
 GOLDEN_PROFILE = Profile(MSISDN, "zunyi", "gotone", "high", date(2025, 11, 15), "07-14", True,
@@ -171,6 +171,44 @@ def test_no_feature_sees_an_event_after_its_day(tmp_path: Path, events: list[Eve
          decide_tasks=False)
     fold(_write(tmp_path / "cut.jsonl", cut, close_at=day), RULES, TZ, on_close=keep("cut"), decide_tasks=False)
     assert seen["full"] == pytest.approx(seen["cut"], nan_ok=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(histories(), st.integers(-20, 5))
+def test_usage_the_worker_reads_ahead_of_a_day_close_is_not_seen_by_that_close(events: list[Event],
+                                                                               back: int) -> None:
+    """A replay reads usage days ahead of the day closes (they wait for the slower topics): the
+    close's features are those of the history cut at its day, as in training."""
+    close = OPEN + timedelta(days=back)
+
+    def fed(evs: list[Event], open_day_of) -> SubscriberState:  # type: ignore[no-untyped-def]
+        s = SubscriberState()
+        for e in evs:
+            apply(s, e, open_day=open_day_of(e), tz=TZ, rules=RULES)
+        return s
+
+    def own_day(e: Event) -> date | None:
+        return None if isinstance(e, Profile) else local_day(e.ts_ms, TZ)
+
+    before = [e for e in events if isinstance(e, Profile) or e.ts_ms < day_start_ms(close, TZ)]
+    later_usage = [e for e in events if isinstance(e, Usage) and e.ts_ms >= day_start_ms(close, TZ)]
+    on_time = fed(before, own_day)
+    # The worker: the later usage applied while the day before `close` is still the open one.
+    read_ahead = fed(before + later_usage, lambda e: min(own_day(e) or close, close - timedelta(days=1)))
+    got = dict(zip(features.NAMES, features.row(read_ahead, close, RULES, TZ)))
+    want = dict(zip(features.NAMES, features.row(on_time, close, RULES, TZ)))
+    for name in ("days_since_usage", "incoming_share", "arpu", "mou"):  # what later usage would change
+        assert got[name] == pytest.approx(want[name], nan_ok=True), name
+    # The rest up to the rounding of days leaving the window at other times (whole seconds, decayed).
+    assert got == pytest.approx(want, rel=0.05, abs=0.01, nan_ok=True)
+    again = SubscriberState.from_bytes(read_ahead.to_bytes())
+    assert again.to_bytes() == read_ahead.to_bytes() and again.use_ahead == read_ahead.use_ahead
+    # Once the days are open, the usage read ahead counts as if it had come on time.
+    read_ahead.prune(OPEN + timedelta(days=10), TZ, RULES.window_days)
+    on_time_all = fed(before + later_usage, own_day)
+    assert not read_ahead.use_ahead
+    assert (read_ahead.last_use_ord, read_ahead.in_ord) == (on_time_all.last_use_ord, on_time_all.in_ord)
+    assert abs(read_ahead.in_sec - on_time_all.in_sec) <= len(later_usage)  # rounding of the decayed sum
 
 
 @settings(max_examples=60, deadline=None)

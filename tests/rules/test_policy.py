@@ -41,6 +41,7 @@ CHANNEL: dict[Kind, Channel] = {
     "birthday": "sms",
     "vas_trial": "sms",
     "port_out": "callcentre",
+    "risk": "callcentre",
 }
 LIGHT = ("red_light", "yellow_light", "black_light")
 
@@ -120,7 +121,7 @@ def test_plain_task_is_issued_unchanged() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_port_out_guard(kind: Kind) -> None:
-    guarded = kind in {*LIGHT, "contract_expiry", "birthday"}
+    guarded = kind in {*LIGHT, "contract_expiry", "birthday", "risk"}
     assert is_guarded(kind) == guarded
     decision = run(make(kind), port_out_open=True)
     assert (decision.status, decision.reason) == (("suppressed", "port_out_guard") if guarded else ("issued", None))
@@ -215,7 +216,7 @@ def test_holdout_before_cooldown() -> None:
         (-DAY, False),  # a contact dated after the task never blocks it (issue 13)
     ],
 )
-@pytest.mark.parametrize("kind", ["red_light", "yellow_light", "black_light", "contract_expiry"])
+@pytest.mark.parametrize("kind", ["red_light", "yellow_light", "black_light", "contract_expiry", "risk"])
 def test_cooldown_seven_days_in_event_time(kind: Kind, since: int, suppressed: bool) -> None:
     decision = run(make(kind), last_contact_ms=NOON - since)
     assert (decision.status, decision.reason) == (("suppressed", "cooldown") if suppressed else ("issued", None))
@@ -228,7 +229,8 @@ def test_no_cooldown_for_service_and_port_out_tasks(kind: Kind) -> None:
 
 
 def test_marketing_kinds() -> None:
-    assert {k for k in KINDS if is_marketing(k)} == {*LIGHT, "contract_expiry"}
+    # CONTRACT §5: the `risk` task is a marketing task.
+    assert {k for k in KINDS if is_marketing(k)} == {*LIGHT, "contract_expiry", "risk"}
 
 
 @given(st.integers(-30 * DAY, 30 * DAY), st.integers(0, 30))

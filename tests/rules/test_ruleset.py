@@ -127,6 +127,10 @@ _DELETE = object()
         ("policy.quiet_hours.start", 1260, "policy.quiet_hours.start: must be a string"),
         ("policy.quiet_hours.end", "8:00", 'policy.quiet_hours.end: must be a quoted local time "HH:MM"'),
         ("name", "", "name: must not be empty"),
+        ("risk.task_threshold", 0.3, "risk.task_threshold: needs risk.model"),
+        ("risk.task_threshold", 1.0, "risk.task_threshold: must be a number < 1"),
+        ("tasks.risk", {"channel": "callcentre", "priority": "normal", "due_hours": None},
+         "tasks.risk.due_hours: must be a whole number of hours >= 0"),
     ],
 )
 def test_errors_name_the_file_and_the_field(tmp_path: Path, field: str, value: Any, message: str) -> None:
@@ -159,6 +163,23 @@ def test_file_level_errors(tmp_path: Path) -> None:
         load_rule_set(str(bad))
     with pytest.raises(RuleSetError, match="not a rule-set name"):
         load_rule_set("..\\etc")
+
+
+def test_a_model_file_is_found_next_to_the_rule_file_and_the_risk_task_has_the_contracts_row(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = default_doc()
+    doc["risk"] = {"model": "models/churn.json", "horizon_days": 45, "task_threshold": 0.4}
+    (tmp_path / "rules").mkdir()
+    path = write(tmp_path / "rules", doc)
+    monkeypatch.chdir(tmp_path)  # the rule file named relative to where the worker runs, too
+    for name in (path, "rules/x.yaml"):
+        r = load_rule_set(name)
+        assert Path(r.risk_model or "").resolve() == tmp_path / "rules" / "models" / "churn.json"
+        assert (r.risk_horizon_days, r.risk_task_threshold) == (45, 0.4)
+    doc["risk"]["model"] = str(tmp_path / "elsewhere.json")  # an absolute path stays as it is
+    assert load_rule_set(write(tmp_path, doc)).risk_model == str(tmp_path / "elsewhere.json")
+    assert load_rule_set("cmcc-2010").risk_model is None
+    assert load_rule_set("cmcc-2010").tasks["risk"] == TaskSpec("callcentre", "normal", 72, None)
 
 
 def test_rule_set_error_is_a_value_error() -> None:

@@ -451,6 +451,8 @@ def states(draw: st.DrawFn) -> SubscriberState:
             st.integers(0, 10**9))
         s.complaint_ords = tuple(sorted(draw(st.lists(ords, max_size=8))))
         s.port_requests = draw(st.integers(0, 1000))
+    if draw(st.booleans()):  # scored at a day close
+        s.risk_bp = draw(st.integers(0, 10_000))
     return s
 
 
@@ -497,6 +499,7 @@ def test_typical_subscriber_fits_in_1_kib(seed: int) -> None:
         run(s, Billing(f"{rnd.getrandbits(128):032x}", MSISDN, at(day, 23.95), "balance", None, 8000), open_day=day)
     s.mark_used("contract:2027-06-30:remaining_match")
     s.mark_used("birthday:2026")
+    s.risk_bp = 8765  # scored at the last close
     # Rare events, older than the dedup memory: a top-up, two complaints.
     run(s, Billing(f"{rnd.getrandbits(128):032x}", MSISDN, at(start, 9), "topup", 10000, 18000), open_day=start)
     for back in (5, 20):
@@ -627,3 +630,21 @@ def test_a_state_of_format_3_round_trips_and_an_empty_memory_is_written_as_forma
     data = s.to_bytes()
     assert data[0] == 3 and SubscriberState.from_bytes(data) == s
     assert SubscriberState().to_bytes()[0] == 2
+
+
+def test_the_risk_score_is_kept_compactly_and_older_records_read_as_never_scored() -> None:
+    s = SubscriberState.from_bytes(V2_STATE)
+    assert s.risk_bp is None  # written before there was a score
+    assert s.to_bytes() == V2_STATE
+    s.risk_bp = 3712
+    scored = s.to_bytes()
+    assert SubscriberState.from_bytes(scored) == s and SubscriberState.from_bytes(scored).risk_bp == 3712
+    assert len(scored) - len(V2_STATE) <= 6  # in the flags: "9" became "475145"
+    run(s, call(date(2026, 8, 20), 3, direction="in"), open_day=None)  # format 3 keeps it the same way
+    assert s.to_bytes()[0] == 3 and SubscriberState.from_bytes(s.to_bytes()).risk_bp == 3712
+    only = SubscriberState()
+    only.risk_bp = 0
+    assert SubscriberState.from_bytes(only.to_bytes()).risk_bp == 0
+    # Leaving the watched base forgets it: only the watched base is scored.
+    run(s, profile(photo=None))
+    assert s.risk_bp is None and s.light is None

@@ -39,6 +39,8 @@ from rules.tasks import (
     local_date,
     local_midnight_ms,
     port_out_tasks,
+    risk_crossed,
+    risk_tasks,
     task_id,
     tenure_discount,
     tenure_years,
@@ -68,6 +70,7 @@ def _default_tasks() -> dict[str, Spec]:
         "birthday": Spec("sms", "low", None, "birthday.v1"),
         "vas_trial": Spec("sms", "normal", None, "vas_trial.v1"),
         "port_out": Spec("callcentre", "urgent", 2),
+        "risk": Spec("callcentre", "normal", 72),
     }
 
 
@@ -86,6 +89,7 @@ class Rules:
     cooldown_days: int = 7
     quiet_start: time = time(21, 0)
     quiet_end: time = time(8, 0)
+    risk_task_threshold: float | None = None
 
 
 RULES = Rules()
@@ -482,6 +486,7 @@ def _all_tasks() -> list[Task]:
     tasks += balance_low_tasks(WHO, 1000, 10, ts, RULES, TZ)
     tasks += vas_trial_tasks(WHO, "video", date(2026, 10, 9), ts, RULES, TZ)
     tasks += port_out_tasks(WHO, ts, replace(RULES, port_out_guard=False), TZ)
+    tasks += risk_tasks(WHO, 1200, 4000, contract, day, replace(RULES, risk_task_threshold=0.35), TZ)
     return tasks
 
 
@@ -562,3 +567,55 @@ def test_light_tasks_take_the_light_engines_change_as_is() -> None:
     (task,) = light_tasks(change, WHO, None, RULES, TZ)
     assert task.reasons == (Reason("arpu_below", 85.5, 120.0),)
     assert task.to_message(TZ)["reasons"] == [{"code": "arpu_below", "value": 85.5, "threshold": 120.0}]
+
+
+# --------------------------------------------------------------------------------------------
+# the risk task
+
+
+@pytest.mark.parametrize(("previous", "now", "light", "crossed"), [
+    (None, 3500, "green", True),    # the first score is a first judgement: at or above is a crossing
+    (None, 3499, "green", False),
+    (3499, 3500, "green", True),
+    (1000, 9000, "green", True),
+    (3500, 3600, "green", False),   # already above at the close before: no second task
+    (4000, 3000, "green", False),   # falling back below
+    (1000, 9000, "yellow", False),  # only while green: a yellow or red one has its light task
+    (1000, 9000, "red", False),
+    (1000, 9000, None, False),      # not watched
+])
+def test_the_risk_task_fires_when_a_green_subscribers_risk_first_crosses_the_threshold(
+        previous: int | None, now: int, light: Light | None, crossed: bool) -> None:
+    assert risk_crossed(previous, now, 0.35, light) == crossed
+    who = replace(WHO, light=light)
+    tasks = risk_tasks(who, previous, now, None, date(2026, 10, 3), replace(RULES, risk_task_threshold=0.35), TZ)
+    assert [t.kind for t in tasks] == (["risk"] if crossed else [])
+    # Without a threshold the option is off.
+    assert not risk_crossed(previous, now, None, light)
+    assert risk_tasks(who, previous, now, None, date(2026, 10, 3), RULES, TZ) == []
+
+
+def test_a_crossing_again_after_falling_below_is_a_new_task_of_its_own_day() -> None:
+    rules = replace(RULES, risk_task_threshold=0.5)
+    closes = [(date(2026, 10, 3), None, 6000), (date(2026, 10, 4), 6000, 6500), (date(2026, 10, 5), 6500, 4000),
+              (date(2026, 10, 9), 4000, 5000)]
+    fired = [t for day, before, now in closes for t in risk_tasks(WHO, before, now, None, day, rules, TZ)]
+    assert [local_date(t.created_at_ms, TZ) for t in fired] == [date(2026, 10, 3), date(2026, 10, 9)]
+    assert fired[0].task_id == task_id(WHO.msisdn, "risk", "2026-10-03") != fired[1].task_id
+
+
+def test_the_risk_task_message() -> None:
+    (task,) = risk_tasks(WHO, 1200, 4000, None, date(2026, 10, 3), replace(RULES, risk_task_threshold=0.35), TZ)
+    message = task.to_message(TZ)
+    assert (message["channel"], message["kind"], message["priority"]) == ("callcentre", "risk", "normal")
+    assert message["created_at"] == "2026-10-03T00:00:00+08:00" and message["due_by"] == "2026-10-06T00:00:00+08:00"
+    assert message["light"] == "green" and message["previous_light"] is None
+    assert message["reasons"] == [{"code": "risk_above", "value": 0.4, "threshold": 0.35}]
+    assert message["offer"]["code"] == "tenure_discount"  # the light tasks' offer: tenure 6 y
+    # Scored, the message carries the score; unscored, not a field more than CONTRACT §2 says.
+    assert "risk" not in message and "risk_reasons" not in message
+    scored = replace(task, risk=0.4, risk_reasons=(("arpu_vs_prev", 0.31, 0.82), ("days_since_usage", None, 0.4)))
+    assert scored.to_message(TZ)["risk"] == 0.4
+    assert scored.to_message(TZ)["risk_reasons"] == [
+        {"feature": "arpu_vs_prev", "value": 0.31, "contribution": 0.82},
+        {"feature": "days_since_usage", "value": None, "contribution": 0.4}]

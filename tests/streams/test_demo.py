@@ -22,10 +22,18 @@ def test_demo_runs_end_to_end_and_the_backtest_gives_its_light_changes(tmp_path:
                            "--out", str(out)], env=env, cwd=tmp_path, capture_output=True, timeout=600)
     text = done.stdout.decode()
     assert done.returncode == 0, done.stderr.decode()[-3000:] + text[-2000:]
-    for heading in ("Watched base at the end", "Light changes", "Retention tasks", "Did the lights catch"):
+    for heading in ("Watched base at the end", "Light changes", "Retention tasks", "Did the lights catch",
+                    "Call list for", "Lights and score"):
         assert heading in text
     report = (out / "report.html").read_text(encoding="utf-8")
     assert "<svg" in report and "Lights over time" in report and "Tasks per day" in report
+    # The worker scored with a model the demo trained on another seed: tasks carry the risk, and the
+    # report ranks the last day's call list (masked numbers, risk, reasons, offer).
+    assert (out / "model.json").exists() and "model: model.json" in (out / "rules-scored.yaml").read_text()
+    scored = [t for t in map(orjson.loads, (out / "tasks.jsonl").read_bytes().splitlines()) if "risk" in t]
+    assert scored and all(len(t["risk_reasons"]) == 3 for t in scored)
+    calls = report[report.index("Call list for"):report.index("Lights and score")]
+    assert calls.count("****") == 10
     changes = [orjson.loads(line) for line in (out / "light_changes.jsonl").read_bytes().splitlines()]
     assert changes, "a 50-day run past the photo must change some lights"
     # No server left behind by the demo.
