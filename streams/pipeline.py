@@ -81,6 +81,11 @@ FRESH_MS = 2000
 # Touched subscribers that make the state go to the changelog before its interval is up: each
 # write holds up the batches behind it (about 6 us a subscriber: at most about 0.6 s).
 MAX_DIRTY = 100_000
+# Parked records of a partition (their raw values, bytes) above which the reader pauses the
+# partition's topics that run ahead of its watermark: the parked records live in the partition's
+# clock record, one changelog message, which the broker takes up to 1 MiB (and a replay burst
+# would otherwise park a whole topic read ahead: issue 15). The topics behind catch up meanwhile.
+PARKED_BYTES = 256 * 1024
 
 
 def partition_of(key: bytes, partitions: int) -> int:
@@ -378,6 +383,27 @@ class Pipeline:
             clock = self.clocks.get(p) or PartitionClock()
             for tp, base in self._input_tps(p):
                 out[tp] = self._next_offset(base, clock)
+        return out
+
+    def crowded(self) -> set[TP]:
+        """Return the input partitions to pause until their partitions' parked records shrink: the
+        topics ahead of the watermark of a partition whose parked records pass PARKED_BYTES, while
+        a topic behind it still has records to read (it alone can move the watermark on)."""
+        out: set[TP] = set()
+        for p, clock in self._owned_clocks():
+            parked = clock.parked
+            if len(parked) < 64 or sum(len(e[3]) for e in parked) <= PARKED_BYTES:
+                continue
+            watermark = clock.watermark_ms
+            ahead, behind = [], False
+            for tp, base in self._input_tps(p):
+                latest = clock.max_ts.get(base)
+                if watermark is not None and latest is not None and latest > watermark:
+                    ahead.append(tp)
+                elif self._more(tp, base, clock):
+                    behind = True
+            if behind:
+                out.update(ahead)
         return out
 
     def health(self) -> tuple[bool, dict[str, Any]]:

@@ -19,7 +19,7 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # Wall-clock ticks: how often idle live partitions are asked to close days by the wall clock.
 TICK_INTERVAL_S = 10.0
+# Values (bytes) of a batch above which it goes to the pipeline in parts, each followed by a look
+# at what the pipeline parked (`Reader._throttle`).
+CHUNK_BYTES = 256 * 1024
 # How long a partition's first records wait for a topic that has records but sent none yet.
 START_WAIT_S = 10.0
 
@@ -99,14 +102,18 @@ class Reader:
         # caught-up one (the watermark would run ahead of it).
         self.initial_high: dict[TP, int] = {}
         self.initial_low: dict[TP, int] = {}
-        # The partitions librdkafka said it read to their end (its end-of-partition event) with no
-        # record since, and no assignment or seek; the partitions whose end came with the last batch.
+        # The partitions librdkafka said it read to their end (its end-of-partition event) since
+        # the last assignment or seek; the partitions whose end came with the last batch.
         self.eof: set[TP] = set()
         self.ended: set[int] = set()
         self._waiting_since: dict[int, float] = {}
         # Records of partitions waiting for a topic's first record, and the partitions paused meanwhile.
         self._held: list[Record] = []
         self._paused: set[TP] = set()
+        # Partitions paused while their partition's parked records are too many (Pipeline.crowded).
+        self._throttled: set[TP] = set()
+        # Records taken from the consumer and kept back while their partition is throttled.
+        self._backlog: list[Record] = []
         self._revoked = True
         self._revocations = 0
         self._idle = asyncio.Event()
@@ -141,14 +148,18 @@ class Reader:
         return done if high is None else max(high, done)
 
     def at_end(self, tp: TP, offset: int) -> bool:
-        """Say whether `tp` is read to its end once the records before `offset` are taken: its
-        end-of-partition event came after the last record delivered, and `offset` is past that record.
+        """Say whether `tp` is read to its end once the records before `offset` are taken, as far
+        as the reader knows (the pipeline also compares `offset` with the high watermark).
 
-        A partition assigned or sought and not read to its end since may have records left whatever
-        its high watermark says: Tansu reports one past the first offset of the last record batch,
-        and a restart in the middle of that batch would take the rest for read.
+        Until a partition assigned or sought has delivered a record or its end-of-partition event,
+        it is taken to have records left whatever its high watermark says: Tansu reports one past
+        the first offset of the last record batch, so a restart in the middle of that batch would
+        take the rest for read. Once it has, what it delivered tells the end better than that.
         """
-        return tp in self.eof and offset >= self.delivered.get(tp, 0)
+        done = self.delivered.get(tp)
+        if done is None:
+            return tp in self.eof
+        return offset >= done
 
     def start(self, tp: TP) -> int:
         """The first offset of `tp` that exists (as the broker said at assignment)."""
@@ -196,7 +207,8 @@ class Reader:
         self.assigned = set()
         self.delivered.clear()
         self.eof.clear()
-        self._held, self._paused, self._waiting_since = [], set(), {}
+        self._held, self._paused, self._waiting_since, self._throttled = [], set(), {}, set()
+        self._backlog = []
 
     def _ready(self) -> bool:
         return not self.app.rebalancing
@@ -256,7 +268,9 @@ class Reader:
         self.assigned = set(offsets)
         self.caught_up = False
         self.delivered.clear()
-        self._held, self._paused, self._waiting_since = [], set(), {}
+        self.eof.clear()
+        self._held, self._paused, self._waiting_since, self._throttled = [], set(), {}, set()
+        self._backlog = []
         self.generation = generation
         self._revoked = False
         log.info("the reader reads partitions %s of %d input topics from the state's offsets (ready in %.1f s)",
@@ -292,13 +306,17 @@ class Reader:
                     await asyncio.sleep(0)  # let the loop's other tasks (heartbeats, HTTP) run between batches
                 else:
                     messages = await loop.run_in_executor(self._executor, self.consumer.consume, batch_max, within)
-                records = self._started(self._records(messages))
+                records = self._unthrottled(self._started(self._records(messages)))
                 ended, self.ended = self.ended, set()
                 if records:
-                    await self.pipeline.process(records, ended=ended)
+                    for chunk in self._chunks(records):
+                        await self.pipeline.process(chunk, ended=ended)
+                        ended = set()
+                        self._throttle()
                 else:
-                    self.caught_up = not self._held
+                    self.caught_up = not self._held and not self._backlog
                     await self.pipeline.idle(ended=ended)
+                    self._throttle()
                 if time.monotonic() - self._last_tick >= TICK_INTERVAL_S:
                     self._last_tick = time.monotonic()
                     await self.pipeline.tick(int(time.time() * 1000))
@@ -311,6 +329,59 @@ class Reader:
                 await asyncio.sleep(1.0)
             finally:
                 self._idle.set()
+
+    def _unthrottled(self, records: list[Record]) -> list[Record]:
+        """Keep back the records of throttled partitions (and any after them), give back the kept
+        records of partitions no longer throttled, in time order with the rest."""
+        if not self._backlog and not self._throttled:
+            return records
+        back = [r for r in self._backlog if r.tp not in self._throttled]
+        if back:
+            self._backlog = [r for r in self._backlog if r.tp in self._throttled]
+        held = {r.tp for r in self._backlog} | self._throttled
+        if held:
+            keep = [r for r in records if r.tp in held]
+            if keep:
+                self._backlog += keep
+                records = [r for r in records if r.tp not in held]
+        return interleave(back + records, self.profiles_topic) if back else records
+
+    def _chunks(self, records: list[Record]) -> Iterator[list[Record]]:
+        """Yield the batch whole or, when its values pass CHUNK_BYTES, in parts, keeping back the
+        records of partitions throttled after a part (`_throttle`): a batch of records far ahead of
+        the watermark would otherwise all be parked at once."""
+        size = 0
+        for r in records:
+            size += len(r.value or b"")
+        if size <= CHUNK_BYTES:
+            yield records
+            return
+        start = 0
+        while start < len(records):
+            end, size = start, 0
+            while end < len(records) and size <= CHUNK_BYTES:
+                size += len(records[end].value or b"")
+                end += 1
+            part = self._unthrottled(records[start:end])
+            start = end
+            if part:
+                yield part
+
+    def _throttle(self) -> None:
+        """Pause the topics whose records the pipeline would park beyond its bound; resume them
+        once it has taken in what they ran ahead of."""
+        want = self.pipeline.crowded()
+        if want == self._throttled:
+            return
+        resume = [tp for tp in self._throttled - want if tp not in self._paused]
+        pause = [tp for tp in want - self._throttled if tp not in self._paused]
+        if resume:
+            self.consumer.resume([TopicPartition(tp.topic, tp.partition) for tp in resume])
+        if pause:
+            self.consumer.pause([TopicPartition(tp.topic, tp.partition) for tp in pause])
+            log.debug("paused %s: records ahead of the partitions' event time wait for the other topics",
+                     ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(pause)))
+        self._throttled = want
 
     def _records(self, messages: list[Any]) -> list[Record]:
         records: list[Record] = []
@@ -337,8 +408,6 @@ class Reader:
             _, ts = m.timestamp()
             append(Record(tp, offset, m.key(), m.value(), None if ts < 0 else ts / 1000, m.headers()))
             delivered[tp] = offset + 1
-            if eof and tp in eof:
-                eof.discard(tp)  # a record after the end event: where the partition ends is unknown again
         return interleave(records, self.profiles_topic)
 
     def _started(self, records: list[Record]) -> list[Record]:
