@@ -902,6 +902,10 @@ class _Reader:
         self.pos = 0
 
     def uint(self) -> int:
+        data, pos = self.data, self.pos
+        if pos < len(data) and data[pos] < 0x80:  # one byte: nearly every varint of a state
+            self.pos = pos + 1
+            return data[pos]
         n = shift = 0
         while True:
             if self.pos >= len(self.data):

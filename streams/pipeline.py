@@ -42,6 +42,7 @@ from rules.tasks import ContractTerms, SubscriberFacts, Task
 from sinks.outcomes import OutcomeStore
 from sinks.redis_store import Stopped
 from streams.changelog import ChangelogWriter
+from streams.states import States
 from streams.faults import NONE as NO_FAULTS, Faults
 from streams.outputs import STATE, deadletter_id, light_id, task_identity
 from streams.logs import DEADLETTER_LOG
@@ -258,8 +259,13 @@ class Pipeline:
         # The state of the owned partitions, loaded from the changelog after every rebalance.
         self.generation: Any = object()
         self.clocks: dict[int, PartitionClock] = {}
-        self.states: dict[bytes, SubscriberState] = {}
-        self.watched: dict[int, set[bytes]] = {}
+        # Resident serialised, decoded on touch (streams.states).
+        self.states = States()
+        # Per partition, the watched subscribers (a photo) and their (light, region, brand) as a
+        # code of `_facets`, kept with every touch: the summary reads no state.
+        self.watched: dict[int, dict[bytes, int]] = {}
+        self._facets: dict[tuple[str | None, str | None, str | None], int] = {}
+        self._facet_of: list[tuple[str | None, str | None, str | None]] = []
         self.dated: dict[int, set[bytes]] = {}
         self._dirty: dict[int, set[bytes]] = {}
         self._dirty_clocks: set[int] = set()
@@ -419,15 +425,18 @@ class Pipeline:
         """Count watched subscribers by (light, region, brand) over the partitions owned now."""
         owned = self.owned()
         counts: dict[tuple[str, str, str], int] = {}
+        by_code: dict[int, int] = {}
         for p, keys in self.watched.items():
             if p not in owned:
                 continue  # revoked, until the next load
-            for key in keys:
-                s = self.states[key]
-                if s.light is None:
-                    continue
-                k = (s.light, s.region or "unknown", s.brand or "unknown")
-                counts[k] = counts.get(k, 0) + 1
+            for code in keys.values():
+                by_code[code] = by_code.get(code, 0) + 1
+        for code, n in by_code.items():
+            light, region, brand = self._facet_of[code]
+            if light is None:
+                continue
+            k = (light, region or "unknown", brand or "unknown")
+            counts[k] = counts.get(k, 0) + n
         return counts
 
     def subscriber(self, msisdn: str) -> dict[str, Any] | None:
@@ -468,7 +477,7 @@ class Pipeline:
 
     def _adopt(self, p: int) -> PartitionClock:
         """Start partition `p` empty: a record of a partition no load covered (the backtest's)."""
-        self.watched.setdefault(p, set())
+        self.watched.setdefault(p, {})
         self.dated.setdefault(p, set())
         clock = self.clocks[p] = PartitionClock()
         return clock
@@ -481,7 +490,7 @@ class Pipeline:
         """
         self.clocks.clear()
         self.states.clear()
-        self.watched = {p: set() for p in owned}
+        self.watched = {p: {} for p in owned}
         self.dated = {p: set() for p in owned}
         started = time.monotonic() if started is None else started
         changelog = self.changelog.topic if self.changelog is not None else "state-changelog"
@@ -505,7 +514,7 @@ class Pipeline:
             except Exception as exc:
                 corrupt.append((p, key, value, type(exc).__name__))
                 continue
-            self.states[key] = state
+            self.states.put_bytes(key, value)
             self._index(p, key, state)
         out: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]], str]] = []
         lost_clocks: set[int] = set()
@@ -529,7 +538,7 @@ class Pipeline:
             for key in [k for k in self.states if partition_of(k, self.partitions) == p]:
                 del self.states[key]
                 dropped.append((p, key))
-            self.watched[p], self.dated[p] = set(), set()
+            self.watched[p], self.dated[p] = {}, set()
         for p in owned:
             self.clocks.setdefault(p, PartitionClock())
         # Past every write the changelog holds, a rolled-back one's too: a number is never reused.
@@ -555,16 +564,34 @@ class Pipeline:
                  time.monotonic() - started)
 
     def _index(self, p: int, key: bytes, state: SubscriberState) -> None:
-        (self.watched[p].add if state.photo is not None else self.watched[p].discard)(key)
+        if state.photo is not None:
+            self.watched[p][key] = self._facet(state)
+        else:
+            self.watched[p].pop(key, None)
         # Profiled subscribers a day opening can be due to (a contract stage, a birthday).
         dated = state.has_profile and (state.contract is not None or state.birthday is not None)
         (self.dated[p].add if dated else self.dated[p].discard)(key)
+
+    def _facet(self, state: SubscriberState) -> int:
+        facet = (state.light, state.region, state.brand)
+        code = self._facets.get(facet)
+        if code is None:
+            code = self._facets[facet] = len(self._facet_of)
+            self._facet_of.append(facet)
+        return code
 
     def _touch(self, p: int, key: bytes) -> None:
         keys = self._dirty.get(p)
         if keys is None:
             keys = self._dirty[p] = set()
         keys.add(key)
+        states = self.states
+        states.touch(key)
+        watched = self.watched.get(p)
+        if watched is not None and key in watched:
+            state = states.hot(key)
+            if state is not None:
+                watched[key] = self._facet(state)
 
     def _count(self) -> None:
         for (base, outcome), n in self._counts.items():
@@ -903,10 +930,7 @@ class Pipeline:
         number = self._write_no
         for p in set(self._dirty) | self._dirty_clocks:
             for key in self._dirty.get(p, ()):
-                state = self.states.get(key)
-                value = None if state is None or state.is_empty() else state.to_bytes()
-                if value is None:
-                    self.states.pop(key, None)
+                value = self.states.encoded(key)
                 if changelog is not None:
                     changelog.write(p, key, value, number)
                     written += 1
