@@ -205,8 +205,8 @@ class Reader:
             log.exception("the last state write failed; its records are read again")
         # Partitions that come back with nothing written to their changelog since this worker's
         # state of them was written stay as they are, without a reload.
-        ends = await loop.run_in_executor(None, self._changelog_ends, owned)
-        kept = self.pipeline.keepable(owned, ends)
+        changelog_ends = await loop.run_in_executor(None, self._changelog_ends, owned)
+        kept = self.pipeline.keepable(owned, changelog_ends)
         found: Recovered = await loop.run_in_executor(
             None, lambda: recover(self.settings, owned - kept, store=self.pipeline.store, cancelled=stale))
         if stale() or self.app.consumer_generation_id != generation:

@@ -133,9 +133,9 @@ class States:
             if not prefix or state.is_empty():
                 self.pop(key)
                 return None
-            data = state.to_bytes()
-            self._cold[key] = prefix + data
-            return data
+            value = state.to_bytes()
+            self._cold[key] = prefix + value
+            return value
         data = self._cold.get(key)
         if data is None or len(data) <= 2:
             self.pop(key)
