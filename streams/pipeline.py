@@ -1,15 +1,17 @@
 """What the worker does with a batch of raw records: validate, watermark, close days, apply, decide.
 
-State lives in memory, as `SubscriberState` objects per owned partition, loaded from the state
-changelog after each rebalance (streams.recovery). Every `commit_interval_s`, and before
-partitions are let go or the worker stops, each subscriber touched since the last write goes once
-to the changelog partition of its partition (co-partitioned with the source), and only at the
-end of a batch whose outputs (dead letters, light changes, tasks) the broker acknowledged. Each
-partition's clock record, written last, holds the offsets applied: the reader (streams.reader)
-resumes from them. A write whose clock record never came is rolled back at recovery
-(streams.recovery), and the outputs produced since the loaded state are read back from their
-topics (streams.outputs), so a crash at any point re-processes records without counting an event
-twice or sending an output again.
+State lives in memory, each subscriber serialised with a bounded cache of decoded ones
+(streams.states), loaded after each rebalance from the local store and the state changelog's tail,
+or the whole changelog (streams.recovery); partitions that stay with the worker are kept as they
+are. Every `commit_interval_s`, and before partitions are let go or the worker stops, each
+subscriber touched since the last write goes once to the changelog partition of its partition
+(co-partitioned with the source), and only at the end of a batch whose outputs (dead letters,
+light changes, tasks) the broker acknowledged; once the broker has the write, the local store
+takes it (streams.store). Each partition's clock record, written last, holds the offsets applied:
+the reader (streams.reader) resumes from them. A write whose clock record never came is rolled
+back at recovery (streams.recovery), and the outputs produced since the loaded state are read
+back from their topics (streams.outputs), so a crash at any point re-processes records without
+counting an event twice or sending an output again.
 """
 
 from __future__ import annotations
