@@ -47,8 +47,10 @@ INSTALL_HINT = "apt-get install -y prometheus (Debian's package has the server a
 
 # Dashboard panels (by title) allowed to return no series, each with why. Remove an entry once its
 # cause is fixed: the test fails while a listed panel does return data, so the list cannot go stale.
-# Panels allowed to return no series (none: every panel must show data).
-NO_SERIES_YET: dict[str, str] = {}
+NO_SERIES_YET: dict[str, str] = {
+    "Call-centre capacity: queued, released, expired": "the fed worker runs the default rule set, which sets no "
+    "call-centre capacity, so nothing queues (tests/streams/test_capacity_stream.py checks the counter)",
+}
 
 # Grafana's built-in interval variables, as a 1 s scrape makes sensible.
 BUILTIN_VARIABLES = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m", "__interval_ms": "15000",
