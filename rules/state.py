@@ -601,24 +601,6 @@ class SubscriberState:
         except (KeyError, IndexError, OverflowError, TypeError, orjson.JSONDecodeError) as exc:
             raise ValueError(f"corrupt subscriber state: {exc!r}") from None
 
-    @staticmethod
-    def peek(data: bytes) -> tuple[bool, bool, Light | None, str | None, str | None]:
-        """Read from `to_bytes` output only what indexes a state, without decoding the rest:
-        (watched: has a photo, dated: a profile with a contract or birthday, light, region, brand).
-        Raises ValueError on what `from_bytes` could not read at its start."""
-        try:
-            r = _Reader(data)
-            version = r.uint()
-            if version not in (2, _VERSION):
-                s = SubscriberState.from_bytes(data)
-                dated = s.has_profile and (s.contract is not None or s.birthday is not None)
-                return s.photo is not None, dated, s.light, s.region, s.brand
-            flags, region, brand, _, birthday, _, photo, contract = orjson.loads(r.raw(r.uint()))[:8]
-            return (photo is not None, bool(flags & 1) and (contract is not None or birthday is not None),
-                    _LIGHT_OF[flags >> 2 & 7], region, brand)
-        except (KeyError, IndexError, OverflowError, TypeError, orjson.JSONDecodeError) as exc:
-            raise ValueError(f"corrupt subscriber state: {exc!r}") from None
-
     @classmethod
     def _decode(cls, r: _Reader) -> SubscriberState:
         version = r.uint()
@@ -979,10 +961,6 @@ class _Reader:
         self.pos = 0
 
     def uint(self) -> int:
-        data, pos = self.data, self.pos
-        if pos < len(data) and data[pos] < 0x80:  # one byte: nearly every varint of a state
-            self.pos = pos + 1
-            return data[pos]
         n = shift = 0
         while True:
             if self.pos >= len(self.data):

@@ -12,10 +12,7 @@ stack started for the run:
    worker's own end-to-end histogram, and a backlog/rate estimate for plain usage events;
 5. state bytes per subscriber from the state changelog (latest value per key);
 6. the worker's peak RSS (VmHWM);
-7. recovery: SIGKILL, then (a) the worker restarts on its own data dir (local state and the
-   changelog's tail), (b) a second worker joins it: how long the partitions the first keeps stall,
-   (c) a worker with an empty data dir rebuilds the state from the whole changelog, and its
-   resident memory per subscriber next to a worker with no state;
+7. recovery: SIGKILL, then a worker with an empty data dir rebuilds the state from the changelog;
 8. scaling: two workers of one group on a fresh copy of the events.
 
 No figure is invented: a step that did not run or could not measure says so in the table and the
@@ -77,12 +74,6 @@ SKIPPABLE: Final = ("latency", "recovery", "scaling")
 QUICK_EVENTS: Final = 3000
 QUICK_SUBSCRIBERS: Final = 300
 LOADED_RE: Final = re.compile(r"loaded (\d+) subscribers of partitions \[([0-9, ]*)\] in ([0-9.]+) s")
-TAIL_RE: Final = re.compile(r"from the local store and the changelog's tail: \[[0-9, ]*\] \((\d+) records\)")
-KEPT_RE: Final = re.compile(r"kept in memory: \[([0-9, ]*)\]")
-READ_AGAIN_RE: Final = re.compile(r"from (?:the local store and the changelog's tail|the whole changelog): \[([0-9, ]*)\]")
-READY_RE: Final = re.compile(r"reads partitions \[[0-9, ]*\] .* \(ready in ([0-9.]+) s\)")
-LOG_TIME_RE: Final = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?(let \d+ input partitions go|reads partitions)",
-                                re.M)
 
 
 class BenchError(RuntimeError):
@@ -227,17 +218,6 @@ def peak_rss_bytes(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def rss_bytes(pid: int) -> int | None:
-    """Return the resident set (VmRSS) of a live process now, None where /proc does not say."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
@@ -862,20 +842,18 @@ def step_state(run: Run, settings: Settings) -> dict[str, Any]:
             "total_bytes": int(sum(per_subscriber))}
 
 
-def step_recovery(run: Run, settings: Settings, subscribers: int, *, name: str = "worker-recovered",
-                  label: str = "7/8 recovery from the changelog",
-                  keep_running: bool = False) -> tuple[dict[str, Any], BenchWorker]:
-    """Start a worker after the crash (on data dir `name`: a new one is empty); time health and the complete load.
+def step_recovery(run: Run, settings: Settings, subscribers: int) -> dict[str, Any]:
+    """Start a worker with an empty data dir after the crash; time health and the complete load.
 
-    The worker reads its partitions of the changelog (or its local state and the changelog's tail)
-    after its assignment and answers /health 200 once the state is loaded; its log says how many
-    subscribers it loaded and in how long (reading included). Once /health answers the bench sends
-    one valid usage event, as the next event of traffic would be.
+    The worker reads its partitions of the changelog after its assignment and answers /health 200
+    once the state is loaded; its log says how many subscribers it loaded and in how long (reading
+    the changelog included). Once /health answers the bench sends one valid usage event, as the
+    next event of traffic would be.
     """
     from streams.replay import make_producer
 
-    task = run.step(label, subscribers)
-    w = run.worker(settings, name, log_level="info").start()
+    task = run.step("7/8 recovery from the changelog", subscribers)
+    w = run.worker(settings, "worker-recovered", log_level="info").start()
     limit = START_TIMEOUT_S + (run.workload.events + subscribers) / 1000
     wl = run.workload
     health_s: float | None = None
@@ -904,67 +882,16 @@ def step_recovery(run: Run, settings: Settings, subscribers: int, *, name: str =
         if health_s is not None and loaded_s is not None:
             break
         time.sleep(POLL_S)
-    rss = rss_bytes(w.pid) if w.alive() else None
-    text = w.log_path.read_text(errors="replace") if w.log_path.exists() else ""
-    tail = TAIL_RE.findall(text)
-    if not keep_running:
-        w.stop()
+    w.stop()
     out: dict[str, Any] = {
         "seconds": max(health_s, loaded_s) if health_s is not None and loaded_s is not None else None,
         "health_s": health_s, "complete_load_seen_s": loaded_s,
         "subscribers_loaded": loaded[0] if loaded else None, "subscribers_expected": subscribers,
         "partitions": loaded[1] if loaded else None, "load_s_logged": loaded[2] if loaded else None,
-        "tail_records": int(tail[-1]) if tail else None, "rss_bytes": rss,
     }
     if out["seconds"] is None:
         out["note"] = f"not complete within {limit:.0f} s"
-    return out, w
-
-
-def step_join(run: Run, settings: Settings, first: BenchWorker) -> dict[str, Any]:
-    """A second worker joins `first` (loaded, consuming): how long `first` reads nothing, and
-    whether the partitions it keeps were loaded again (its log: let go, loaded, reads again)."""
-    task = run.step("7/8 recovery (b): a second worker joins", 1)
-    before = first.log_path.read_text(errors="replace")
-    second = run.worker(settings, "worker-joining", log_level="info").start()
-    split: list[list[int]] | None = None
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        first.check_alive()
-        owned = [(w.health() or {}).get("partitions") or [] for w in (first, second)]
-        if all(owned) and not set(owned[0]) & set(owned[1]) and len(set(owned[0]) | set(owned[1])) == run.partitions:
-            split = owned
-            break
-        time.sleep(POLL_S)
-    second.stop()
-    run.progress.update(task, completed=1)
-    text = first.log_path.read_text(errors="replace")[len(before):]
-    marks = [(datetime.strptime(t, "%Y-%m-%d %H:%M:%S,%f"), what) for t, what in LOG_TIME_RE.findall(text)]
-    gone = [t for t, what in marks if what.startswith("let")]
-    back = [t for t, what in marks if what == "reads partitions"]
-    kept = KEPT_RE.findall(text)
-    ready = READY_RE.findall(text)
-    out: dict[str, Any] = {
-        "split": split, "kept": [int(p) for p in kept[-1].replace(" ", "").split(",") if p] if kept else [],
-        # From letting every partition go (Faust's eager rebalance) to reading the kept ones again:
-        # the group's rebalance and this worker's load; `load_s` is the load alone.
-        "stall_s": (back[-1] - gone[0]).total_seconds() if gone and back and back[-1] > gone[0] else None,
-        "load_s": float(ready[-1]) if ready else None,
-        "reloaded_partitions": sorted({int(p) for found in READ_AGAIN_RE.findall(text)
-                                       for p in found.replace(" ", "").split(",") if p}),
-    }
-    if split is None:
-        out["note"] = f"the workers did not split the partitions within {START_TIMEOUT_S:.0f} s"
     return out
-
-
-def step_baseline_rss(run: Run) -> int | None:
-    """The resident memory of a healthy worker that holds no state (a tenant of its own, no records)."""
-    w = run.worker(run.tenant("-empty"), "worker-empty").start()
-    w.wait_healthy()
-    rss = rss_bytes(w.pid)
-    w.stop()
-    return rss
 
 
 def step_scaling(run: Run, rate_one: float | None) -> dict[str, Any]:
@@ -1057,24 +984,10 @@ def render_table(doc: dict[str, Any]) -> Table:
     if rec.get("skipped"):
         table.add_row("7 recovery", "skipped", rec["reason"])
     else:
-        restart = rec.get("restart") or {}
-        if restart:
-            table.add_row("7a restart, local state", "seconds to healthy + fully loaded",
-                          _fmt(restart.get("seconds"), " s", 1))
-            table.add_row("", "changelog records read (tail)", _fmt(restart.get("tail_records")))
-        join = rec.get("join") or {}
-        if join:
-            table.add_row("7b a second worker joins", "stall of the first (let go -> reads again)",
-                          _fmt(join.get("stall_s"), " s", 2))
-            table.add_row("", "of which its own load", _fmt(join.get("load_s"), " s", 2))
-            table.add_row("", "partitions kept / read again", f"{', '.join(map(str, join.get('kept') or [])) or '-'} / "
-                          f"{', '.join(map(str, join.get('reloaded_partitions') or [])) or '-'}")
-        table.add_row("7c cold recovery", "seconds to healthy + fully loaded", _fmt(rec.get("seconds"), " s", 1))
+        table.add_row("7 recovery", "seconds to healthy + fully loaded", _fmt(rec.get("seconds"), " s", 1))
         table.add_row("", "of which to /health 200 (state loaded)", _fmt(rec.get("health_s"), " s", 1))
         table.add_row("", "subscribers loaded (worker's own load time)",
                       f"{_fmt(rec.get('subscribers_loaded'))} ({_fmt(rec.get('load_s_logged'), ' s', 2)})")
-        table.add_row("", "resident memory per subscriber (VmRSS, less an empty worker's)",
-                      _fmt(rec.get("rss_per_subscriber_bytes"), " B"))
     sc = doc["scaling"]
     if sc.get("skipped"):
         table.add_row("8 scaling", "skipped", sc["reason"])
@@ -1270,16 +1183,7 @@ def _run_steps(run: Run, doc: dict[str, Any], skipped: dict[str, str], latency_s
         task = run.step("6/8 SIGKILL the worker", 1)
         w.kill()
         run.progress.update(task, completed=1)
-        restart, again = step_recovery(run, settings, state_subscribers, name="worker-1",
-                                       label="7/8 recovery (a): restart on the local state", keep_running=True)
-        join = step_join(run, settings, again) if again.alive() else _skipped("the restarted worker is not running")
-        again.stop()
-        cold, _ = step_recovery(run, settings, state_subscribers, label="7/8 recovery (c): from the whole changelog")
-        empty = step_baseline_rss(run)
-        loaded = cold.get("subscribers_loaded")
-        doc["recovery"] = {**cold, "restart": restart, "join": join, "empty_worker_rss_bytes": empty,
-                           "rss_per_subscriber_bytes": (cold["rss_bytes"] - empty) / loaded
-                           if cold.get("rss_bytes") and empty and loaded else None}
+        doc["recovery"] = step_recovery(run, settings, state_subscribers)
 
     if "scaling" in skipped:
         doc["scaling"] = _skipped(skipped["scaling"])

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import KafkaError, Producer
 
 from streams.settings import Settings
 from streams.topics import client_config
@@ -47,18 +47,11 @@ class ChangelogWriter:
             "on_delivery": self._done,
         })
         self._conf = conf
-        self._settings = settings
         self.topic = topic
         self.producer = Producer(conf)
         self._failed: list[tuple[int, bytes, bytes | None, int]] = []
         self._touched: set[int] = set()
         self._fatal = False
-        # Per partition, the changelog's high watermark after the last flush that wrote to it (or
-        # absent when it could not be asked): at or below where the next write's records land,
-        # however far the broker under-reports it (the seal is the last batch). The local store
-        # and the reader's kept partitions go by it.
-        self.ends: dict[int, int] = {}
-        self._watermarks: Consumer | None = None
 
     def write(self, partition: int, key: bytes, value: bytes | None, write: int = 0) -> None:
         """Queue one changelog record (None = tombstone) of state write number `write`."""
@@ -90,22 +83,6 @@ class ChangelogWriter:
             self.write(partition, SEAL_KEY, None)
         self._touched.clear()
         await self._flush()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._ask_ends, touched)
-
-    def _ask_ends(self, partitions: set[int]) -> None:
-        for p in partitions:
-            try:
-                if self._watermarks is None:
-                    conf = client_config(self._settings)
-                    conf.update({"group.id": f"{self._settings.topic_prefix}{self._settings.app_id}-changelog"})
-                    self._watermarks = Consumer(conf)
-                _, high = self._watermarks.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10.0)
-                self.ends[p] = high
-            except Exception as exc:
-                self.ends.pop(p, None)
-                log.warning("the end of %s/%d is unknown after a state write (%s): its local state is read "
-                            "whole at the next start", self.topic, p, exc)
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()

@@ -1,17 +1,15 @@
 """What the worker does with a batch of raw records: validate, watermark, close days, apply, decide.
 
-State lives in memory, each subscriber serialised with a bounded cache of decoded ones
-(streams.states), loaded after each rebalance from the local store and the state changelog's tail,
-or the whole changelog (streams.recovery); partitions that stay with the worker are kept as they
-are. Every `commit_interval_s`, and before partitions are let go or the worker stops, each
-subscriber touched since the last write goes once to the changelog partition of its partition
-(co-partitioned with the source), and only at the end of a batch whose outputs (dead letters,
-light changes, tasks) the broker acknowledged; once the broker has the write, the local store
-takes it (streams.store). Each partition's clock record, written last, holds the offsets applied:
-the reader (streams.reader) resumes from them. A write whose clock record never came is rolled
-back at recovery (streams.recovery), and the outputs produced since the loaded state are read
-back from their topics (streams.outputs), so a crash at any point re-processes records without
-counting an event twice or sending an output again.
+State lives in memory, as `SubscriberState` objects per owned partition, loaded from the state
+changelog after each rebalance (streams.recovery). Every `commit_interval_s`, and before
+partitions are let go or the worker stops, each subscriber touched since the last write goes once
+to the changelog partition of its partition (co-partitioned with the source), and only at the
+end of a batch whose outputs (dead letters, light changes, tasks) the broker acknowledged. Each
+partition's clock record, written last, holds the offsets applied: the reader (streams.reader)
+resumes from them. A write whose clock record never came is rolled back at recovery
+(streams.recovery), and the outputs produced since the loaded state are read back from their
+topics (streams.outputs), so a crash at any point re-processes records without counting an event
+twice or sending an output again.
 """
 
 from __future__ import annotations
@@ -46,8 +44,6 @@ from sinks.outcomes import OutcomeStore
 from sinks.redis_store import Stopped
 from streams.changelog import ChangelogWriter
 from streams.scoring import Scorer
-from streams.states import States
-from streams.store import LocalStore
 from streams.faults import NONE as NO_FAULTS, Faults
 from streams.outputs import STATE, deadletter_id, light_id, task_identity
 from streams.logs import DEADLETTER_LOG
@@ -260,14 +256,6 @@ class Pipeline:
         self.send = send  # (topic base, key, value, headers) -> enqueue; returns the acknowledgement future
         self.tasks = tasks
         self.changelog = changelog
-        # The owned partitions' state on local disk (streams.store), and the partitions it holds
-        # completely: only theirs take the writes (a mark on a partial copy would lie).
-        self.store = LocalStore(settings, changelog.topic) if changelog is not None else None
-        self.stored: set[int] = set()
-        # Per loaded partition, the changelog's high watermark as of the state in memory (at the
-        # load, then after each write): a partition that comes back to this worker in a rebalance
-        # is kept, not read again, when the changelog's end has not moved since.
-        self.marks: dict[int, int] = {}
         self.outcomes = outcomes
         # What the records come from: `end(tp)`, `seek(tp, offset)`, `consuming` (streams.reader.Reader,
         # attached by the app; the backtest's stand-in consumer otherwise).
@@ -277,13 +265,8 @@ class Pipeline:
         # The state of the owned partitions, loaded from the changelog after every rebalance.
         self.generation: Any = object()
         self.clocks: dict[int, PartitionClock] = {}
-        # Resident serialised, decoded on touch (streams.states).
-        self.states = States()
-        # Per partition, the watched subscribers (a photo) and their (light, region, brand) as a
-        # code of `_facets`, kept with every touch: the summary reads no state.
-        self.watched: dict[int, dict[bytes, int]] = {}
-        self._facets: dict[tuple[str | None, str | None, str | None], int] = {}
-        self._facet_of: list[tuple[str | None, str | None, str | None]] = []
+        self.states: dict[bytes, SubscriberState] = {}
+        self.watched: dict[int, set[bytes]] = {}
         self.dated: dict[int, set[bytes]] = {}
         self._dirty: dict[int, set[bytes]] = {}
         self._dirty_clocks: set[int] = set()
@@ -485,18 +468,15 @@ class Pipeline:
         """Count watched subscribers by (light, region, brand) over the partitions owned now."""
         owned = self.owned()
         counts: dict[tuple[str, str, str], int] = {}
-        by_code: dict[int, int] = {}
         for p, keys in self.watched.items():
             if p not in owned:
                 continue  # revoked, until the next load
-            for code in keys.values():
-                by_code[code] = by_code.get(code, 0) + 1
-        for code, n in by_code.items():
-            light, region, brand = self._facet_of[code]
-            if light is None:
-                continue
-            k = (light, region or "unknown", brand or "unknown")
-            counts[k] = counts.get(k, 0) + n
+            for key in keys:
+                s = self.states[key]
+                if s.light is None:
+                    continue
+                k = (s.light, s.region or "unknown", s.brand or "unknown")
+                counts[k] = counts.get(k, 0) + 1
         return counts
 
     def subscriber(self, msisdn: str) -> dict[str, Any] | None:
@@ -538,56 +518,28 @@ class Pipeline:
 
     def _adopt(self, p: int) -> PartitionClock:
         """Start partition `p` empty: a record of a partition no load covered (the backtest's)."""
-        self.watched.setdefault(p, {})
+        self.watched.setdefault(p, set())
         self.dated.setdefault(p, set())
         clock = self.clocks[p] = PartitionClock()
         return clock
 
-    def keepable(self, owned: set[int], ends: dict[int, int]) -> set[int]:
-        """Say which of `owned` can stay as loaded: the state in memory is all written and
-        acknowledged, and the changelog's end (`ends`, high watermarks asked now) is where it was
-        after this worker's last write or load of the partition (no other worker wrote since)."""
-        if not self._settled or self._dirty or self._dirty_clocks or self._flushing is not None:
-            return set()
-        return {p for p in owned & set(self.clocks) if p in self.marks and ends.get(p) == self.marks[p]}
-
     def load(self, owned: set[int], data: dict[bytes, bytes], generation: Any, *, started: float | None = None,
-             last_write: int = 0, kept: set[int] | frozenset[int] = frozenset(), recovered: Any = None) -> None:
-        """Replace the state with what the changelog holds for partitions `owned` (after a rebalance),
-        except partitions `kept`, whose state in memory stays (streams.reader decides which).
+             last_write: int = 0) -> None:
+        """Replace the state with what the changelog holds for partitions `owned` (after a rebalance).
 
-        `started` is when reading the changelog began (time.monotonic), for the log line;
-        `recovered` (streams.recovery.Recovered), when given, holds the values instead of `data`,
-        by partition, and says how they were read: those of the local store (written by this
-        worker) are indexed from their first bytes and decoded when touched, the changelog's
-        decoded at once (a corrupt one is dead-lettered here).
+        `started` is when reading the changelog began (time.monotonic), for the log line.
         """
-        kept = set(kept) & owned
-        if kept:
-            self.states.drop((set(self.clocks) | set(self.watched)) - kept)
-        else:
-            self.states.clear()
-        self.clocks = {p: clock for p, clock in self.clocks.items() if p in kept}
-        self.watched = {p: self.watched[p] if p in kept else {} for p in owned}
-        self.dated = {p: self.dated[p] if p in kept else set() for p in owned}
-        self.marks = {p: end for p, end in self.marks.items() if p in kept}
-        self.stored &= kept
-        if recovered is not None:
-            self.marks.update({p: end for p, end in recovered.ends.items() if p in owned})
-            self.stored |= recovered.stored & owned
+        self.clocks.clear()
+        self.states.clear()
+        self.watched = {p: set() for p in owned}
+        self.dated = {p: set() for p in owned}
         started = time.monotonic() if started is None else started
         changelog = self.changelog.topic if self.changelog is not None else "state-changelog"
         corrupt: list[tuple[int, bytes, bytes, str]] = []
-        entries: Any = ((None, key, value) for key, value in data.items())
-        trusted: set[int] = set()
-        tail: set[bytes] = set()
-        if recovered is not None:
-            entries = ((p, key, value) for p, values in recovered.parts.items() for key, value in values.items())
-            trusted, tail = recovered.local, recovered.tail_keys
-        for known, key, value in entries:
+        for key, value in data.items():
             if key.startswith(META_PREFIX):
                 p = int(key[len(META_PREFIX):])
-                if p in owned and p not in kept:
+                if p in owned:
                     try:
                         self.clocks[p] = PartitionClock.from_bytes(value)
                     except Exception as exc:
@@ -595,20 +547,16 @@ class Pipeline:
                 continue
             if key.startswith(b"~"):
                 continue  # the changelog's own markers, never a subscriber
-            p = partition_of(key, self.partitions) if known is None else known
-            if p not in owned or p in kept:
+            p = partition_of(key, self.partitions)
+            if p not in owned:
                 continue
             try:
-                if p in trusted and key not in tail:
-                    self._index_as(p, key, *SubscriberState.peek(value))
-                else:
-                    self._index(p, key, SubscriberState.from_bytes(value))
+                state = SubscriberState.from_bytes(value)
             except Exception as exc:
-                self.watched[p].pop(key, None)
-                self.dated[p].discard(key)
                 corrupt.append((p, key, value, type(exc).__name__))
                 continue
-            self.states.put_bytes(p, key, value)
+            self.states[key] = state
+            self._index(p, key, state)
         out: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]], str]] = []
         lost_clocks: set[int] = set()
         for p, key, value, error in corrupt:
@@ -626,11 +574,12 @@ class Pipeline:
                 log.error("the state of subscriber %s in %s/%d cannot be read (%s): it starts empty", mask(
                     key.decode("utf-8", "replace")), changelog, p, error)
         dropped: list[tuple[int, bytes]] = []
-        self._unstore(corrupt, lost_clocks)
         for p in lost_clocks:
             # The states' offsets are gone with the clock: what the inputs still hold is read again.
-            dropped += [(p, key) for key in self.states.drop((p,))]
-            self.watched[p], self.dated[p] = {}, set()
+            for key in [k for k in self.states if partition_of(k, self.partitions) == p]:
+                del self.states[key]
+                dropped.append((p, key))
+            self.watched[p], self.dated[p] = set(), set()
         for p in owned:
             self.clocks.setdefault(p, PartitionClock())
         # Past every write the changelog holds, a rolled-back one's too: a number is never reused.
@@ -657,66 +606,20 @@ class Pipeline:
         self._dirty_clocks.update(lost_clocks)
         self._settled = True
         self.generation = generation
-        how = ""
-        if kept:
-            how += f"; kept in memory: {sorted(kept)}"
-        if recovered is not None and recovered.local:
-            how += (f"; from the local store and the changelog's tail: {sorted(recovered.local)}"
-                    f" ({recovered.tail_records} records)")
-        if recovered is not None and recovered.whole - kept:
-            how += (f"; from the whole changelog: {sorted(recovered.whole - kept)}"
-                    f" ({recovered.records - recovered.tail_records} records)")
-        log.info("loaded %d subscribers of partitions %s in %.2f s%s", len(self.states), sorted(owned),
-                 time.monotonic() - started, how)
-
-    def _unstore(self, corrupt: list[tuple[int, bytes, bytes, str]], lost_clocks: set[int]) -> None:
-        """Take out of the local store what the load found corrupt: a subscriber starts empty
-        there too; a partition whose clock is lost is read whole at the next start."""
-        store = self.store
-        if store is None or not corrupt:
-            return
-        self.stored -= lost_clocks
-        try:
-            store.put([(p, key, None) for p, key, _, _ in corrupt if p in self.stored], {}, lost_clocks)
-        except Exception as exc:
-            store.broken(exc)
-            self.stored.clear()
+        log.info("loaded %d subscribers of partitions %s in %.2f s", len(self.states), sorted(owned),
+                 time.monotonic() - started)
 
     def _index(self, p: int, key: bytes, state: SubscriberState) -> None:
+        (self.watched[p].add if state.photo is not None else self.watched[p].discard)(key)
         # Profiled subscribers a day opening can be due to (a contract stage, a birthday).
         dated = state.has_profile and (state.contract is not None or state.birthday is not None)
-        self._index_as(p, key, state.photo is not None, dated, state.light, state.region, state.brand)
-
-    def _index_as(self, p: int, key: bytes, watched: bool, dated: bool, light: str | None, region: str | None,
-                  brand: str | None) -> None:
-        if watched:
-            self.watched[p][key] = self._facet_code((light, region, brand))
-        else:
-            self.watched[p].pop(key, None)
         (self.dated[p].add if dated else self.dated[p].discard)(key)
-
-    def _facet(self, state: SubscriberState) -> int:
-        return self._facet_code((state.light, state.region, state.brand))
-
-    def _facet_code(self, facet: tuple[str | None, str | None, str | None]) -> int:
-        code = self._facets.get(facet)
-        if code is None:
-            code = self._facets[facet] = len(self._facet_of)
-            self._facet_of.append(facet)
-        return code
 
     def _touch(self, p: int, key: bytes) -> None:
         keys = self._dirty.get(p)
         if keys is None:
             keys = self._dirty[p] = set()
         keys.add(key)
-        states = self.states
-        states.touch(key, p)
-        watched = self.watched.get(p)
-        if watched is not None and key in watched:
-            state = states.hot(key)
-            if state is not None:
-                watched[key] = self._facet(state)
 
     def _count(self) -> None:
         for (base, outcome), n in self._counts.items():
@@ -1066,14 +969,12 @@ class Pipeline:
         written = 0
         self._write_no += 1
         number = self._write_no
-        # What the local store takes once the broker has it all.
-        stored: list[tuple[int, bytes, bytes | None]] | None = [] if self.store is not None else None
-        touched = set(self._dirty) | self._dirty_clocks
-        for p in touched:
+        for p in set(self._dirty) | self._dirty_clocks:
             for key in self._dirty.get(p, ()):
-                value = self.states.encoded(key)
-                if stored is not None and p in self.stored:
-                    stored.append((p, key, value))
+                state = self.states.get(key)
+                value = None if state is None or state.is_empty() else state.to_bytes()
+                if value is None:
+                    self.states.pop(key, None)
                 if changelog is not None:
                     changelog.write(p, key, value, number)
                     written += 1
@@ -1088,40 +989,14 @@ class Pipeline:
                 clock.write = number
                 # Last, and always: the clock record closes this write of the partition (a write
                 # without it is rolled back at recovery, streams.recovery).
-                value = clock.to_bytes()
-                changelog.write(p, META_PREFIX + str(p).encode(), value, number)
-                if stored is not None and p in self.stored:
-                    stored.append((p, META_PREFIX + str(p).encode(), value))
+                changelog.write(p, META_PREFIX + str(p).encode(), clock.to_bytes(), number)
         self._dirty.clear()
         self._dirty_clocks.clear()
         if changelog is not None:
-            self._flushing = asyncio.ensure_future(self._flush(changelog, touched, number, stored))
+            self._flushing = asyncio.ensure_future(changelog.flush())
             if wait:
                 await self.flushed()
         return True
-
-    async def _flush(self, changelog: ChangelogWriter, touched: set[int], number: int,
-                     stored: list[tuple[int, bytes, bytes | None]] | None) -> None:
-        """Wait for the broker to have the write, then note the changelog's ends and give the
-        write to the local store (never before: the store must not be ahead of the changelog)."""
-        await changelog.flush()
-        for p in touched:
-            end = changelog.ends.get(p)
-            if end is None:
-                self.marks.pop(p, None)
-            else:
-                self.marks[p] = end
-        store = self.store
-        if store is None or stored is None or not self.stored:
-            return
-        marks = {p: (changelog.ends[p], number) for p in touched & self.stored if p in changelog.ends}
-        stale = (touched & self.stored) - set(marks)
-        self.stored -= stale
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, store.put, stored, marks, stale)
-        except Exception as exc:
-            store.broken(exc)
-            self.stored.clear()
 
     async def flushed(self) -> None:
         """Return once the broker has every state written so far (raises what the wait raised)."""
@@ -1365,9 +1240,6 @@ class Pipeline:
         crossed = []
         for key, state, previous in scored:
             if state.risk_bp != previous:
-                # The close decodes the whole watched base at once: a state may have left the
-                # decoded cache (streams.states) since; put back, it is written with its score.
-                self.states[key] = state
                 self._touch(p, key)
             if risk_crossed(previous, state.risk_bp or 0, threshold, state.light):
                 crossed.append((key, state, previous))

@@ -29,9 +29,9 @@ from faust.types import TP
 from rules.events import INPUT_TOPICS, PROFILES
 from streams import collector
 from streams.outputs import read_outputs
-from streams.recovery import Recovered, recover
+from streams.recovery import read_changelog
 from streams.settings import Settings
-from streams.topics import TICKS, changelog_topic, client_config
+from streams.topics import TICKS, client_config
 
 log = logging.getLogger(__name__)
 
@@ -228,23 +228,13 @@ class Reader:
         def stale() -> bool:
             return self._revocations != revocations or self._stopping
 
-        try:
-            # The last state write (a failed batch's partitions are read again) reaches the
-            # changelog and the local store before either is read.
-            await self.pipeline.flushed()
-        except Exception:
-            log.exception("the last state write failed; its records are read again")
-        # Partitions that come back with nothing written to their changelog since this worker's
-        # state of them was written stay as they are, without a reload.
-        changelog_ends = await loop.run_in_executor(None, self._changelog_ends, owned)
-        kept = self.pipeline.keepable(owned, changelog_ends)
-        found: Recovered = await loop.run_in_executor(
-            None, lambda: recover(self.settings, owned - kept, store=self.pipeline.store, cancelled=stale))
+        writes: dict[int, int] = {}
+        data = await loop.run_in_executor(
+            None, lambda: read_changelog(self.settings, owned, cancelled=stale, writes=writes))
         if stale() or self.app.consumer_generation_id != generation:
             return  # a rebalance came while reading: the next assignment loads again
-        self.pipeline.load(owned, {}, generation, started=started,
-                           last_write=max(found.writes.values(), default=0), kept=kept, recovered=found)
-        del found
+        self.pipeline.load(owned, data, generation, started=started, last_write=max(writes.values(), default=0))
+        del data
         # What this state's records produced before a crash is on the output topics already.
         published, ends = await loop.run_in_executor(
             None, lambda: read_outputs(self.settings, self.pipeline.output_starts(), owned, cancelled=stale))
@@ -285,17 +275,6 @@ class Reader:
         self._revoked = False
         log.info("the reader reads partitions %s of %d input topics from the state's offsets (ready in %.1f s)",
                  sorted(owned), len(self.topics), time.monotonic() - started)
-
-    def _changelog_ends(self, partitions: set[int]) -> dict[int, int]:
-        """Ask the changelog's high watermark of each of `partitions` (absent: not known)."""
-        topic = changelog_topic(self.settings)
-        ends: dict[int, int] = {}
-        for p in partitions:
-            try:
-                _, ends[p] = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)
-            except KafkaException as exc:
-                log.warning("the end of %s/%d is unknown (%s): the partition is loaded again", topic, p, exc)
-        return ends
 
     async def run(self) -> None:
         """Consume and process batches until the app stops."""
@@ -502,8 +481,6 @@ class Reader:
                             "the stop: its records are read again at the next start", grace_s)
             except Exception:
                 log.exception("writing the state at the stop failed: its records are read again at the next start")
-        if self.pipeline.store is not None:
-            self.pipeline.store.close()
         try:
             self.consumer.close()
         except Exception:

@@ -108,7 +108,7 @@ def test_quick_bench_runs_every_step_and_writes_the_figures(tmp_path: Path) -> N
     env["COLUMNS"] = "160"
     done = subprocess.run(
         [sys.executable, "-c", "from streams.bench import bench; bench()", "--quick", "--json", str(out)],
-        cwd=tmp_path, env=env, capture_output=True, timeout=360,
+        cwd=tmp_path, env=env, capture_output=True, timeout=240,
     )
     stdout, stderr = done.stdout.decode(), done.stderr.decode()
     assert done.returncode == 0, stderr[-4000:]
@@ -147,15 +147,6 @@ def test_quick_bench_runs_every_step_and_writes_the_figures(tmp_path: Path) -> N
     recovery = doc["recovery"]
     assert recovery["subscribers_loaded"] == 300 and recovery["seconds"] > 0
     assert recovery["partitions"] == [0, 1, 2, 3]
-    assert recovery["tail_records"] is None  # an empty data dir: the whole changelog
-    assert recovery["empty_worker_rss_bytes"] > 0 and "rss_per_subscriber_bytes" in recovery
-    restart = recovery["restart"]
-    assert restart["subscribers_loaded"] == 300 and restart["seconds"] > 0
-    assert restart["tail_records"] is not None and restart["tail_records"] < state["changelog_records"]
-    join = recovery["join"]
-    assert join["split"] is not None and join["stall_s"] is not None and join["stall_s"] > 0
-    assert set(join["kept"]) == set(join["split"][0])  # the first worker's partitions, not reloaded
-    assert join["reloaded_partitions"] == [] and join["load_s"] is not None
 
     assert doc["scaling"] == {"skipped": True, "reason": doc["scaling"]["reason"]}
     assert "--quick" in doc["scaling"]["reason"]
