@@ -197,8 +197,9 @@ class SubscriberState:
         # voice seconds (int32, widened to int64 by the first sum that needs it).
         self.day_first = 0
         self.day_off = array("B")
-        self.day_fen = array("i")
-        self.day_sec = array("i")
+        # 16 bits a figure while every day fits (< 327.67 CNY, < 9.1 h): widened when one does not.
+        self.day_fen = array("h")
+        self.day_sec = array("h")
         self.has_profile = False
         self.region: str | None = None
         self.brand: str | None = None
@@ -436,7 +437,9 @@ class SubscriberState:
         try:
             self.day_fen[i], self.day_sec[i] = total_fen, total_seconds
         except OverflowError:
-            self.day_fen, self.day_sec = array("q", self.day_fen), array("q", self.day_sec)
+            wide = "i" if self.day_fen.typecode == "h" and all(
+                _I32_MIN <= v <= _I32_MAX for v in (total_fen, total_seconds)) else "q"
+            self.day_fen, self.day_sec = array(wide, self.day_fen), array(wide, self.day_sec)
             self.day_fen[i], self.day_sec[i] = total_fen, total_seconds
 
     def _profile_fields(self) -> tuple[object, ...]:
@@ -540,14 +543,12 @@ class SubscriberState:
         parts = [_VERSION_BYTES if extras else _V2_BYTES, _varint(len(head)), head]
         # Days: the first ordinal, then offsets from it (uint8, or uint16 / uint32 as the span
         # needs: flag bits 1-2), revenue fen and voice seconds (int32, or int64: flag bit 0, or
-        # int16 when every figure fits: flag bit 3; a typical day does, and it is most of the bytes).
+        # int16 while every figure fits: flag bit 3; a typical day does, and they are most of the bytes).
         offsets = self.day_off
         n = len(offsets)
         parts.append(_varint(n))
         if n:
             fens, secs = self.day_fen, self.day_sec
-            if fens.typecode == "i" and _fits_i16(fens) and _fits_i16(secs):
-                fens, secs = array("h", fens), array("h", secs)
             parts += (_varint((fens.typecode == "q") | _OFFSET.index(offsets.typecode) << 1
                               | (fens.typecode == "h") << 3), _varint(self.day_first),
                       _le(offsets), _le(fens), _le(secs))
@@ -639,8 +640,8 @@ class SubscriberState:
             span = flags >> 1 & 3
             s.day_off = _from_le(_OFFSET[span], r.raw((1 << span) * n))
             if flags & 8:
-                s.day_fen = array("i", _from_le("h", r.raw(2 * n)))
-                s.day_sec = array("i", _from_le("h", r.raw(2 * n)))
+                s.day_fen = _from_le("h", r.raw(2 * n))
+                s.day_sec = _from_le("h", r.raw(2 * n))
             else:
                 code = "q" if flags & 1 else "i"
                 width = 8 if flags & 1 else 4
@@ -747,10 +748,6 @@ def _swapped(values: array[int]) -> bytes:
 # The array's items little-endian, whatever this machine's byte order (no call of our own on the
 # little-endian ones: five of these go into every state written).
 _le: Final[Callable[[array[int]], bytes]] = array.tobytes if _LITTLE else _swapped
-
-
-def _fits_i16(values: array[int]) -> bool:
-    return -32768 <= min(values) and max(values) <= 32767
 
 
 def _from_le(code: str, data: bytes) -> array[int]:

@@ -538,16 +538,12 @@ def test_event_hashes_are_those_the_changelog_holds() -> None:
         822703564735571947, 14194524589566253485, 1387603592955714128]
 
 
-def test_a_state_written_by_the_earlier_writer_loads_and_is_written_back_the_same_but_for_its_day_figures() -> None:
+def test_a_state_written_by_the_earlier_writer_loads_and_is_written_back_byte_for_byte() -> None:
     s = SubscriberState.from_bytes(V2_STATE)
     assert (s.region, s.birthday, s.balance_fen, s.used) == ("zunyi", "07-14", 800, {"birthday:2026"})
     assert len(s.days) == 14 and len(s.seen) == 41
-    again = s.to_bytes()
-    # Its day figures fit 16 bits: written as such since 2026-12-05 (2 bytes a figure less), the
-    # rest byte for byte.
-    assert len(again) == len(V2_STATE) - 14 * 2 * 2
-    assert again[:165] == V2_STATE[:165] and again[165] == V2_STATE[165] | 8
-    assert SubscriberState.from_bytes(again) == s
+    assert s.to_bytes() == V2_STATE
+    assert SubscriberState.from_bytes(s.to_bytes()) == s
 
 
 # The same state as written by format 1, the writer of the first landed version (varints): a
@@ -639,11 +635,11 @@ def test_a_state_of_format_3_round_trips_and_an_empty_memory_is_written_as_forma
 def test_the_risk_score_is_kept_compactly_and_older_records_read_as_never_scored() -> None:
     s = SubscriberState.from_bytes(V2_STATE)
     assert s.risk_bp is None  # written before there was a score
-    unscored = s.to_bytes()
+    assert s.to_bytes() == V2_STATE
     s.risk_bp = 3712
     scored = s.to_bytes()
     assert SubscriberState.from_bytes(scored) == s and SubscriberState.from_bytes(scored).risk_bp == 3712
-    assert len(scored) - len(unscored) <= 6  # in the flags: "9" became "475145"
+    assert len(scored) - len(V2_STATE) <= 6  # in the flags: "9" became "475145"
     run(s, call(date(2026, 8, 20), 3, direction="in"), open_day=None)  # format 3 keeps it the same way
     assert s.to_bytes()[0] == 3 and SubscriberState.from_bytes(s.to_bytes()).risk_bp == 3712
     only = SubscriberState()
@@ -652,3 +648,16 @@ def test_the_risk_score_is_kept_compactly_and_older_records_read_as_never_scored
     # Leaving the watched base forgets it: only the watched base is scored.
     run(s, profile(photo=None))
     assert s.risk_bp is None and s.light is None
+
+
+def test_day_figures_take_16_bits_until_a_day_needs_more_and_then_32_or_64() -> None:
+    s = SubscriberState()
+    day = OPEN - timedelta(days=3)
+    run(s, call(day, 30, 20_000), open_day=day)
+    small = s.to_bytes()
+    assert s.day_fen.typecode == "h" and SubscriberState.from_bytes(small) == s
+    run(s, call(day, 30, 20_000, eid="more"), open_day=day)  # 400 CNY in a day: past 16 bits
+    assert s.day_fen.typecode == "i" and s.days[day.toordinal()] == [40_000, 3_600]
+    assert SubscriberState.from_bytes(s.to_bytes()) == s
+    run(s, fee(day, 3 * 10**9, eid="huge"), open_day=day)  # 30M CNY: past 32 bits
+    assert s.day_fen.typecode == "q" and SubscriberState.from_bytes(s.to_bytes()) == s
