@@ -380,7 +380,7 @@ class Reader:
         if pause:
             self.consumer.pause([TopicPartition(tp.topic, tp.partition) for tp in pause])
             log.debug("paused %s: records ahead of the partitions' event time wait for the other topics",
-                     ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(pause)))
+                      ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(pause)))
         self._throttled = want
 
     def _records(self, messages: list[Any]) -> list[Record]:
