@@ -218,6 +218,12 @@ class Metrics:
             "1 while Redis cannot be reached and decisions wait, else 0.",
             registry=r,
         )
+        self.watermark = Gauge(
+            "churnlight_watermark_seconds",
+            "Event time of each owned partition (the watermark its days close on), in seconds since the epoch.",
+            ["partition"],
+            registry=r,
+        )
         # process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds, ... of this
         # worker (Linux /proc), on this registry rather than the process-wide default one.
         ProcessCollector(registry=r)
@@ -229,6 +235,7 @@ class Metrics:
         self._tasks: dict[tuple[str, str, str, str | None], tuple[Counter, ...]] = {}
         self._end_to_end: dict[str, Histogram] = {}
         self._lag: dict[tuple[str, str], Gauge] = {}
+        self._watermarks: set[str] = set()
         # Label sets the replace-all gauges hold now, so that vanished ones can be removed.
         self._lights_held: set[tuple[str, str, str]] = set()
         self._kpis_held: tuple[set[tuple[str]], set[tuple[str]], set[tuple[str]]] = (set(), set(), set())
@@ -330,6 +337,15 @@ class Metrics:
             self.consumer_lag.remove(free_label(key[0]), key[1])
         for (topic, partition), lag in lags.items():
             self.set_lag(topic, partition, lag)
+
+    def set_watermarks(self, watermarks: Mapping[int, int]) -> None:
+        """Replace the watermark series with `watermarks` (ms) by partition; revoked partitions vanish."""
+        wanted = {str(p) for p in watermarks}
+        for key in self._watermarks - wanted:
+            self.watermark.remove(key)
+        self._watermarks = wanted
+        for p, ms in watermarks.items():
+            self.watermark.labels(str(p)).set(ms / 1000)
 
     def use_labels(self, regions: frozenset[str] | None, brands: frozenset[str] | None) -> None:
         """Allow these region and brand label values (a rule set's lists); others are `other`."""

@@ -430,6 +430,8 @@ class Pipeline:
                 if high is not None:
                     lags[(base, p)] = max(0, high - self._next_offset(base, clock))
         self.metrics.set_lags(lags)
+        self.metrics.set_watermarks({p: clock.watermark_ms for p, clock in self._owned_clocks()
+                                     if clock.watermark_ms is not None})
 
     def _owned_clocks(self) -> list[tuple[int, PartitionClock]]:
         # Between a rebalance and the next batch the cache still holds revoked partitions.

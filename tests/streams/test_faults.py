@@ -30,6 +30,7 @@ import orjson
 import pytest
 import redis as redis_lib
 from confluent_kafka import Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from streams.embedded import EmbeddedStack, free_port
@@ -94,6 +95,7 @@ class Outputs:
     feed: list[tuple[str, str, str]]
     dead: list[tuple[str, str]]
     windows: dict[str, tuple[Any, ...]]
+    watermarks: dict[str, float]
 
 
 def _tenant(stack: EmbeddedStack, tmp_path: Path, name: str) -> Settings:
@@ -126,13 +128,26 @@ def _settle(worker: WorkerProc, client: redis_lib.Redis, settings: Settings, tim
     since = time.monotonic()
     while time.monotonic() < deadline:
         lag = sum(w.metric("churnlight_consumer_lag") for w in (worker, *others))
-        seen = (client.xlen("churnlight:feed"), _ends(settings), lag)
+        # A partition whose event time stopped short of its data closes no more days, with no lag.
+        seen = (client.xlen("churnlight:feed"), _ends(settings), lag, _watermarks(worker, *others))
         if seen != last:
             last, since = seen, time.monotonic()
         elif lag == 0 and time.monotonic() - since >= 6:
             return
         time.sleep(1.0)
     raise AssertionError(f"the worker did not settle in {timeout_s} s:\n{worker.tail()}")
+
+
+def _watermarks(*workers: WorkerProc) -> dict[str, float]:
+    """The event time each partition's days close on (churnlight_watermark_seconds), over `workers`."""
+    out: dict[str, float] = {}
+    for w in workers:
+        _, text = w.get("/metrics")
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "churnlight_watermark_seconds":
+                    out[sample.labels["partition"]] = sample.value
+    return out
 
 
 def _collect(worker: WorkerProc, settings: Settings, client: redis_lib.Redis) -> Outputs:
@@ -152,7 +167,7 @@ def _collect(worker: WorkerProc, settings: Settings, client: redis_lib.Redis) ->
         assert status in (200, 404), body
         windows[msisdn] = None if status == 404 else (
             body["light"], body["arpu"], body["mou"], (body.get("contract") or {}).get("spent"), body["balance"])
-    return Outputs(lights, tasks, feed, dead, windows)
+    return Outputs(lights, tasks, feed, dead, windows, _watermarks(worker))
 
 
 def _redis(settings: Settings) -> redis_lib.Redis:
@@ -216,6 +231,7 @@ def _check(fault: str, seed: int, reference: dict[int, Outputs], stack: Embedded
     expected = _reference(seed, reference, stack, tmp_path)
     got = _run(_tenant(stack, tmp_path, "fault"), _history(seed), tmp_path / "fault.log", fault=fault)
     _no_repeats(got)
+    assert got.watermarks == expected.watermarks, "a partition's event time stopped short"
     assert sorted(got.lights) == sorted(expected.lights), "\n".join(
         [f"missing {x}" for x in sorted(set(expected.lights) - set(got.lights))]
         + [f"extra {x}" for x in sorted(set(got.lights) - set(expected.lights))])
@@ -296,12 +312,14 @@ def test_outages_and_rebalances_change_nothing(disturbance: str, reference: dict
                      what="the first worker owning every partition again")
         _settle(first, client, settings, 150, *others)
         got = _collect(first, settings, client)
+        got.watermarks = _watermarks(first, *others)
     finally:
         for w in (first, *others):
             w.stop()
         client.flushdb()
         client.close()
     _no_repeats(got)
+    assert got.watermarks == expected.watermarks, "a partition's event time stopped short"
     assert sorted(got.lights) == sorted(expected.lights)
     for topic in TASK_TOPICS:
         assert sorted(t["task_id"] for t in got.tasks[topic]) == sorted(t["task_id"] for t in expected.tasks[topic])
