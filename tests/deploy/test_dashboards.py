@@ -20,7 +20,8 @@ ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 DATASOURCE_UID = "churnlight-prometheus"
 
 # PromQL words that stand without parentheses; everything else bare is a metric name.
-_KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "inf", "nan", "Inf", "NaN"})
+_KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "inf", "nan", "Inf", "NaN", "group_left",
+                       "group_right"})
 _MSISDN_LIKE = re.compile(r"\+?\d{5,20}")
 
 
@@ -55,6 +56,7 @@ def test_metric_names_reads_promql() -> None:
     }
     assert metric_names("a and on () day_of_month(vector(time() + 8 * 3600)) > b - 7") == {"a", "b"}
     assert metric_names("deriv(sum(x)[5m:30s]) > 0 or absent_over_time(y[10m])") == {"x", "y"}
+    assert metric_names("max(a) - on () group_right min by (i, p) (b) > 2 * 86400") == {"a", "b"}
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +178,8 @@ def test_alerts_have_severity_and_a_summary_without_subscribers(alert_rules: lis
             assert "msisdn" not in text.lower(), rule["alert"]
             assert not _MSISDN_LIKE.search(text), rule["alert"]
             # Only labels the metrics carry, and none of them identifies a subscriber.
-            assert set(re.findall(r"\$labels\.(\w+)", text)) <= {"topic", "region", "error", "instance"}, rule["alert"]
+            assert set(re.findall(r"\$labels\.(\w+)", text)) <= {"topic", "region", "error", "instance",
+                                                                         "partition"}, rule["alert"]
 
 
 def test_the_alerts_the_operators_asked_for(alert_rules: list[dict[str, Any]]) -> None:
@@ -194,3 +197,5 @@ def test_the_alerts_the_operators_asked_for(alert_rules: list[dict[str, Any]]) -
     one("rate(churnlight_events_total[10m])) == 0", "absent")
     one("churnlight_kpi_task_completion_ratio", "< 0.35", "day_of_month(", "days_in_month(")
     one("churnlight_kpi_churn_ratio", "> 0.075")
+    # Beyond the operators' list: a partition whose days stopped closing shows no lag (issue 13).
+    one("churnlight_watermark_seconds", "group_right", "> 2 * 86400")
