@@ -74,6 +74,9 @@ OUTLIER_MS = 24 * HOUR_MS
 # How long (wall clock) a suspected usage record waits for the next one before it is judged
 # against the wall clock: accepted within OUTLIER_MS of it (live data after a gap), else rejected.
 SUSPECT_WAIT_S = 60.0
+# How long an input partition may hold its partition's event time with nothing left to read before
+# the log says so (Pipeline._waited_for).
+WAIT_LOG_S = 30.0
 # A day does not close on records younger than this (Kafka time against the wall clock): the
 # other topics' high watermarks come with their own fetches, and one not fetched since a record
 # was produced before these would pass for caught up (a replay's burst closes weeks in a second).
@@ -297,6 +300,10 @@ class Pipeline:
         self._record_ms: int | None = None
         # Partitions whose day close waits for records to age (FRESH_MS): partition -> Kafka ms.
         self._deferred: dict[int, int] = {}
+        # Input partitions the watermark waits for while the reader has nothing more to take, since
+        # when (monotonic), and those already logged (`_waited_for`).
+        self._waiting: dict[TP, float] = {}
+        self._waiting_logged: set[TP] = set()
         # Partitions holding a suspected usage record (PartitionClock.suspect), since when (monotonic).
         self._suspected: dict[int, float] = {}
         # Tasks the batch decided on: (task, port-out request open, Kafka time of the trigger).
@@ -821,6 +828,7 @@ class Pipeline:
         await self._judge_suspects(now_ms)
         for p, clock in self._owned_clocks():
             await self._tick(p, clock, now_ms)
+        self._waited_for()
         await self._commit()
         self._count()
 
@@ -1144,6 +1152,30 @@ class Pipeline:
                                  waited=bool(waited))
         except Exception as exc:
             self._failed(base, key, raw, [], source, exc)
+
+    def _waited_for(self) -> None:
+        """Log, once, an input partition the watermark has waited for over WAIT_LOG_S while the
+        reader had nothing more to take: its partition's days do not close (nor do its lights and
+        day-close tasks come) until it is read to its end, and nothing else would say why."""
+        now = time.monotonic()
+        waiting: dict[TP, float] = {}
+        if getattr(self.source, "caught_up", False):
+            for p, clock in self._owned_clocks():
+                for tp, base in self._input_tps(p):
+                    if base != PROFILES and self._more(tp, base, clock):
+                        waiting[tp] = self._waiting.get(tp, now)
+        self._waiting = waiting
+        self._waiting_logged &= waiting.keys()
+        for tp, since in waiting.items():
+            if now - since >= WAIT_LOG_S and tp not in self._waiting_logged:
+                self._waiting_logged.add(tp)
+                base = self.base_topic[tp.topic]
+                clock = self.clocks[tp.partition]
+                log.warning("%s/%d holds partition %d's event time for %.0f s with nothing more to read: the "
+                            "state's next offset %d, high watermark %s, delivered to %s, end seen %s, read again %s",
+                            tp.topic, tp.partition, tp.partition, now - since, self._next_offset(base, clock),
+                            self._high(tp), getattr(self.source, "delivered", {}).get(tp),
+                            tp in getattr(self.source, "eof", ()), tp in self._rewinds)
 
     async def _tick(self, p: int, clock: PartitionClock, now_ms: int) -> None:
         """Close days by the wall clock on an idle, live partition (CONTRACT §7)."""

@@ -69,7 +69,9 @@ EXTRA_METRICS = {"churnlight_outcomes_total": ("counter", {"result"}),
                  # The call-centre capacity queue (CONTRACT §5): queued, released, expired.
                  "churnlight_capacity_tasks_total": ("counter", {"region", "kind", "status"}),
                  "churnlight_ready": ("gauge", set()),
-                 "churnlight_redis_degraded": ("gauge", set())}
+                 "churnlight_redis_degraded": ("gauge", set()),
+                 # Each owned partition's event time: a stalled one shows no lag (issue 13).
+                 "churnlight_watermark_seconds": ("gauge", {"partition"})}
 # The worker process's own figures (prometheus_client's ProcessCollector, from /proc).
 PROCESS_METRICS = {"process_resident_memory_bytes", "process_virtual_memory_bytes", "process_cpu_seconds_total",
                    "process_open_fds", "process_max_fds", "process_start_time_seconds"}
@@ -93,6 +95,14 @@ def test_the_process_memory_cpu_and_open_files_are_exposed() -> None:
     assert PROCESS_METRICS <= set(values)
     assert values["process_resident_memory_bytes"] > 10 * 2**20
     assert values["process_open_fds"] >= 3
+
+
+def test_watermarks_follow_the_owned_partitions() -> None:
+    m = Metrics()
+    m.set_watermarks({0: 1_751_338_800_000, 2: 1_751_425_200_000})
+    m.set_watermarks({2: 1_751_511_600_000})  # partition 0 went to another worker
+    assert [(labels, value) for name, labels, value in _samples(m.render().decode())
+            if name == "churnlight_watermark_seconds"] == [({"partition": "2"}, 1_751_511_600.0)]
 
 
 def test_health_gauges_say_what_health_says() -> None:
