@@ -95,7 +95,7 @@ def demo(subscribers: int, days: int, activity: float, seed: int, out: Path, no_
     from contextlib import ExitStack
 
     from streams.console import screenshots
-    from streams.demo import console_process, print_summary, run_demo, signal_children, write_report
+    from streams.tools.demo import console_process, print_summary, run_demo, signal_children, write_report
 
     settings = _settings().model_copy(update={"data_dir": out / "stack"})
     setup_logging("warn", settings.log_format)
@@ -150,12 +150,12 @@ def demo(subscribers: int, days: int, activity: float, seed: int, out: Path, no_
 @click.option("--labels", "labels_out", type=click.Path(dir_okay=False, path_type=Path), help="labels file")
 @click.option("--produce", is_flag=True, help="produce into the input topics instead of (or besides) a file")
 @click.option("--unflattering", is_flag=True,
-              help="add stayers with dips and drops and leavers without a decline (streams.sim.config.UNFLATTERING)")
+              help="add stayers with dips and drops and leavers without a decline (streams.tools.sim.config.UNFLATTERING)")
 def simulate(subscribers: int, days: int, start: datetime, seed: int, activity: float, bad_share: float,
              dup_share: float, out: Path | None, labels_out: Path | None, produce: bool, unflattering: bool) -> None:
     """Write a synthetic, labelled event history (JSON lines), or produce it into Kafka."""
-    from streams.sim import SimConfig, Simulation, write_labels
-    from streams.sim.config import UNFLATTERING
+    from streams.tools.sim import SimConfig, Simulation, write_labels
+    from streams.tools.sim.config import UNFLATTERING
 
     if out is None and not produce:
         raise click.UsageError("give --out FILE, --produce, or both")
@@ -173,7 +173,7 @@ def simulate(subscribers: int, days: int, start: datetime, seed: int, activity: 
         sim = Simulation(cfg, lambda done, total: progress.update(bar, completed=done))
         lines = (line.encode() for chunk in sim.chunks() for line in chunk)
         if produce:
-            from streams.replay import replay as run_replay
+            from streams.tools.replay import replay as run_replay
             from streams.topics import ensure_topics
 
             with connected(settings, redis=False) as resolved:
@@ -218,7 +218,7 @@ def train(history: Path, out: Path, labels_path: Path | None, horizon_days: int 
           seed: int, step_days: int) -> None:
     """Learn a churn risk model from an event HISTORY and write a model file a rule set can name."""
     from rules.ruleset import load_rule_set
-    from streams.train import LabelsError, figures_line, train as run_train
+    from streams.tools.train import LabelsError, figures_line, train as run_train
 
     settings = _settings()
     setup_logging("warn")
@@ -268,7 +268,7 @@ def replay(file: Path) -> None:
     """Produce a JSON-lines event history FILE into the input topics."""
     settings = _settings()
     setup_logging("warn", settings.log_format)
-    from streams.replay import iter_file, replay as run_replay
+    from streams.tools.replay import iter_file, replay as run_replay
     from streams.topics import ensure_topics
 
     total = sum(1 for _ in iter_file(file))
@@ -368,8 +368,8 @@ def backtest(file: Path, labels: Path | None, rule_sets: tuple[str, ...], models
              json_out: Path | None) -> None:
     """Run rule sets offline over a history FILE and report how early and how well they lit churners."""
     from rules.risk import RiskModelError, load_model
-    from streams.backtest import run_many
-    from streams.train import LabelsError, load_labels
+    from streams.tools.backtest import run_many
+    from streams.tools.train import LabelsError, load_labels
 
     settings = _settings()
     setup_logging("warn", settings.log_format)
@@ -381,7 +381,7 @@ def backtest(file: Path, labels: Path | None, rule_sets: tuple[str, ...], models
             load_model(model)
         with _progress() as progress:
             # The bar's total is the file's lines (a first quick pass: 150k lines in about 0.1 s).
-            from streams.replay import iter_file
+            from streams.tools.replay import iter_file
 
             total = sum(1 for _ in iter_file(file))
             bars = {name: progress.add_task(f"backtest {name}", total=total) for name in rule_sets}
@@ -574,7 +574,7 @@ def console_cmd(add_user: str | None, role: str) -> None:
 
 
 def _register_bench() -> None:
-    from streams.bench import bench
+    from streams.tools.bench import bench
 
     main.add_command(bench)
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from rules.ruleset import load_rule_set
-from streams import backtest
+from streams.tools import backtest
 from streams.settings import Settings
 from tests.conftest import env_of
 from tests.streams import scripted

@@ -19,8 +19,8 @@ import orjson
 import pytest
 
 from rules.events import PROFILES, Profile, Usage, decode
-from streams import bench as bench_module
-from streams.bench import Workload, histogram_quantile, measure_throughput, percentile, records
+from streams.tools import bench as bench_module
+from streams.tools.bench import Workload, histogram_quantile, measure_throughput, percentile, records
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,7 +107,7 @@ def test_quick_bench_runs_every_step_and_writes_the_figures(tmp_path: Path) -> N
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env["COLUMNS"] = "160"
     done = subprocess.run(
-        [sys.executable, "-c", "from streams.bench import bench; bench()", "--quick", "--json", str(out)],
+        [sys.executable, "-c", "from streams.tools.bench import bench; bench()", "--quick", "--json", str(out)],
         cwd=tmp_path, env=env, capture_output=True, timeout=240,
     )
     stdout, stderr = done.stdout.decode(), done.stderr.decode()

@@ -26,9 +26,9 @@ from rich.table import Table
 
 from streams.auth import write_user
 from streams.embedded import free_port, stop_process
-from streams.replay import iter_file, replay
+from streams.tools.replay import iter_file, replay
 from streams.settings import Settings
-from streams.sim import SimConfig, write_history
+from streams.tools.sim import SimConfig, write_history
 from streams.topics import LIGHTS, TASKS_CALLCENTRE, TASKS_SMS, client_config, ensure_topics
 
 LIGHT_ORDER = ("green", "yellow", "red", "black")
@@ -303,7 +303,7 @@ def train_model(run: SimConfig, out_dir: Path, settings: Settings, console: Cons
     from dataclasses import replace as copy
 
     from rules.ruleset import load_rule_set
-    from streams.train import train
+    from streams.tools.train import train
 
     # 2,000 subscribers: 500 gave a dozen churn examples to learn from, a model no better than chance.
     cfg = copy(run, seed=run.seed + 1, days=TRAIN_DAYS, subscribers=max(2000, min(run.subscribers, 5000)),
@@ -342,7 +342,7 @@ def judge_run(scoring: DemoScoring, history: Path, labels_path: Path, settings: 
     """Fold the run's history offline: the last day's call list, and the lights' and the score's lift."""
     from rules.risk import call_list, load_model
     from rules.ruleset import load_rule_set
-    from streams.train import churn_days_of, collect, judge_model, load_labels
+    from streams.tools.train import churn_days_of, collect, judge_model, load_labels
 
     started = time.monotonic()
     rules = load_rule_set(settings.rules)

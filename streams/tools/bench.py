@@ -234,7 +234,7 @@ def _rate(count: float, seconds: float | None) -> float | None:
 def worker_env(settings: Settings) -> dict[str, str]:
     """Return the environment that makes a `churnlight worker` run exactly with `settings`."""
     env = settings.worker_env()
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env
 
@@ -470,7 +470,7 @@ def produce_all(settings: Settings, items: Iterable[tuple[str, bytes, bytes]],
     """Produce (topic base, key, value) records with murmur2 keys; return (sent, seconds)."""
     from confluent_kafka import KafkaError
 
-    from streams.replay import make_producer
+    from streams.tools.replay import make_producer
 
     producer = make_producer(settings)
     failed: list[str] = []
@@ -676,7 +676,7 @@ def step_latency(run: Run, settings: Settings, w: BenchWorker, rate_b: float, du
     """Produce at half of b's rate for `duration_s`; measure tasks end to end and the usage backlog."""
     from confluent_kafka import KafkaError, TopicPartition
 
-    from streams.replay import make_producer
+    from streams.tools.replay import make_producer
     from streams.topics import TASKS_SMS
 
     wl = run.workload
@@ -850,7 +850,7 @@ def step_recovery(run: Run, settings: Settings, subscribers: int) -> dict[str, A
     the changelog included). Once /health answers the bench sends one valid usage event, as the
     next event of traffic would be.
     """
-    from streams.replay import make_producer
+    from streams.tools.replay import make_producer
 
     task = run.step("7/8 recovery from the changelog", subscribers)
     w = run.worker(settings, "worker-recovered", log_level="info").start()
