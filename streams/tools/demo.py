@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import html
 import secrets
-import subprocess
-import sys
 import time
-import urllib.request
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -18,18 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from streams.auth import write_user
-from streams.embedded import free_port, stop_process
-from streams.tools.replay import iter_file, replay
+from streams.embedded import free_port
 from streams.settings import Settings
+from streams.tools import scrape
+from streams.tools.harness import WorkerFailed, WorkerProcess
+from streams.tools.model import scored_rule_set, train_simulated, training_config
+from streams.tools.replay import iter_file, replay
 from streams.tools.sim import SimConfig, write_history
-from streams.topics import LIGHTS, TASKS_CALLCENTRE, TASKS_SMS, client_config, ensure_topics
+from streams.tools.topic_reader import read_topic
+from streams.topics import LIGHTS, TASKS_CALLCENTRE, TASKS_SMS, ensure_topics
 
 LIGHT_ORDER = ("green", "yellow", "red", "black")
 COLOURS = {"green": "#2e9e44", "yellow": "#d9a400", "red": "#d0342c", "black": "#333333",
@@ -68,53 +67,29 @@ class DemoScoring:
     horizon_days: int = 60  # the model's: churned within this many days of a close
 
 
-def _metric_sum(text: str, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return 0, b""
-
-
 # Ctrl-C stops the demo within 3 s: the console, then the worker (each gets this long to exit
 # cleanly before SIGKILL; the demo's state is thrown away anyway), then the embedded servers.
 STOP_TIMEOUT_S = 1.2
-_children: list[subprocess.Popen[bytes]] = []
+_children: list[WorkerProcess] = []
 
 
 @contextmanager
-def _child(command: str, settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `churnlight COMMAND` with `settings` in its own session (Ctrl-C is the demo's to handle)."""
-    env = settings.worker_env()
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", command], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+def _child(command: str, settings: Settings, log_path: Path) -> Iterator[WorkerProcess]:
+    """Run `churnlight COMMAND` with `settings` until the block ends."""
+    proc = WorkerProcess(settings, log_path, name=f"the {command}", command=command,
+                         stop_timeout_s=STOP_TIMEOUT_S).launch()
     _children.append(proc)
     try:
         yield proc
     finally:
-        stop_process(proc, STOP_TIMEOUT_S)
+        proc.stop()
         _children.remove(proc)
 
 
 def signal_children() -> None:
     """Ask every child of the demo to stop at once (each is then waited for in turn, in order)."""
     for proc in _children:
-        if proc.poll() is None:
-            proc.terminate()
+        proc.terminate()
 
 
 @dataclass(frozen=True)
@@ -154,14 +129,12 @@ def console_process(settings: Settings, out_dir: Path) -> Iterator[str]:
     port = settings.console_port if _port_free(settings.console_port) else free_port()
     settings = settings.model_copy(update={"console_port": port,
                                            "workers": f"http://127.0.0.1:{settings.web_port}"})
-    url = f"http://127.0.0.1:{port}"
     with _child("console", settings, out_dir / "console.log") as proc:
-        deadline = time.monotonic() + 30
-        while _get(url + "/health")[0] != 200:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the console did not start; see {out_dir / 'console.log'}")
-            time.sleep(0.2)
-        yield url
+        try:
+            proc.wait_healthy(30)
+        except WorkerFailed:
+            raise RuntimeError(f"the console did not start; see {out_dir / 'console.log'}") from None
+        yield proc.url
 
 
 def _port_free(port: int) -> bool:
@@ -176,28 +149,7 @@ def _port_free(port: int) -> bool:
 
 
 def _read_topic(settings: Settings, base: str) -> list[dict[str, Any]]:
-    conf = client_config(settings)
-    conf.update({"group.id": f"demo-{uuid.uuid4().hex}", "enable.auto.commit": False, "enable.partition.eof": True})
-    consumer = Consumer(conf)
-    topic = settings.topic(base)
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-    out: list[dict[str, Any]] = []
-    at_end: set[int] = set()
-    deadline = time.monotonic() + 60
-    try:
-        while len(at_end) < len(partitions) and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == -191:  # _PARTITION_EOF
-                    at_end.add(msg.partition())
-                continue
-            out.append(orjson.loads(msg.value()))
-    finally:
-        consumer.close()
-    return out
+    return [orjson.loads(msg.value()) for msg in read_topic(settings, settings.topic(base))]
 
 
 def run_demo(settings: Settings, out_dir: Path, *, subscribers: int, days: int, activity: float, seed: int,
@@ -234,16 +186,12 @@ def run_demo(settings: Settings, out_dir: Path, *, subscribers: int, days: int, 
     else:
         # A configured Redis is not the demo's to empty: a fresh feed at least.
         rclient.delete("churnlight:feed")
-    url = f"http://127.0.0.1:{settings.web_port}"
     proc = keep.enter_context(_child("worker", settings, out_dir / "worker.log"))
-    deadline = time.monotonic() + 120
     with console.status("starting the worker (consumer-group join, table recovery)..."):
-        while _get(url + "/health")[0] != 200:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the worker exited with {proc.returncode}; see {out_dir / 'worker.log'}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the worker did not become healthy; see {out_dir / 'worker.log'}")
-            time.sleep(0.3)
+        try:
+            proc.wait_healthy(120)
+        except WorkerFailed:
+            raise RuntimeError(f"the worker exited or did not become healthy; see {out_dir / 'worker.log'}") from None
     with console.status("replaying the history into Kafka..."):
         report = replay(settings, iter_file(history))
     sent = report.sent
@@ -251,12 +199,11 @@ def run_demo(settings: Settings, out_dir: Path, *, subscribers: int, days: int, 
     last_change = (0.0, time.monotonic())
     with Live(console=console, refresh_per_second=2) as live:
         while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the worker exited with {proc.returncode}; see {out_dir / 'worker.log'}")
-            _, body = _get(url + "/metrics")
-            text = body.decode()
-            done = _metric_sum(text, "churnlight_events_total")
-            live.update(_progress_table(text, done, sent, time.monotonic() - started))
+            if not proc.alive():
+                raise RuntimeError(f"the worker exited; see {out_dir / 'worker.log'}")
+            samples = proc.metrics() or {}
+            done = scrape.total(samples, "churnlight_events_total")
+            live.update(_progress_table(samples, done, sent, time.monotonic() - started))
             if done != last_change[0]:
                 last_change = (done, time.monotonic())
             if done >= sent and time.monotonic() - last_change[1] > 3:
@@ -273,11 +220,11 @@ def run_demo(settings: Settings, out_dir: Path, *, subscribers: int, days: int, 
             replay(settings, iter(outcome_lines))
             want = done + len(outcome_lines)
             deadline = time.monotonic() + 60
-            while done < want and time.monotonic() < deadline and proc.poll() is None:
+            while done < want and time.monotonic() < deadline and proc.alive():
                 time.sleep(0.3)
-                done = _metric_sum(_get(url + "/metrics")[1].decode(), "churnlight_events_total")
-    _, summary = _get(url + "/lights/summary")
-    totals = orjson.loads(summary).get("totals", {}) if summary else {}
+                done = scrape.total(proc.metrics() or {}, "churnlight_events_total")
+    got = proc.request("/lights/summary")
+    totals = orjson.loads(got[1]).get("totals", {}) if got is not None and got[0] == 200 else {}
     changes = _read_topic(settings, LIGHTS)
     feed = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in rclient.xrange("churnlight:feed")]
     labels = {d["msisdn"]: d for d in (orjson.loads(line) for line in iter_file(labels_path))}
@@ -292,50 +239,18 @@ def run_demo(settings: Settings, out_dir: Path, *, subscribers: int, days: int, 
     return result
 
 
-# The demo's model learns on a simulated operator of its own (the run's seed + 1): 125 days, the
-# shortest history `churnlight train` validates by time (30 days of window, 30 to learn from, 30
-# to judge on, 30 of labels).
-TRAIN_DAYS = 125
-
-
 def train_model(run: SimConfig, out_dir: Path, settings: Settings, console: Console) -> DemoScoring | None:
     """Train the demo's risk model on another seed of the same simulator; None if it cannot learn."""
-    from dataclasses import replace as copy
-
-    from rules.ruleset import load_rule_set
-    from streams.tools.train import train
-
-    # 2,000 subscribers: 500 gave a dozen churn examples to learn from, a model no better than chance.
-    cfg = copy(run, seed=run.seed + 1, days=TRAIN_DAYS, subscribers=max(2000, min(run.subscribers, 5000)),
-               activity=0.05)
-    history = out_dir / "train-history.jsonl"
-    started = time.monotonic()
+    cfg = training_config(run)
     with console.status(f"training a risk model on another simulated operator ({cfg.subscribers:,} subscribers, "
                         f"{cfg.days} days, seed {cfg.seed})..."):
-        write_history(cfg, history, out_dir / "train-labels.jsonl")
         try:
-            trained = train(history, load_rule_set(settings.rules), settings.zone, seed=cfg.seed)
+            trained = train_simulated(run, out_dir, settings.rules, settings.zone)
         except ValueError as exc:
             console.print(f"[yellow]no risk model: {exc}[/yellow]")
             return None
-    model = out_dir / "model.json"
-    model.write_bytes(trained.model_bytes)
-    seconds = time.monotonic() - started
-    console.print(f"trained a risk model in {seconds:.1f} s -> {model}")
-    return DemoScoring(model, seconds, trained.figures["validation"])
-
-
-def scored_rule_set(rules: str, model: Path, out_dir: Path) -> Path:
-    """Write the demo's rule set: `rules` naming `model` (risk scores on tasks, lights, /subscribers)."""
-    import yaml
-
-    from rules.ruleset import resolve
-
-    doc = yaml.safe_load(resolve(rules)[0].read_text(encoding="utf-8"))
-    doc["risk"] = {**(doc.get("risk") or {}), "model": model.name}
-    path = out_dir / "rules-scored.yaml"
-    path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    return path
+    console.print(f"trained a risk model in {trained.seconds:.1f} s -> {trained.path}")
+    return DemoScoring(trained.path, trained.seconds, trained.validation)
 
 
 def judge_run(scoring: DemoScoring, history: Path, labels_path: Path, settings: Settings) -> None:
@@ -396,19 +311,19 @@ def simulated_outcomes(tasks: list[dict[str, Any]], seed: int, window_days: int 
     return lines
 
 
-def _progress_table(text: str, done: float, sent: int, seconds: float) -> Table:
+def _progress_table(samples: scrape.Samples, done: float, sent: int, seconds: float) -> Table:
     table = Table(title="churnlight demo: the worker at work", show_header=False)
     table.add_column(justify="left")
     table.add_column(justify="right")
     rate = done / seconds if seconds > 0 else 0.0
     table.add_row("events processed", f"{int(done):,} / {sent:,} ({done / max(sent, 1):.0%})")
     table.add_row("throughput", f"{rate:,.0f} events/s")
-    lights = "  ".join(f"{light} {int(_metric_sum(text, 'churnlight_lights', light=light)):,}" for light in LIGHT_ORDER)
+    lights = "  ".join(f"{light} {int(scrape.total(samples, 'churnlight_lights', {'light': light})):,}" for light in LIGHT_ORDER)
     table.add_row("lights now", lights)
-    table.add_row("light changes", f"{int(_metric_sum(text, 'churnlight_light_changes_total')):,}")
-    table.add_row("tasks issued", f"{int(_metric_sum(text, 'churnlight_tasks_total', status='issued')):,}")
-    table.add_row("tasks suppressed", f"{int(_metric_sum(text, 'churnlight_tasks_total', status='suppressed')):,}")
-    table.add_row("dead letters", f"{int(_metric_sum(text, 'churnlight_deadletter_total')):,}")
+    table.add_row("light changes", f"{int(scrape.total(samples, 'churnlight_light_changes_total')):,}")
+    table.add_row("tasks issued", f"{int(scrape.total(samples, 'churnlight_tasks_total', {'status': 'issued'})):,}")
+    table.add_row("tasks suppressed", f"{int(scrape.total(samples, 'churnlight_tasks_total', {'status': 'suppressed'})):,}")
+    table.add_row("dead letters", f"{int(scrape.total(samples, 'churnlight_deadletter_total')):,}")
     return table
 
 
