@@ -44,7 +44,8 @@ def demo(subscribers: int, days: int, activity: float, seed: int, out: Path, no_
     from contextlib import ExitStack
 
     from streams.console import screenshots
-    from streams.tools.demo import console_process, print_summary, run_demo, signal_children, write_report
+    from streams.tools.demo import console_process, run_demo, signal_children
+    from streams.tools.demo_report import print_summary, write_report
 
     settings = settings_or_exit().model_copy(update={"data_dir": out / "stack"})
     setup_logging("warn", settings.log_format)
