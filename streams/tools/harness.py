@@ -128,9 +128,9 @@ class WorkerProcess:
         raise WorkerFailed(f"{self.name} not healthy after {timeout_s:.0f} s; its log ({self.log_path}):\n"
                            f"{self.tail()}")
 
-    def metrics(self) -> scrape.Samples | None:
+    def metrics(self, timeout_s: float = 5.0) -> scrape.Samples | None:
         """Return the samples of /metrics, None when it does not answer."""
-        got = self.request("/metrics", timeout_s=2.0)
+        got = self.request("/metrics", timeout_s=timeout_s)
         if got is None or got[0] != 200:
             return None
         return scrape.parse(got[1].decode("utf-8", "replace"))
