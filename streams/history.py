@@ -26,7 +26,7 @@ from rules.policy import Decision, decide
 from rules.ruleset import RuleSet
 from rules.state import SubscriberState, apply, apply_usage, day_start_ms, local_day
 from rules.tasks import ContractTerms, SubscriberFacts, Task
-from streams.replay import iter_file, parse_line
+from streams.tools.replay import iter_file, parse_line
 
 # (the opening local day, every state as of its close, the history's first day)
 CloseHook = Callable[[date, dict[str, SubscriberState], date], None]

@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import itertools
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import redis as redis_lib
-import urllib.request
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from pydantic import SecretStr
 
-from streams.embedded import EmbeddedStack, free_port, stop_process
+from streams.embedded import EmbeddedStack, free_port
 from streams.settings import Settings
+from streams.tools.harness import WorkerProcess
+from streams.tools.harness import worker_env as env_of  # the environment of a `churnlight` subprocess
+from streams.tools.scrape import sample_sum as sample_sum  # tests import it from here
+from streams.tools.topic_reader import read_topic
 from streams.topics import changelog_topic
 
 _redis_dbs = itertools.count(1)
@@ -52,86 +51,26 @@ def settings(stack: EmbeddedStack, tmp_path: Path) -> Settings:
     )
 
 
-def env_of(settings: Settings) -> dict[str, str]:
-    return settings.worker_env()
-
-
-@dataclass
-class WorkerProc:
-    settings: Settings
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    logs: list[str] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.web_port}"
+class WorkerProc(WorkerProcess):
+    """The tests' `churnlight worker`: started healthy within 90 s, asked with the API token."""
 
     def start(self, timeout_s: float = 90.0) -> WorkerProc:
-        logf = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"], env=env_of(self.settings),
-            stdout=logf, stderr=subprocess.STDOUT,
-        )
-        self.wait_healthy(timeout_s)
+        super().start(timeout_s)
         return self
 
-    def wait_healthy(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"worker not healthy after {timeout_s} s:\n{self.tail()}")
-
     def get(self, path: str, *, token: str | None = API_TOKEN) -> tuple[int, Any]:
-        """GET `path` of this worker, with the API token unless `token` is None."""
+        """GET `path` of this worker, with the API token unless `token` is None; JSON decoded."""
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-        try:
-            with urllib.request.urlopen(urllib.request.Request(self.url + path, headers=headers), timeout=5) as resp:
-                body = resp.read()
-                return resp.status, orjson.loads(body) if resp.headers.get_content_type() == "application/json" else body.decode()
-        except urllib.error.HTTPError as exc:
-            body = exc.read()
+        got = self.request(path, headers)
+        if got is None:
+            raise AssertionError(f"{self.url}{path}: no answer")
+        status, body, content_type = got
+        if content_type == "application/json" or status >= 400:
             try:
-                return exc.code, orjson.loads(body)
+                return status, orjson.loads(body)
             except orjson.JSONDecodeError:
-                return exc.code, body.decode()
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Return the sum of the samples of `name` whose labels include `labels`."""
-        _, text = self.get("/metrics")
-        return sample_sum(text, name, labels)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        stop_process(self.proc, 20)
-
-    def tail(self, lines: int = 60) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join([line for line in text.splitlines() if "rdkafka" not in line][-lines:])
-
-
-def sample_sum(text: str, name: str, labels: dict[str, str]) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+                pass
+        return status, body.decode()
 
 
 @pytest.fixture
@@ -159,30 +98,9 @@ def produce_json(settings: Settings, topic: str, value: dict[str, Any], key: str
 
 def consume(settings: Settings, topic: str, count: int, timeout_s: float = 30.0) -> list[Any]:
     """Read `count` messages of `topic` (base name) from the beginning, or fail after `timeout_s`."""
-    c = Consumer({
-        "bootstrap.servers": settings.kafka, "group.id": f"test-{uuid.uuid4().hex}",
-        "auto.offset.reset": "earliest", "enable.auto.commit": False,
-    })
-    _assign_all(c, settings.topic(topic))
-    out: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(out) < count and time.monotonic() < deadline:
-            msg = c.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            out.append(msg)
-    finally:
-        c.close()
+    out = read_topic(settings, settings.topic(topic), count=count, timeout_s=timeout_s)
     assert len(out) >= count, f"got {len(out)} of {count} messages on {topic} within {timeout_s} s"
     return out
-
-
-def _assign_all(consumer: Consumer, topic: str) -> None:
-    # Assign every partition from the beginning: no consumer-group join, which on Tansu waits
-    # for the client's timeouts.
-    meta = consumer.list_topics(topic, timeout=10).topics[topic]
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
 
 
 def wait_for(predicate: Any, timeout_s: float = 30.0, what: str = "condition") -> None:
@@ -212,25 +130,8 @@ def redis_client(settings: Settings) -> Iterator[redis_lib.Redis]:
 
 def consume_all(settings: Settings, topic: str, idle_s: float = 3.0, timeout_s: float = 60.0,
                 full_name: bool = False) -> list[Any]:
-    """Read `topic` (base name) from the beginning until nothing new arrives for `idle_s`."""
-    c = Consumer({
-        "bootstrap.servers": settings.kafka, "group.id": f"test-{uuid.uuid4().hex}",
-        "auto.offset.reset": "earliest", "enable.auto.commit": False,
-    })
-    _assign_all(c, topic if full_name else settings.topic(topic))
-    out: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    last = time.monotonic()
-    try:
-        while time.monotonic() < deadline and time.monotonic() - last < idle_s:
-            msg = c.poll(0.3)
-            if msg is None or msg.error():
-                continue
-            out.append(msg)
-            last = time.monotonic()
-    finally:
-        c.close()
-    return out
+    """Read `topic` (base name) from the beginning to its end, with nothing new for `idle_s`."""
+    return read_topic(settings, topic if full_name else settings.topic(topic), idle_s=idle_s, timeout_s=timeout_s)
 
 
 def changelog_snapshot(settings: Settings) -> dict[tuple[int, bytes], bytes | None]:

@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from rules.ruleset import load_rule_set
-from streams import backtest
+from rules.ruleset import load_rule_set, resolve
+from streams.tools import backtest
 from streams.settings import Settings
 from tests.conftest import env_of
 from tests.streams import scripted
@@ -76,7 +76,7 @@ def _small_history(path: Path) -> Path:
 def test_photo_auto_watches_the_first_complete_window_that_meets_the_thresholds(tmp_path: Path) -> None:
     history = _small_history(tmp_path / "h.jsonl")
     rules = tmp_path / "auto.yaml"
-    rules.write_text((Path(backtest.__file__).parent.parent / "rules" / "cmcc-2010.yaml").read_text()
+    rules.write_text(resolve("cmcc-2010")[0].read_text()
                      .replace("name: cmcc-2010", "name: cmcc-auto").replace("photo: profile", "photo: auto"))
     settings = Settings(partitions=4, data_dir=tmp_path)
     by_profile, auto = backtest.run_many(history, ["cmcc-2010", str(rules)], settings, None)

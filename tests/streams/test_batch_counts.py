@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rules.ruleset import load_rule_set
 from rules.tasks import Task
-from streams.backtest import _App, _Consumer, _Message
+from streams.tools.backtest import _App, _Consumer, _Message
 from streams.metrics import Metrics
 from streams.pipeline import Pipeline, partition_of
 from streams.settings import Settings

@@ -19,8 +19,9 @@ import orjson
 import pytest
 
 from rules.events import PROFILES, Profile, Usage, decode
-from streams import bench as bench_module
-from streams.bench import Workload, histogram_quantile, measure_throughput, percentile, records
+from streams.tools.bench import measure as bench_module
+from streams.tools.bench.measure import histogram_quantile, measure_throughput, percentile
+from streams.tools.bench.workload import Workload, records
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,7 +65,7 @@ def test_percentile_and_histogram_quantile() -> None:
 
 
 class _ScriptedWorker:
-    """Stands in for BenchWorker: /metrics answers with the next scripted events total (None = down)."""
+    """Stands in for a WorkerProcess: /metrics answers with the next scripted events total (None = down)."""
 
     def __init__(self, totals: list[float | None]) -> None:
         self.totals = totals
@@ -107,19 +108,19 @@ def test_quick_bench_runs_every_step_and_writes_the_figures(tmp_path: Path) -> N
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env["COLUMNS"] = "160"
     done = subprocess.run(
-        [sys.executable, "-c", "from streams.bench import bench; bench()", "--quick", "--json", str(out)],
+        [sys.executable, "-c", "from streams.tools.bench import bench; bench()", "--quick", "--json", str(out)],
         cwd=tmp_path, env=env, capture_output=True, timeout=240,
     )
     stdout, stderr = done.stdout.decode(), done.stderr.decode()
     assert done.returncode == 0, stderr[-4000:]
     assert "churnlight bench" in stdout and "raw consumer (a)" in stdout and "b / a" in stdout
-    assert "7/8 recovery" in stderr  # the progress lines
+    assert "7/9 recovery" in stderr  # the progress lines
 
     doc = orjson.loads(out.read_bytes())
     assert doc["status"] == "ok" and doc["incomplete"] == []
     assert doc["work_dir"] is None  # a clean run leaves no directory behind
     assert {"config", "machine", "produce", "raw_baseline", "worker", "latency", "state", "rss", "recovery",
-            "scaling"} <= doc.keys()
+            "scaling", "scoring"} <= doc.keys()
     expected = 3000 + 300
     assert doc["produce"]["messages"] == expected
     raw = doc["raw_baseline"]
@@ -150,3 +151,4 @@ def test_quick_bench_runs_every_step_and_writes_the_figures(tmp_path: Path) -> N
 
     assert doc["scaling"] == {"skipped": True, "reason": doc["scaling"]["reason"]}
     assert "--quick" in doc["scaling"]["reason"]
+    assert doc["scoring"]["skipped"] and "--quick" in doc["scoring"]["reason"]

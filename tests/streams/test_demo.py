@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 
 from rules.ruleset import load_rule_set
-from streams import backtest
+from streams.tools import backtest
 from streams.settings import Settings
 
 

@@ -10,7 +10,7 @@ import orjson
 from faust.types import TP
 
 from rules.ruleset import load_rule_set
-from streams.backtest import _App, _Consumer, _Message
+from streams.tools.backtest import _App, _Consumer, _Message
 from streams.metrics import Metrics
 from streams.pipeline import Pipeline, partition_of
 from streams.settings import Settings

@@ -27,12 +27,12 @@ from rules.risk import load_model
 from rules.ruleset import RULES_DIR, load_rule_set
 from rules.state import SubscriberState
 from streams.history import fold
-from streams.replay import iter_file, replay
+from streams.tools.replay import iter_file, replay
 from streams.settings import Settings
-from streams.sim import SimConfig
-from streams.sim.config import UNFLATTERING
-from streams.sim.run import write_history
-from streams.train import train
+from streams.tools.sim import SimConfig
+from streams.tools.sim.config import UNFLATTERING
+from streams.tools.sim.run import write_history
+from streams.tools.train import train
 from tests.conftest import WorkerProc, consume_all, wait_for
 
 RULES = load_rule_set("cmcc-2010")
@@ -177,7 +177,7 @@ def test_a_scored_worker_shows_risk_on_tasks_lights_and_subscribers_and_calls_th
 
 def test_no_model_named_means_no_score_anywhere(model_dir: Path, tmp_path: Path) -> None:
     # The same history through the worker's pipeline offline (`backtest`): no risk field, no risk task.
-    from streams.backtest import run
+    from streams.tools.backtest import run
 
     result = run(model_dir / "run.jsonl", RULES, Settings(data_dir=tmp_path))
     assert result.decisions and all(d.task.risk is None for d in result.decisions)

@@ -14,9 +14,9 @@ import orjson
 import pytest
 
 from rules.events import Profile, ProfileDeleted, Rejection, Usage, decode
-from streams.replay import parse_line
-from streams.sim import SimConfig, SimStats, Simulation, iter_history, iter_history_lines, write_history
-from streams.sim.render import BAD_KINDS
+from streams.tools.replay import parse_line
+from streams.tools.sim import SimConfig, SimStats, Simulation, iter_history, iter_history_lines, write_history
+from streams.tools.sim.render import BAD_KINDS
 
 SMALL = SimConfig(subscribers=250, days=35, seed=11, bad_share=0.01, dup_share=0.01)
 STATS = SimConfig(subscribers=2000, days=60, seed=7)

@@ -15,10 +15,10 @@ from rules import features
 from rules.risk import RiskModelError, call_list, load_model
 from rules.ruleset import load_rule_set
 from streams.settings import Settings
-from streams.sim import SimConfig
-from streams.sim.config import UNFLATTERING
-from streams.sim.run import write_history
-from streams.train import LabelsError, churn_days_from, collect, judge_model, load_labels, train
+from streams.tools.sim import SimConfig
+from streams.tools.sim.config import UNFLATTERING
+from streams.tools.sim.run import write_history
+from streams.tools.train import LabelsError, churn_days_from, collect, judge_model, load_labels, train
 from tests.conftest import env_of
 
 RULES = load_rule_set("cmcc-2010")
@@ -142,7 +142,7 @@ def test_a_malformed_labels_file_is_one_line_naming_the_field(tmp_path: Path, li
 
 def test_the_backtest_judges_a_model_beside_the_lights(trained: Path, history: tuple[Path, Path],
                                                        tmp_path: Path) -> None:
-    from streams.backtest import run_many
+    from streams.tools.backtest import run_many
 
     scores = run_many(history[0], ["cmcc-2010", "seed-004"], Settings(data_dir=tmp_path), history[1],
                       models=[trained])

@@ -9,7 +9,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from streams.sim.config import SimConfig
+from streams.tools.sim.config import SimConfig
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]

@@ -29,7 +29,7 @@ from rules.ruleset import RuleSet
 from rules.risk import RiskModel, dumps
 from rules.state import SubscriberState
 from streams.history import HistoryRun, fold
-from streams.replay import iter_file
+from streams.tools.replay import iter_file
 
 ALARM_CODES: Final = (features.LIGHT_CODES["yellow"], features.LIGHT_CODES["red"])
 # The shortest label window an example may have: one that ends before it says too little.

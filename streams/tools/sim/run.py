@@ -16,8 +16,8 @@ import numpy.typing as npt
 import orjson
 
 from rules.events import LIFECYCLE, PROFILES
-from streams.sim import render
-from streams.sim.base import (
+from streams.tools.sim import render
+from streams.tools.sim.base import (
     DATA_CHARGED_SHARE,
     DECLINE_DEACT,
     DECLINE_PORT,
@@ -36,7 +36,7 @@ from streams.sim.base import (
     add_months,
     build_base,
 )
-from streams.sim.config import SimConfig
+from streams.tools.sim.config import SimConfig
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]

@@ -28,7 +28,7 @@ from rules.ruleset import RuleSet, load_rule_set
 from rules.tasks import Task, local_date
 from streams.metrics import Metrics
 from streams.pipeline import Pipeline, partition_of
-from streams.replay import iter_file, parse_line
+from streams.tools.replay import iter_file, parse_line
 from streams.settings import Settings
 from streams.topics import LIGHTS, TICKS
 
@@ -108,7 +108,7 @@ class RunResult:
     unknown_topics: Counter[str] = field(default_factory=Counter)  # lines on topics not in CONTRACT §1
     days: tuple[date, date] | None = None  # the run's first and last local day
     churn_days: dict[str, list[int]] = field(default_factory=dict)  # the history's own churn, by ordinal
-    examples: Any = None  # streams.train.Examples of the day closes, when a model is judged
+    examples: Any = None  # streams.tools.train.Examples of the day closes, when a model is judged
 
 
 def run(path: Path, rules: RuleSet, settings: Settings, *, progress: Callable[[int], None] | None = None) -> RunResult:
@@ -186,7 +186,7 @@ def _topic_of(line: bytes) -> str:
 def run_folded(path: Path, rules: RuleSet, settings: Settings, *, examples: bool) -> RunResult:
     """Run `rules` over the history with the offline fold (streams.history): what `photo: auto` and a
     model's judgement need; with `examples`, also collect the feature rows of every day close."""
-    from streams.train import collect
+    from streams.tools.train import collect
 
     ex, folded = collect(path, rules, settings.zone, step_days=1, decide_tasks=True)
     final: Counter[str] = Counter(s.light for s in folded.states.values() if s.photo is not None and s.light)
@@ -216,7 +216,7 @@ class Scores:
     alarms: int = 0  # watched subscribers lit yellow or red at some time
     unknown_topics: Counter[str] = field(default_factory=Counter)
     run_days: int = 0
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # model name -> streams.train.judge_model
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # model name -> streams.tools.train.judge_model
     engine: str = "pipeline"
 
     @property
@@ -258,10 +258,10 @@ class Scores:
 
 
 def load_labels(path: Path | None) -> dict[str, dict[str, Any]]:
-    """Read and validate a labels file (README: Labels); raise streams.train.LabelsError naming the field."""
+    """Read and validate a labels file (README: Labels); raise streams.tools.train.LabelsError naming the field."""
     if path is None:
         return {}
-    from streams.train import load_labels as read
+    from streams.tools.train import load_labels as read
 
     return read(path)
 
@@ -314,7 +314,7 @@ def run_many(path: Path, rule_names: list[str], settings: Settings, labels_path:
     (streams.history: the same rules code, one clock), so that the columns compare like with like.
     """
     from rules.risk import load_model
-    from streams.train import churn_days_of, judge_model
+    from streams.tools.train import churn_days_of, judge_model
 
     labels = load_labels(labels_path)
     loaded = [load_model(m) for m in models or []]
