@@ -3,24 +3,21 @@
 `apply` folds one validated event into a `SubscriberState`; partition-level facts (the open
 local day, the time zone, the rule set) come in as arguments, so nothing here reads a clock.
 The state keeps day buckets instead of raw events so that a window is a sum of at most
-`window_days` numbers and a typical subscriber fits in well under 1 KiB (`to_bytes`).
+`window_days` numbers and a typical subscriber fits in well under 1 KiB (its storage codec is
+streams/runtime/codec.py).
 """
 
 from __future__ import annotations
 
-import sys
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from hashlib import blake2b
-from typing import Any, Final, Literal, NamedTuple
+from typing import Final, Literal, NamedTuple
 from zoneinfo import ZoneInfo
-
-import orjson
 
 from rules.events import (
     Billing,
@@ -45,7 +42,7 @@ DAY_MS: Final = 24 * 3600 * 1000
 _OFFSET: Final = ("B", "H", "I")
 _I32_MIN: Final = -(2**31)
 _I32_MAX: Final = 2**31 - 1
-# The array item sizes the format assumes (those of every mainstream platform).
+# The array item sizes the buckets' widening assumes (those of every mainstream platform).
 assert [array(code).itemsize for code in ("B", "H", "I", "i", "q", "Q")] == [1, 2, 4, 4, 8, 8]
 DUPLICATE_MINUTES: Final = 24 * 60
 # Resends are recognised for events of the open day and of this many closed days before it.
@@ -53,26 +50,12 @@ DUPLICATE_MINUTES: Final = 24 * 60
 # state; resends in practice arrive within hours. An older resend is applied again.
 DEDUP_CLOSED_DAYS: Final = 2
 
-# 2: scalars as one orjson array, the day buckets and the dedup memory as fixed-width arrays;
-# 1 wrote everything as varints in Python loops, a quarter of the worker's time.
-# 3: format 2 with one more item in the scalar array: the risk features' memory (`_extras`).
-# Formats 2 and 3 keep the last close's risk score in the flags' bits from 7 up (risk_bp + 1; 0:
-# never scored): older records read as never scored, and older readers ignore those bits.
-# A state whose memory is empty is still written as format 2, so a deployment can roll back.
-_VERSION: Final = 3
-_VERSION_BYTES: Final = bytes((_VERSION,))  # its varint: a number below 128 is its own byte
-_V2_BYTES: Final = bytes((2,))
 # Decayed sums (incoming minutes, the days that left the window) keep this share of a day's
 # weight per day that passes: a mean life of 30 days, so a steady stream sums to 30 days of it.
 DECAY_KEEP: Final = 29 / 30
 COMPLAINT_DAYS: Final = 90  # complaints are remembered this long, at most MAX_COMPLAINTS of them
 MAX_COMPLAINTS: Final = 8
 TOPUP_AVG_WEIGHT: Final = 0.3  # weight of the newest earlier top-up in the running average
-_LITTLE: Final = sys.byteorder == "little"
-_LIGHT_CODE: Final[dict[Light | None, int]] = {None: 0, "green": 1, "yellow": 2, "red": 3, "black": 4}
-_LIGHT_OF: Final = {v: k for k, v in _LIGHT_CODE.items()}
-_CHURN_CODE: Final[dict[Churn | None, int]] = {None: 0, "deactivated": 1, "ported_out": 2}
-_CHURN_OF: Final = {v: k for k, v in _CHURN_CODE.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +175,7 @@ class SubscriberState:
     )
 
     def __init__(self) -> None:
-        # Day buckets, oldest first, kept as `to_bytes` writes them: the local day ordinals as
+        # Day buckets, oldest first, kept as the codec writes them: the local day ordinals as
         # offsets from the first one's (uint8, widened as the span needs), revenue fen and outgoing
         # voice seconds (int32, widened to int64 by the first sum that needs it).
         self.day_first = 0
@@ -500,7 +483,7 @@ class SubscriberState:
         # Out of the watched base: no light, and no score (only the watched base is scored).
         self.light, self.light_since_ms, self.reasons, self.risk_bp = None, None, (), None
 
-    # --- comparison and serialisation ----------------------------------------------------------
+    # --- comparison -----------------------------------------------------------------------------
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SubscriberState):
@@ -518,216 +501,6 @@ class SubscriberState:
         fields = ", ".join(f"{s}={getattr(self, s)!r}" for s in (*_FIELDS, "days", "seen"))
         return f"SubscriberState({fields})"
 
-    def to_bytes(self) -> bytes:
-        """Serialise compactly: a version byte, the scalar fields as one JSON array (orjson), then
-        the day buckets and the dedup memory as fixed-width little-endian arrays."""
-        photo, c = self.photo, self.contract
-        extras = self._extras()
-        head = orjson.dumps([
-            self.has_profile | self.prepaid << 1 | _LIGHT_CODE[self.light] << 2 | _CHURN_CODE[self.churned] << 5
-            | (0 if self.risk_bp is None else self.risk_bp + 1) << 7,
-            self.region, self.brand, self.segment, self.birthday,
-            None if self.activated_on is None else self.activated_on.toordinal(),
-            None if photo is None else [photo.month, photo.arpu_fen, photo.mou_seconds],
-            None if c is None else [c.ends_on.toordinal(), c.committed_fen, c.spent_fen,
-                                    None if c.starts_on is None else c.starts_on.toordinal(),
-                                    # days before the end: shorter than an ordinal
-                                    *(() if self.contract_from is None else (
-                                        c.ends_on.toordinal() - self.contract_from,))],
-            self.contract_spent_fen, self.balance_fen, self.balance_ms, self.churned_ms,
-            self.port_out_request_ms, self.light_since_ms,
-            [[r.code, r.value, r.threshold] for r in self.reasons] if self.reasons else (),
-            sorted(self.used) if self.used else (),
-            *extras,
-        ])
-        parts = [_VERSION_BYTES if extras else _V2_BYTES, _varint(len(head)), head]
-        # Days: the first ordinal, then offsets from it (uint8, or uint16 / uint32 as the span
-        # needs: flag bits 1-2), revenue fen and voice seconds (int32, or int64: flag bit 0, or
-        # int16 while every figure fits: flag bit 3; a typical day does, and they are most of the bytes).
-        offsets = self.day_off
-        n = len(offsets)
-        parts.append(_varint(n))
-        if n:
-            fens, secs = self.day_fen, self.day_sec
-            parts += (_varint((fens.typecode == "q") | _OFFSET.index(offsets.typecode) << 1
-                              | (fens.typecode == "h") << 3), _varint(self.day_first),
-                      _le(offsets), _le(fens), _le(secs))
-        # Dedup memory, in the order remembered: the earliest minute since the epoch, then each
-        # entry's minutes after it (uint16, or uint32 when they span more: flag 1) and its event
-        # hash (uint64).
-        m = len(self.seen_h)
-        parts.append(_varint(m))
-        if m:
-            parts += (_varint(self.seen_off.typecode == "I"), _varint(self.seen_base), _le(self.seen_off),
-                      _le(self.seen_h))
-        return b"".join(parts)
-
-    def _extras(self) -> tuple[list[object], ...]:
-        """The risk features' memory as the one extra item of format 3, or nothing while it is empty:
-        day ordinals after the first as days from the last usage day (null: none), trailing defaults left out."""
-        base = self.last_use_ord
-        if not (base or self.in_ord or self.prev_ord or self.topup_ord or self.complaint_ords or self.port_requests
-                or self.in_sec or self.prev_fen or self.prev_sec or self.topup_fen or self.topup_avg_fen
-                or self.use_ahead):
-            return ()
-        items: list[object] = [base, self.in_sec, _rel(self.in_ord, base), self.prev_fen, self.prev_sec,
-                               _rel(self.prev_ord, base), _rel(self.topup_ord, base),
-                               self.topup_fen, self.topup_avg_fen, [d - base for d in self.complaint_ords],
-                               self.port_requests, [x for d, sec in self.use_ahead for x in (d - base, sec)]]
-        while items[-1] in _EXTRA_DEFAULTS[len(items) - 1]:
-            items.pop()
-        return (items,)
-
-    def _set_extras(self, items: list[Any]) -> None:
-        given = len(items)
-        if not 1 <= given <= len(_EXTRA_DEFAULTS):
-            raise ValueError("corrupt risk memory in subscriber state")
-        full: list[Any] = [*items, *(d[0] for d in _EXTRA_DEFAULTS[given:])]
-        (base, in_sec, in_ord, prev_fen, prev_sec, prev_ord, topup_ord, topup_fen, topup_avg, complaints, ports,
-         ahead) = full
-        if not isinstance(base, int) or not isinstance(complaints, list) or not isinstance(ahead, list) or len(
-                ahead) % 2:
-            raise ValueError("corrupt risk memory in subscriber state")
-        self.use_ahead = tuple((ahead[i] + base, ahead[i + 1]) for i in range(0, len(ahead), 2))
-        self.last_use_ord, self.in_sec, self.prev_fen, self.prev_sec = base, in_sec, prev_fen, prev_sec
-        self.in_ord, self.prev_ord = _abs(in_ord, base), _abs(prev_ord, base)
-        self.topup_ord, self.topup_fen, self.topup_avg_fen = _abs(topup_ord, base), topup_fen, topup_avg
-        self.complaint_ords, self.port_requests = tuple(d + base for d in complaints), ports
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> SubscriberState:
-        """Rebuild a state written by `to_bytes`; raise ValueError on anything else."""
-        try:
-            return cls._decode(_Reader(data))
-        except (KeyError, IndexError, OverflowError, TypeError, orjson.JSONDecodeError) as exc:
-            raise ValueError(f"corrupt subscriber state: {exc!r}") from None
-
-    @classmethod
-    def _decode(cls, r: _Reader) -> SubscriberState:
-        version = r.uint()
-        if version == 1:
-            return cls._decode_v1(r)
-        if version not in (2, _VERSION):
-            raise ValueError(f"unknown subscriber state version {version}")
-        s = cls()
-        items = orjson.loads(r.raw(r.uint()))
-        if version == _VERSION:
-            s._set_extras(items.pop())
-        (flags, s.region, s.brand, s.segment, s.birthday, activated, photo, contract, s.contract_spent_fen,
-         s.balance_fen, s.balance_ms, s.churned_ms, s.port_out_request_ms, s.light_since_ms, reasons,
-         used) = items
-        s.has_profile = bool(flags & 1)
-        s.prepaid = bool(flags >> 1 & 1)
-        s.light = _LIGHT_OF[flags >> 2 & 7]
-        s.churned = _CHURN_OF[flags >> 5 & 3]
-        s.risk_bp = None if flags < 128 else (flags >> 7) - 1
-        s.activated_on = None if activated is None else date.fromordinal(activated)
-        if photo is not None:
-            s.photo = Photo(*photo)
-        if contract is not None:
-            # A fifth item (since 2026-12-05): the first day counted against the contract, as days
-            # before the contract's end.
-            ends, committed, spent, starts, *counted_from = contract
-            s.contract = Contract(date.fromordinal(ends), committed, spent,
-                                  None if starts is None else date.fromordinal(starts))
-            s.contract_from = ends - counted_from[0] if counted_from else None
-        s.reasons = tuple(Reason(code, value, threshold) for code, value, threshold in reasons)
-        s.used = frozenset(used) if used else _NO_KEYS
-        n = r.uint()
-        if n:
-            flags = r.uint()
-            s.day_first = r.uint()
-            span = flags >> 1 & 3
-            s.day_off = _from_le(_OFFSET[span], r.raw((1 << span) * n))
-            if flags & 8:
-                s.day_fen = _from_le("h", r.raw(2 * n))
-                s.day_sec = _from_le("h", r.raw(2 * n))
-            else:
-                code = "q" if flags & 1 else "i"
-                width = 8 if flags & 1 else 4
-                s.day_fen = _from_le(code, r.raw(width * n))
-                s.day_sec = _from_le(code, r.raw(width * n))
-        m = r.uint()
-        if m:
-            far = r.uint()
-            s.seen_base = r.uint()
-            s.seen_off = _from_le("I" if far else "H", r.raw((4 if far else 2) * m))
-            s.seen_h = _from_le("Q", r.raw(8 * m))
-        r.end()
-        return s
-
-    @classmethod
-    def _decode_v1(cls, r: _Reader) -> SubscriberState:
-        """Read format 1 (until 2026-12-01: varints and short strings in fixed order), which the
-        changelog of a deployment of that time holds; the next write of the subscriber is format 2."""
-        s = cls()
-        flags = r.uint()
-        s.has_profile = bool(flags & 1)
-        s.prepaid = bool(flags >> 1 & 1)
-        s.light = _LIGHT_OF[flags >> 2 & 7]
-        s.churned = _CHURN_OF[flags >> 5 & 3]
-        s.region, s.brand, s.segment, s.birthday = r.opt_str(), r.opt_str(), r.opt_str(), r.opt_str()
-        activated = r.opt_int()
-        s.activated_on = None if activated is None else date.fromordinal(activated)
-        if r.uint():
-            s.photo = Photo(r.text(), r.sint(), r.sint())
-        if r.uint():
-            ends_on = date.fromordinal(r.uint())
-            committed, spent = r.sint(), r.sint()
-            starts = r.opt_int()
-            s.contract = Contract(ends_on, committed, spent, None if starts is None else date.fromordinal(starts))
-        s.contract_spent_fen = r.sint()
-        s.balance_fen, s.balance_ms, s.churned_ms = r.opt_int(), r.opt_int(), r.opt_int()
-        s.port_out_request_ms, s.light_since_ms = r.opt_int(), r.opt_int()
-        s.reasons = tuple(Reason(r.text(), r.value(), r.value()) for _ in range(r.uint()))
-        # Days: ordinal deltas (the first is the ordinal) and zigzag fen and seconds, oldest first.
-        n_days = r.uint()
-        days: list[int] = []
-        fens: list[int] = []
-        secs: list[int] = []
-        day = 0
-        for _ in range(n_days):
-            day += r.uint()
-            days.append(day)
-            fens.append(r.sint())
-            secs.append(r.sint())
-        if days:
-            s.day_first = days[0]
-            s.day_off = array(_width(days[-1] - days[0], _OFFSET), [d - days[0] for d in days])
-            wide = any(not _I32_MIN <= v <= _I32_MAX for v in (*fens, *secs))
-            s.day_fen, s.day_sec = array("q" if wide else "i", fens), array("q" if wide else "i", secs)
-        # Dedup memory: zigzag minute deltas in time order, then the hashes (big-endian uint64).
-        minutes: list[int] = []
-        minute = 0
-        for _ in range(r.uint()):
-            minute += r.sint()
-            minutes.append(minute)
-        hashes = r.raw(8 * len(minutes))
-        if minutes:
-            s.seen_base = minutes[0]
-            s.seen_off = array(_width(minutes[-1] - minutes[0], _SEEN_WIDTHS), [m - minutes[0] for m in minutes])
-            s.seen_h = array("Q", [int.from_bytes(hashes[i:i + 8], "big") for i in range(0, len(hashes), 8)])
-        s.used = frozenset(r.text() for _ in range(r.uint())) or _NO_KEYS
-        r.end()
-        return s
-
-
-# Each item of the risk memory's list (`_extras`) and the values it is left out for at the end.
-_EXTRA_DEFAULTS: Final[tuple[tuple[object, ...], ...]] = ((0,), (0,), (None,), (0,), (0,), (None,), (None,), (0,),
-                                                          (0,), ([],), (0,), ([],))
-
-
-def _rel(day: int, base: int) -> int | None:
-    return None if not day else day - base
-
-
-def _abs(offset: object, base: int) -> int:
-    if offset is None:
-        return 0
-    if not isinstance(offset, int):
-        raise ValueError("corrupt risk memory in subscriber state")
-    return offset + base
-
 # What equality and repr compare; the dedup memory is compared as a set (SubscriberState.__eq__).
 _FIELDS: Final = tuple(s for s in SubscriberState.__slots__ if not s.startswith("_") and not s.startswith("seen_"))
 
@@ -736,26 +509,6 @@ _FIELDS: Final = tuple(s for s in SubscriberState.__slots__ if not s.startswith(
 def _dedup_limit(open_day: date, tz: ZoneInfo) -> int:
     """The newest epoch minute a remembered event can have and still match none to come."""
     return day_start_ms(open_day - timedelta(days=DEDUP_CLOSED_DAYS), tz) // 60_000 - DUPLICATE_MINUTES
-
-
-def _swapped(values: array[int]) -> bytes:
-    """The array's items little-endian, on a big-endian machine."""
-    swapped = array(values.typecode, values)
-    swapped.byteswap()
-    return swapped.tobytes()
-
-
-# The array's items little-endian, whatever this machine's byte order (no call of our own on the
-# little-endian ones: five of these go into every state written).
-_le: Final[Callable[[array[int]], bytes]] = array.tobytes if _LITTLE else _swapped
-
-
-def _from_le(code: str, data: bytes) -> array[int]:
-    values = array(code)
-    values.frombytes(data)
-    if not _LITTLE:
-        values.byteswap()
-    return values
 
 
 _SEEN_WIDTHS: Final = ("H", "I")
@@ -921,94 +674,3 @@ def _lifecycle(state: SubscriberState, event: Lifecycle, counted_from: int | Non
     elif kind == "contract_signed":
         state._set_contract(event.contract, counted_from)
     # vas_trial_ending and complaint are signals for the task side only.
-
-
-# --- binary codec ------------------------------------------------------------------------------
-
-
-_SMALL: Final = tuple(bytes((i,)) for i in range(128))
-
-
-def _varint(n: int) -> bytes:
-    """An unsigned LEB128 varint."""
-    if n < 0x80:
-        if n < 0:
-            raise ValueError("negative unsigned")
-        return _SMALL[n]
-    # Day ordinals take three bytes, epoch minutes four: without a loop.
-    if n < 0x200000:
-        if n < 0x4000:
-            return bytes((n & 0x7F | 0x80, n >> 7))
-        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
-    if n < 0x10000000:
-        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80, n >> 21))
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-class _Reader:
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def uint(self) -> int:
-        n = shift = 0
-        while True:
-            if self.pos >= len(self.data):
-                raise ValueError("truncated subscriber state")
-            byte = self.data[self.pos]
-            self.pos += 1
-            n |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return n
-            shift += 7
-            if shift > 70:
-                raise ValueError("varint too long")
-
-    def sint(self) -> int:
-        z = self.uint()
-        return (z >> 1) ^ -(z & 1)
-
-    def opt_int(self) -> int | None:
-        z = self.uint()
-        return None if z == 0 else ((z - 1) >> 1) ^ -((z - 1) & 1)
-
-    def opt_str(self) -> str | None:
-        n = self.uint()
-        return None if n == 0 else self.raw(n - 1).decode("utf-8")
-
-    def text(self) -> str:
-        text = self.opt_str()
-        if text is None:
-            raise ValueError("missing string in subscriber state")
-        return text
-
-    def value(self) -> ReasonValue:
-        """A reason's value in format 1: tag 0 None, 1 str, 2 int, 3 float (as its repr)."""
-        tag = self.uint()
-        if tag == 0:
-            return None
-        if tag == 1:
-            return self.text()
-        if tag == 2:
-            return self.sint()
-        if tag == 3:
-            return float(self.text())
-        raise ValueError(f"unknown reason value tag {tag}")
-
-    def raw(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise ValueError("truncated subscriber state")
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def end(self) -> None:
-        if self.pos != len(self.data):
-            raise ValueError("trailing bytes after subscriber state")
