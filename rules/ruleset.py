@@ -80,14 +80,6 @@ class RuleSet:
     # Call-centre calls per local day per region; a region not named is unlimited.
     capacity: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
-    def tenure_percent(self, years: int) -> int | None:
-        """Return the tenure discount percent for `years` whole years of tenure, or None."""
-        percent = None
-        for min_years, pct in self.tenure_discounts:
-            if years >= min_years:
-                percent = pct
-        return percent
-
 
 # --- the file's schema -------------------------------------------------------------------------
 

@@ -24,7 +24,6 @@ from rules.events import (
     Contract,
     Event,
     Lifecycle,
-    LifecycleType,
     Outcome,
     Photo,
     Profile,
@@ -74,8 +73,6 @@ class Applied(NamedTuple):
     outcome: ApplyOutcome
     balance_before_fen: int | None = None
     balance_after_fen: int | None = None
-    lifecycle: LifecycleType | None = None
-    profile_changed: bool = False
 
     def balance_crossed_below(self, limit_fen: int) -> bool:
         """Tell whether the balance went from >= `limit_fen` to < `limit_fen` (unknown before: no)."""
@@ -425,19 +422,6 @@ class SubscriberState:
             self.day_fen, self.day_sec = array(wide, self.day_fen), array(wide, self.day_sec)
             self.day_fen[i], self.day_sec[i] = total_fen, total_seconds
 
-    def _profile_fields(self) -> tuple[object, ...]:
-        return (
-            self.has_profile,
-            self.region,
-            self.brand,
-            self.segment,
-            self.activated_on,
-            self.birthday,
-            self.prepaid,
-            self.photo,
-            self.contract,
-        )
-
     def contract_spend(self, day: date) -> int:
         """Return the contract's spend (fen) as the local `day` opens: its `spent` when written plus
         the revenue of the days from then to `day` (CONTRACT §5), in event time: the same whatever
@@ -533,13 +517,11 @@ def apply(
     kind = type(event)
     if kind is Profile:
         assert isinstance(event, Profile)
-        before = state._profile_fields()
         state._set_profile(event, _counted_from(event.updated_at_ms, tz, open_day))
-        return Applied("applied", balance, balance, None, state._profile_fields() != before)
+        return Applied("applied", balance, balance)
     if kind is ProfileDeleted:
-        before = state._profile_fields()
         state._clear_profile()
-        return Applied("applied", balance, balance, None, state._profile_fields() != before)
+        return Applied("applied", balance, balance)
 
     if kind is Usage:
         assert isinstance(event, Usage)
@@ -554,7 +536,6 @@ def apply(
     if open_day is not None and day.toordinal() < open_day.toordinal() - rules.window_days:
         return Applied("late_dropped", balance, balance)
 
-    lifecycle: LifecycleType | None = None
     if isinstance(event, Billing):
         if event.type in ("fee", "adjustment") and event.amount_fen:
             state._add(day.toordinal(), event.amount_fen, 0)
@@ -564,11 +545,10 @@ def apply(
             # A balance is a reading at `ts`: a late, older reading must not overwrite a newer one.
             state.balance_fen, state.balance_ms = event.balance_fen, event.ts_ms
     elif isinstance(event, Lifecycle):
-        lifecycle = event.type
         _lifecycle(state, event, _counted_from(event.ts_ms, tz, open_day))
-        if lifecycle == "complaint":
+        if event.type == "complaint":
             _complaint(state, day.toordinal())
-        elif lifecycle == "port_out_request":
+        elif event.type == "port_out_request":
             state.port_requests += 1
     # Outcomes change nothing here yet: contact history lives in Redis.
 
@@ -576,7 +556,7 @@ def apply(
         state._remember(h, minute)
     if open_day is not None:
         state.prune(open_day, tz, rules.window_days)
-    return Applied("applied", balance, state.balance_fen, lifecycle, False)
+    return Applied("applied", balance, state.balance_fen)
 
 
 def apply_usage(state: SubscriberState, event: Usage, *, open_day: date | None, tz: ZoneInfo,
