@@ -16,6 +16,8 @@ from typing import Any, Final, Literal, NamedTuple, Union
 
 import orjson
 
+from rules.vocabulary import CHANNELS, Channel
+
 MAX_MESSAGE_BYTES: Final = 64 * 1024
 FUTURE_LIMIT_MS: Final = 24 * 3600 * 1000
 MSISDN_RE: Final = re.compile(r"^\+?[0-9]{5,20}$")
@@ -67,7 +69,6 @@ LifecycleType = Literal[
     "vas_trial_ending",
     "complaint",
 ]
-Channel = Literal["callcentre", "sms"]
 OutcomeStatus = Literal["reached", "accepted", "declined", "unreachable", "delivered", "failed"]
 
 LIFECYCLE_TYPES: Final = frozenset(LifecycleType.__args__)  # type: ignore[attr-defined]
@@ -537,7 +538,7 @@ def _outcome(doc: dict[str, Any], msisdn: str) -> Outcome:
     task_id = _req_str(doc, "task_id")
     ts_ms = _time_ms(doc, "ts")
     assert ts_ms is not None
-    channel = _choice(doc, "channel", ("callcentre", "sms"))
+    channel = _choice(doc, "channel", CHANNELS)
     status = _choice(doc, "status", OUTCOME_STATUSES)
     return Outcome(task_id, msisdn, ts_ms, channel, status)  # type: ignore[arg-type]
 

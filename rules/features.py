@@ -21,7 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 from rules.ruleset import RuleSet
-from rules.state import DAY_MS, DECAY_KEEP, SubscriberState, day_start_ms, decayed
+from rules.localtime import DAY_MS, day_start_ms
+from rules.state import DECAY_KEEP, SubscriberState, decayed
 
 Unit = Literal["CNY", "minutes", "ratio", "share", "days", "months", "count", "flag", "code"]
 NAN: Final = math.nan

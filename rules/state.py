@@ -13,8 +13,7 @@ from array import array
 from bisect import bisect_left
 from dataclasses import dataclass
 from functools import lru_cache
-from datetime import date, datetime, timedelta
-from datetime import time as dtime
+from datetime import date, timedelta
 from hashlib import blake2b
 from typing import Final, Literal, NamedTuple
 from zoneinfo import ZoneInfo
@@ -30,14 +29,14 @@ from rules.events import (
     ProfileDeleted,
     Usage,
 )
+from rules.localtime import DAY_MS, day_start_ms, local_day
 from rules.ruleset import RuleSet
-from rules.vocabulary import Light
+from rules.vocabulary import Light, Reason
+
+__all__ = ["DAY_MS", "Reason", "day_start_ms", "local_day"]  # re-exported for the worker
 
 Churn = Literal["deactivated", "ported_out"]
 ApplyOutcome = Literal["applied", "duplicate", "late_dropped"]
-ReasonValue = str | int | float | None
-
-DAY_MS: Final = 24 * 3600 * 1000
 _OFFSET: Final = ("B", "H", "I")
 _I32_MIN: Final = -(2**31)
 _I32_MAX: Final = 2**31 - 1
@@ -57,15 +56,6 @@ MAX_COMPLAINTS: Final = 8
 TOPUP_AVG_WEIGHT: Final = 0.3  # weight of the newest earlier top-up in the running average
 
 
-@dataclass(frozen=True, slots=True)
-class Reason:
-    """Why a light is what it is: a stable `code`, the figure and the threshold it broke."""
-
-    code: str
-    value: ReasonValue
-    threshold: ReasonValue = None
-
-
 class Applied(NamedTuple):
     """What applying one event did, and the signals the task side acts on (a tuple: one is made
     for every event, three times faster than a frozen dataclass)."""
@@ -76,39 +66,13 @@ class Applied(NamedTuple):
 
     def balance_crossed_below(self, limit_fen: int) -> bool:
         """Tell whether the balance went from >= `limit_fen` to < `limit_fen` (unknown before: no)."""
-        before, after = self.balance_before_fen, self.balance_after_fen
-        return before is not None and after is not None and before >= limit_fen > after
+        return balance_crossed_below(self.balance_before_fen, self.balance_after_fen, limit_fen)
 
 
-_QUARTER_MS: Final = 15 * 60 * 1000
-_QUARTERS: dict[ZoneInfo, dict[int, date]] = {}
-
-
-def local_day(ts_ms: int, tz: ZoneInfo) -> date:
-    """Return the local date of UTC epoch milliseconds `ts_ms` in `tz`."""
-    # Remembered per UTC quarter of an hour when the date is the same at both of its ends (true of
-    # every zone since 1972: offsets and their changes come in quarters of an hour).
-    quarters = _QUARTERS.get(tz)
-    if quarters is None:
-        quarters = _QUARTERS[tz] = {}
-    quarter = ts_ms // _QUARTER_MS
-    day = quarters.get(quarter)
-    if day is not None:
-        return day
-    day = datetime.fromtimestamp(ts_ms / 1000, tz).date()
-    start = quarter * _QUARTER_MS
-    if datetime.fromtimestamp(start / 1000, tz).date() == day == datetime.fromtimestamp(
-            (start + _QUARTER_MS - 1) / 1000, tz).date():
-        if len(quarters) >= 200_000:  # about five years of quarters
-            quarters.clear()
-        quarters[quarter] = day
-    return day
-
-
-@lru_cache(maxsize=4096)
-def day_start_ms(day: date, tz: ZoneInfo) -> int:
-    """Return local 00:00 of `day` in `tz` as UTC epoch milliseconds."""
-    return int(datetime.combine(day, dtime(0), tzinfo=tz).timestamp() * 1000)
+def balance_crossed_below(before_fen: int | None, after_fen: int | None, limit_fen: int) -> bool:
+    """Tell whether a balance went from >= `limit_fen` to < `limit_fen`, the `balance_low` trigger
+    (CONTRACT §5); a balance unknown before or after is no crossing."""
+    return before_fen is not None and after_fen is not None and before_fen >= limit_fen > after_fen
 
 
 # Copied for every event: a third cheaper than building a hasher with its digest size each time.

@@ -36,7 +36,8 @@ from redis.asyncio import Redis
 
 from rules.events import MONTH_RE, Outcome, OutcomeStatus, mask
 from rules.kpi import FINAL_STATUSES, TaskCounts, is_final, local_month
-from rules.tasks import Task, iso_time
+from rules.localtime import iso_time
+from rules.task_message import Task
 from sinks.redis_store import DEFAULT_BACKOFF, REDIS_TRANSIENT, Backoff, Retrier, Stopped, describe
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rules.events import mask
 from rules.policy import SUPPRESS_REASONS, Decision, Status, SuppressReason
-from rules.tasks import Channel, iso_time
+from rules.localtime import iso_time
+from rules.vocabulary import Channel
 from sinks.consent import DNC, OPTOUT_SMS
 
 log = logging.getLogger(__name__)

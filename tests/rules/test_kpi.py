@@ -22,7 +22,7 @@ from rules.kpi import (
     local_month,
     region_kpis,
 )
-from rules.tasks import LIGHTS, Light
+from rules.vocabulary import LIGHTS, Light
 
 TZ = ZoneInfo("Asia/Shanghai")
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from rules.ruleset import RULES_DIR, TASK_KINDS, RuleSet, RuleSetError, TaskSpec, load_rule_set
-from rules.tasks import tenure_discount
+from rules.offers import tenure_discount
 
 
 def default_doc() -> dict[str, Any]:

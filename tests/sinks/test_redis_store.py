@@ -13,7 +13,8 @@ import pytest
 import redis as redis_lib
 
 from rules.policy import Decision, in_holdout
-from rules.tasks import Channel, Kind, Task, task_id
+from rules.task_message import Task, task_id
+from rules.vocabulary import Channel, Kind
 from sinks.redis_store import (
     CLAIM_TTL_S,
     FEED,
