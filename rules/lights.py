@@ -12,7 +12,7 @@ from typing import Final
 
 from rules.ruleset import RuleSet
 from rules.localtime import DAY_MS
-from rules.state import SubscriberState
+from rules.subscriber import SubscriberState
 from rules.vocabulary import LIGHTS, Light, Reason
 
 __all__ = ["LIGHTS", "Judgement", "Light", "LightChange", "Reason", "change", "evaluate", "is_worsening", "judged",

@@ -27,7 +27,7 @@ from rules.events import mask
 from rules.features import INDEX, matrix
 from rules.offers import ContractTerms, light_offer
 from rules.ruleset import RuleSet
-from rules.state import SubscriberState
+from rules.subscriber import SubscriberState
 from rules.task_message import SubscriberFacts
 
 FORMAT: Final = "churnlight.risk-model"

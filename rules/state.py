@@ -1,59 +1,27 @@
-"""One subscriber's state and its pure update (CONTRACT §5).
+"""The pure update of one subscriber's state (CONTRACT §5).
 
-`apply` folds one validated event into a `SubscriberState`; partition-level facts (the open
-local day, the time zone, the rule set) come in as arguments, so nothing here reads a clock.
-The state keeps day buckets instead of raw events so that a window is a sum of at most
-`window_days` numbers and a typical subscriber fits in well under 1 KiB (its storage codec is
-streams/runtime/codec.py).
+`apply` folds one validated event into a `SubscriberState` (rules.subscriber); partition-level
+facts (the open local day, the time zone, the rule set) come in as arguments, so nothing here
+reads a clock. Profiles and lifecycle events change it through rules.lifecycle.
 """
 
 from __future__ import annotations
 
-from array import array
-from bisect import bisect_left
-from dataclasses import dataclass
-from functools import lru_cache
-from datetime import date, timedelta
-from hashlib import blake2b
-from typing import Final, Literal, NamedTuple
+from datetime import date
+from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
-from rules.events import (
-    Billing,
-    Contract,
-    Event,
-    Lifecycle,
-    Outcome,
-    Photo,
-    Profile,
-    ProfileDeleted,
-    Usage,
-)
+from rules.events import Billing, Event, Lifecycle, Outcome, Profile, ProfileDeleted, Usage
+from rules.lifecycle import clear_profile, complaint, first_counted_day, lifecycle, set_profile, topup
 from rules.localtime import DAY_MS, day_start_ms, local_day
 from rules.ruleset import RuleSet
-from rules.vocabulary import Light, Reason
+from rules.subscriber import SubscriberState, decayed_add, event_hash
+from rules.vocabulary import Reason
 
-__all__ = ["DAY_MS", "Reason", "day_start_ms", "local_day"]  # re-exported for the worker
+# Re-exported: the worker and the tools import them from here.
+__all__ = ["DAY_MS", "Reason", "SubscriberState", "day_start_ms", "local_day"]
 
-Churn = Literal["deactivated", "ported_out"]
 ApplyOutcome = Literal["applied", "duplicate", "late_dropped"]
-_OFFSET: Final = ("B", "H", "I")
-_I32_MIN: Final = -(2**31)
-_I32_MAX: Final = 2**31 - 1
-# The array item sizes the buckets' widening assumes (those of every mainstream platform).
-assert [array(code).itemsize for code in ("B", "H", "I", "i", "q", "Q")] == [1, 2, 4, 4, 8, 8]
-DUPLICATE_MINUTES: Final = 24 * 60
-# Resends are recognised for events of the open day and of this many closed days before it.
-# Remembering every event id of a 30-day window (~300 ids) would not fit the 1 KiB budget of a
-# state; resends in practice arrive within hours. An older resend is applied again.
-DEDUP_CLOSED_DAYS: Final = 2
-
-# Decayed sums (incoming minutes, the days that left the window) keep this share of a day's
-# weight per day that passes: a mean life of 30 days, so a steady stream sums to 30 days of it.
-DECAY_KEEP: Final = 29 / 30
-COMPLAINT_DAYS: Final = 90  # complaints are remembered this long, at most MAX_COMPLAINTS of them
-MAX_COMPLAINTS: Final = 8
-TOPUP_AVG_WEIGHT: Final = 0.3  # weight of the newest earlier top-up in the running average
 
 
 class Applied(NamedTuple):
@@ -75,404 +43,6 @@ def balance_crossed_below(before_fen: int | None, after_fen: int | None, limit_f
     return before_fen is not None and after_fen is not None and before_fen >= limit_fen > after_fen
 
 
-# Copied for every event: a third cheaper than building a hasher with its digest size each time.
-_HASHER: Final = blake2b(digest_size=8)
-
-
-def event_hash(event_id: str) -> int:
-    """Return a stable 64-bit hash of an event id (Python's hash() is salted per process)."""
-    hasher = _HASHER.copy()
-    hasher.update(event_id.encode("utf-8"))
-    return int.from_bytes(hasher.digest(), "big")
-
-
-_NO_KEYS: Final[frozenset[str]] = frozenset()
-
-
-class SubscriberState:
-    """The compact, mutable state of one subscriber."""
-
-    __slots__ = (
-        "day_first",
-        "day_off",
-        "day_fen",
-        "day_sec",
-        "has_profile",
-        "region",
-        "brand",
-        "segment",
-        "activated_on",
-        "birthday",
-        "prepaid",
-        "photo",
-        "contract",
-        "contract_spent_fen",
-        "contract_from",
-        "balance_fen",
-        "balance_ms",
-        "churned",
-        "churned_ms",
-        "port_out_request_ms",
-        "light",
-        "light_since_ms",
-        "reasons",
-        "seen_base",
-        "seen_off",
-        "seen_h",
-        "used",
-        "in_sec",
-        "in_ord",
-        "prev_fen",
-        "prev_sec",
-        "prev_ord",
-        "last_use_ord",
-        "topup_ord",
-        "topup_fen",
-        "topup_avg_fen",
-        "complaint_ords",
-        "port_requests",
-        "use_ahead",
-        "risk_bp",
-    )
-
-    def __init__(self) -> None:
-        # Day buckets, oldest first, kept as the codec writes them: the local day ordinals as
-        # offsets from the first one's (uint8, widened as the span needs), revenue fen and outgoing
-        # voice seconds (int32, widened to int64 by the first sum that needs it).
-        self.day_first = 0
-        self.day_off = array("B")
-        # 16 bits a figure while every day fits (< 327.67 CNY, < 9.1 h): widened when one does not.
-        self.day_fen = array("h")
-        self.day_sec = array("h")
-        self.has_profile = False
-        self.region: str | None = None
-        self.brand: str | None = None
-        self.segment: str | None = None
-        self.activated_on: date | None = None
-        self.birthday: str | None = None  # "MM-DD"
-        self.prepaid = False
-        self.photo: Photo | None = None
-        self.contract: Contract | None = None
-        self.contract_spent_fen = 0
-        # The first local day ordinal whose revenue counts against the contract (contract_spend);
-        # None: every day in the buckets.
-        self.contract_from: int | None = None
-        self.balance_fen: int | None = None
-        self.balance_ms: int | None = None  # event time of the balance reading
-        self.churned: Churn | None = None
-        self.churned_ms: int | None = None  # event time of the last churn / reactivation
-        self.port_out_request_ms: int | None = None
-        self.light: Light | None = None
-        self.light_since_ms: int | None = None
-        self.reasons: tuple[Reason, ...] = ()
-        # Dedup memory, in the order remembered: event times in UTC epoch minutes as offsets from
-        # the earliest (uint16, or uint32 when they span more), and 64-bit hashes of event ids.
-        self.seen_base = 0
-        self.seen_off = array("H")
-        self.seen_h = array("Q")
-        # Frozen, and shared while empty: a set per subscriber was 100k more objects for the
-        # garbage collector to walk.
-        self.used: frozenset[str] = _NO_KEYS
-        # The risk features' memory (rules.features). Decayed sums as of the end of local day
-        # ordinal `*_ord` (0: nothing yet): incoming voice seconds, and the revenue fen and
-        # outgoing seconds of the days pruned from the window (the previous window).
-        self.in_sec = 0
-        self.in_ord = 0
-        self.prev_fen = 0
-        self.prev_sec = 0
-        self.prev_ord = 0
-        self.last_use_ord = 0  # the latest local day ordinal with any usage event
-        self.topup_ord = 0  # the local day ordinal of the latest top-up (0: none)
-        self.topup_fen = 0  # its amount
-        self.topup_avg_fen = 0  # running average of the top-ups before it (0: none)
-        self.complaint_ords: tuple[int, ...] = ()  # local day ordinals, ascending
-        self.port_requests = 0  # port-out requests applied
-        # Usage of days after the open day when it was applied (a replay reads usage ahead of the
-        # day closes): (local day ordinal, incoming voice seconds), ascending. Taken into the memory
-        # above once its day is open (`prune`), so that a close's features never see a later day.
-        self.use_ahead: tuple[tuple[int, int], ...] = ()
-        # The risk score of the last day close that scored it (rules.risk), in basis points (0-10000);
-        # None: never scored. The `risk` task fires on a crossing from one close to the next.
-        self.risk_bp: int | None = None
-
-    # --- queries -------------------------------------------------------------------------------
-
-    @property
-    def days(self) -> dict[int, list[int]]:
-        """The day buckets as {local day ordinal: [revenue fen, outgoing voice seconds]} (a copy)."""
-        first = self.day_first
-        return {first + d: [f, s] for d, f, s in zip(self.day_off, self.day_fen, self.day_sec, strict=True)}
-
-    @property
-    def seen(self) -> dict[int, list[int]]:
-        """The dedup memory as {event hash: [epoch minutes]} (a copy)."""
-        out: dict[int, list[int]] = {}
-        for h, k in zip(self.seen_h, self.seen_off, strict=True):
-            out.setdefault(h, []).append(self.seen_base + k)
-        return out
-
-    def forget_seen(self) -> None:
-        """Empty the dedup memory."""
-        self.seen_base, self.seen_off, self.seen_h = 0, array("H"), array("Q")
-
-    def window(self, open_day: date, window_days: int) -> tuple[int, int]:
-        """Return (revenue fen, outgoing voice seconds) over [open_day - window_days, open_day - 1]."""
-        end = open_day.toordinal() - self.day_first
-        offsets = self.day_off
-        lo = bisect_left(offsets, end - window_days)
-        hi = bisect_left(offsets, end, lo)
-        return sum(self.day_fen[lo:hi]), sum(self.day_sec[lo:hi])
-
-    def port_out_open(self, at_ms: int, open_days: int) -> bool:
-        """Tell whether a port-out request is open at `at_ms` (it lapses after `open_days`)."""
-        req = self.port_out_request_ms
-        return req is not None and at_ms - req < open_days * DAY_MS
-
-    def mark_used(self, key: str) -> bool:
-        """Mark a once-only stage (e.g. a contract stage or a birthday year) used; True if new."""
-        if key in self.used:
-            return False
-        self.used = self.used | {key}
-        return True
-
-    def is_empty(self) -> bool:
-        """Tell whether the state holds nothing worth keeping."""
-        # Cheap fields first: this runs for every state written.
-        if self.day_off or self.seen_h or self.has_profile or self.used or self.light is not None:
-            return False
-        return self == _EMPTY
-
-    # --- maintenance ---------------------------------------------------------------------------
-
-    def prune(self, open_day: date, tz: ZoneInfo, window_days: int) -> None:
-        """Drop day buckets older than the window and dedup entries that can no longer match."""
-        if self.use_ahead and self.use_ahead[0][0] <= open_day.toordinal():
-            self._settle_ahead(open_day.toordinal())
-        offsets = self.day_off
-        if offsets:
-            cut = open_day.toordinal() - window_days - self.day_first
-            if offsets[0] < cut:
-                n = bisect_left(offsets, cut)
-                first = self.day_first
-                if self.contract is not None:
-                    # Leaving the buckets, the counted days' revenue stays in the contract's spend
-                    # (contract_spend sums the buckets on top of contract_spent_fen).
-                    start = self.contract_from
-                    self.contract_spent_fen += sum(fen for k, fen in zip(offsets[:n], self.day_fen[:n])
-                                                   if start is None or self.day_first + k >= start)
-                for k, fen, sec in zip(offsets[:n], self.day_fen[:n], self.day_sec[:n]):
-                    since = self.prev_ord
-                    self.prev_fen, _ = decayed_add(self.prev_fen, since, fen, first + k)
-                    self.prev_sec, self.prev_ord = decayed_add(self.prev_sec, since, sec, first + k)
-                del offsets[:n], self.day_fen[:n], self.day_sec[:n]
-                if offsets:
-                    self._rebase_days(self.day_first + offsets[0])
-        hashes = self.seen_h
-        if not hashes:
-            return
-        # An incoming event that is still deduplicated has ts >= this day start; an entry
-        # 24 h or more before that can match none of them.
-        cut = _dedup_limit(open_day, tz) - self.seen_base
-        if cut < 0:  # the earliest remembered (offset 0) is still needed
-            return
-        seen = self.seen_off
-        if max(seen) <= cut:  # the usual case for a subscriber quiet for days: all of it goes
-            self.forget_seen()
-            return
-        newest = seen[-1]
-        if newest > cut and (len(seen) == 1 or max(seen[:-1]) <= cut):
-            # All but the event just remembered: the usual case for one seen every few days.
-            self.seen_base += newest
-            self.seen_off, self.seen_h = array("H", (0,)), array("Q", (hashes[-1],))
-            return
-        kept = [k for k in seen if k > cut]
-        least = min(kept)
-        self.seen_base += least
-        self.seen_off = array(_width(max(kept) - least, _SEEN_WIDTHS), [k - least for k in kept])
-        self.seen_h = array("Q", [h for k, h in zip(seen, hashes) if k > cut])
-
-    def usage_memory(self, day: int) -> tuple[int, int, int]:
-        """Return (incoming seconds, their day ordinal, the last usage day ordinal) of the usage
-        memory with the usage applied ahead of its day taken in up to the day before `day`."""
-        in_sec, in_ord, last = self.in_sec, self.in_ord, self.last_use_ord
-        for d, sec in self.use_ahead:
-            if d >= day:
-                break
-            if sec:
-                in_sec, in_ord = decayed_add(in_sec, in_ord, sec, d)
-            last = max(last, d)
-        return in_sec, in_ord, last
-
-    def _use_ahead(self, day: int, in_sec: int) -> None:
-        ahead = dict(self.use_ahead)
-        ahead[day] = ahead.get(day, 0) + in_sec
-        self.use_ahead = tuple(sorted(ahead.items()))
-
-    def _settle_ahead(self, open_ord: int) -> None:
-        """Take the usage of the days now open into the memory, as if it had come on time."""
-        self.in_sec, self.in_ord, self.last_use_ord = self.usage_memory(open_ord + 1)
-        self.use_ahead = tuple(e for e in self.use_ahead if e[0] > open_ord)
-
-    def _is_duplicate(self, h: int, minute: int) -> bool:
-        hashes = self.seen_h
-        try:
-            i = hashes.index(h)
-        except ValueError:
-            return False
-        k = minute - self.seen_base
-        seen = self.seen_off
-        while True:
-            if abs(k - seen[i]) < DUPLICATE_MINUTES:
-                return True
-            try:
-                i = hashes.index(h, i + 1)
-            except ValueError:
-                return False
-
-    def _remember(self, h: int, minute: int) -> None:
-        if not self.seen_h:
-            self.seen_base = minute
-        k = minute - self.seen_base
-        if k < 0:  # earlier than any remembered: offsets from this one
-            self._rebase_seen(minute)
-            k = 0
-        try:
-            self.seen_off.append(k)
-        except OverflowError:
-            self.seen_off = array("I", self.seen_off)
-            self.seen_off.append(k)
-        self.seen_h.append(h)
-
-    def _rebase_seen(self, base: int) -> None:
-        shift = self.seen_base - base
-        offsets = [k + shift for k in self.seen_off]
-        self.seen_off = array(_width(max(offsets, default=0), _SEEN_WIDTHS), offsets)
-        self.seen_base = base
-
-    def _rebase_days(self, first: int) -> None:
-        shift = self.day_first - first
-        offsets = [d + shift for d in self.day_off]
-        self.day_off = array(_width(max(offsets, default=0), _OFFSET), offsets)
-        self.day_first = first
-
-    def _add(self, o: int, fen: int, seconds: int) -> None:
-        """Add to the bucket of local day ordinal `o`."""
-        offsets = self.day_off
-        n = len(offsets)
-        if not n:
-            self.day_first = o
-        elif o < self.day_first:  # a late event for a day before the first bucket
-            self._rebase_days(o)
-            offsets = self.day_off
-        k = o - self.day_first
-        if n and offsets[n - 1] == k:
-            i = n - 1
-        else:
-            i = bisect_left(offsets, k)
-            if i == n or offsets[i] != k:
-                try:
-                    offsets.insert(i, k)
-                except OverflowError:
-                    offsets = self.day_off = array(_width(k, _OFFSET), offsets)
-                    offsets.insert(i, k)
-                self.day_fen.insert(i, 0)
-                self.day_sec.insert(i, 0)
-        total_fen, total_seconds = self.day_fen[i] + fen, self.day_sec[i] + seconds
-        try:
-            self.day_fen[i], self.day_sec[i] = total_fen, total_seconds
-        except OverflowError:
-            wide = "i" if self.day_fen.typecode == "h" and all(
-                _I32_MIN <= v <= _I32_MAX for v in (total_fen, total_seconds)) else "q"
-            self.day_fen, self.day_sec = array(wide, self.day_fen), array(wide, self.day_sec)
-            self.day_fen[i], self.day_sec[i] = total_fen, total_seconds
-
-    def contract_spend(self, day: date) -> int:
-        """Return the contract's spend (fen) as the local `day` opens: its `spent` when written plus
-        the revenue of the days from then to `day` (CONTRACT §5), in event time: the same whatever
-        order the events were read in."""
-        total = self.contract_spent_fen
-        first, start, end = self.day_first, self.contract_from, day.toordinal()
-        for k, fen in zip(self.day_off, self.day_fen):
-            if first + k >= end:
-                break
-            if start is None or first + k >= start:
-                total += fen
-        return total
-
-    def _set_profile(self, p: Profile, counted_from: int | None = None) -> None:
-        self.has_profile = True
-        self.region, self.brand, self.segment = p.region, p.brand, p.segment
-        self.activated_on, self.birthday, self.prepaid = p.activated_on, p.birthday, p.prepaid
-        self._set_contract(p.contract, counted_from)
-        self.photo = p.photo
-        if p.photo is None:
-            self._clear_light()
-        elif self.light is None:
-            # Entering the photographed base starts green, silently (CONTRACT §5).
-            self.light, self.light_since_ms, self.reasons = "green", p.updated_at_ms, ()
-
-    def _clear_profile(self) -> None:
-        self.has_profile = False
-        self.region = self.brand = self.segment = self.birthday = None
-        self.activated_on = None
-        self.prepaid = False
-        self.photo = None
-        self._set_contract(None)
-        self._clear_light()
-
-    def _set_contract(self, contract: Contract | None, counted_from: int | None = None) -> None:
-        """Take `contract`, whose `spent` covers the revenue before local day ordinal `counted_from`
-        (None: every day in the buckets now)."""
-        self.contract = contract
-        self.contract_spent_fen = 0 if contract is None else contract.spent_fen
-        self.contract_from = None if contract is None else counted_from
-
-    def _clear_light(self) -> None:
-        # Out of the watched base: no light, and no score (only the watched base is scored).
-        self.light, self.light_since_ms, self.reasons, self.risk_bp = None, None, (), None
-
-    # --- comparison -----------------------------------------------------------------------------
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, SubscriberState):
-            return NotImplemented
-        # Compared as what they hold: the days by ordinal, the dedup memory as a set of (hash, minute).
-        return all(getattr(self, s) == getattr(other, s) for s in _FIELDS) and self.days == other.days and sorted(
-            self._seen_pairs()) == sorted(other._seen_pairs())
-
-    def _seen_pairs(self) -> list[tuple[int, int]]:
-        return [(h, self.seen_base + k) for h, k in zip(self.seen_h, self.seen_off, strict=True)]
-
-    __hash__ = None  # type: ignore[assignment]  # mutable
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{s}={getattr(self, s)!r}" for s in (*_FIELDS, "days", "seen"))
-        return f"SubscriberState({fields})"
-
-# What equality and repr compare; the dedup memory is compared as a set (SubscriberState.__eq__).
-_FIELDS: Final = tuple(s for s in SubscriberState.__slots__ if not s.startswith("_") and not s.startswith("seen_"))
-
-
-@lru_cache(maxsize=1024)
-def _dedup_limit(open_day: date, tz: ZoneInfo) -> int:
-    """The newest epoch minute a remembered event can have and still match none to come."""
-    return day_start_ms(open_day - timedelta(days=DEDUP_CLOSED_DAYS), tz) // 60_000 - DUPLICATE_MINUTES
-
-
-_SEEN_WIDTHS: Final = ("H", "I")
-
-
-def _width(largest: int, codes: tuple[str, ...]) -> str:
-    """The narrowest of the unsigned array `codes` that holds 0..`largest`."""
-    for code in codes:
-        if largest < 1 << 8 * array(code).itemsize:
-            return code
-    raise OverflowError(f"offset {largest} too large")
-
-
-_EMPTY = SubscriberState()
-
-
 def apply(
     state: SubscriberState, event: Event, *, open_day: date | None, tz: ZoneInfo, rules: RuleSet
 ) -> Applied:
@@ -481,10 +51,10 @@ def apply(
     kind = type(event)
     if kind is Profile:
         assert isinstance(event, Profile)
-        state._set_profile(event, _counted_from(event.updated_at_ms, tz, open_day))
+        set_profile(state, event, first_counted_day(event.updated_at_ms, tz, open_day))
         return Applied("applied", balance, balance)
     if kind is ProfileDeleted:
-        state._clear_profile()
+        clear_profile(state)
         return Applied("applied", balance, balance)
 
     if kind is Usage:
@@ -494,7 +64,7 @@ def apply(
     assert not isinstance(event, (Profile, ProfileDeleted, Usage))
     minute = event.ts_ms // 60_000
     h = None if kind is Outcome else event_hash(event.event_id)  # type: ignore[union-attr]
-    if h is not None and state._is_duplicate(h, minute):
+    if h is not None and state.is_duplicate(h, minute):
         return Applied("duplicate", balance, balance)
     day = local_day(event.ts_ms, tz)
     if open_day is not None and day.toordinal() < open_day.toordinal() - rules.window_days:
@@ -502,22 +72,22 @@ def apply(
 
     if isinstance(event, Billing):
         if event.type in ("fee", "adjustment") and event.amount_fen:
-            state._add(day.toordinal(), event.amount_fen, 0)
+            state.add_to_day(day.toordinal(), event.amount_fen, 0)
         if event.type == "topup" and event.amount_fen:
-            _topup(state, day.toordinal(), event.amount_fen)
+            topup(state, day.toordinal(), event.amount_fen)
         if event.balance_fen is not None and (state.balance_ms is None or event.ts_ms >= state.balance_ms):
             # A balance is a reading at `ts`: a late, older reading must not overwrite a newer one.
             state.balance_fen, state.balance_ms = event.balance_fen, event.ts_ms
     elif isinstance(event, Lifecycle):
-        _lifecycle(state, event, _counted_from(event.ts_ms, tz, open_day))
+        lifecycle(state, event, first_counted_day(event.ts_ms, tz, open_day))
         if event.type == "complaint":
-            _complaint(state, day.toordinal())
+            complaint(state, day.toordinal())
         elif event.type == "port_out_request":
             state.port_requests += 1
     # Outcomes change nothing here yet: contact history lives in Redis.
 
     if h is not None:
-        state._remember(h, minute)
+        state.remember(h, minute)
     if open_day is not None:
         state.prune(open_day, tz, rules.window_days)
     return Applied("applied", balance, state.balance_fen)
@@ -529,7 +99,7 @@ def apply_usage(state: SubscriberState, event: Usage, *, open_day: date | None, 
     ts = event.ts_ms
     minute = ts // 60_000
     h = event_hash(event.event_id)
-    if h in state.seen_h and state._is_duplicate(h, minute):
+    if h in state.seen_h and state.is_duplicate(h, minute):
         return "duplicate"
     o = local_day(ts, tz).toordinal()
     opened = o if open_day is None else open_day.toordinal()
@@ -545,76 +115,12 @@ def apply_usage(state: SubscriberState, event: Usage, *, open_day: date | None, 
             else:
                 state.in_sec, state.in_ord = decayed_add(state.in_sec, state.in_ord, event.seconds, o)
     if event.charge_fen or seconds:
-        state._add(o, event.charge_fen, seconds)
+        state.add_to_day(o, event.charge_fen, seconds)
     if o > opened:
-        state._use_ahead(o, event.seconds if event.type == "voice" and event.direction != "out" else 0)
+        state.remember_ahead(o, event.seconds if event.type == "voice" and event.direction != "out" else 0)
     elif o > state.last_use_ord:
         state.last_use_ord = o
-    state._remember(h, minute)
+    state.remember(h, minute)
     if open_day is not None:
         state.prune(open_day, tz, window_days)
     return "applied"
-
-
-def decayed_add(total: int, as_of: int, value: int, day: int) -> tuple[int, int]:
-    """Add `value` of local day ordinal `day` to a decayed sum as of the end of day `as_of` (0: empty);
-    return the sum and its day (the later of the two)."""
-    if not as_of:
-        return value, day
-    if day >= as_of:
-        return round(total * DECAY_KEEP ** (day - as_of)) + value if day > as_of else total + value, day
-    return total + round(value * DECAY_KEEP ** (as_of - day)), as_of
-
-
-def decayed(total: int, as_of: int, day: int) -> float:
-    """Return a decayed sum as of the end of local day ordinal `day` (days after it are not taken out)."""
-    if not as_of or day <= as_of:
-        return float(total)
-    return total * DECAY_KEEP ** (day - as_of)
-
-
-def _topup(state: SubscriberState, day: int, fen: int) -> None:
-    if day >= state.topup_ord:
-        earlier, state.topup_ord, state.topup_fen = state.topup_fen, day, fen
-    else:  # a late, older top-up: one of those before the latest
-        earlier = fen
-    if earlier:
-        avg = state.topup_avg_fen
-        state.topup_avg_fen = earlier if not avg else round(avg + TOPUP_AVG_WEIGHT * (earlier - avg))
-
-
-def _complaint(state: SubscriberState, day: int) -> None:
-    days = sorted((*state.complaint_ords, day))
-    newest = days[-1]
-    state.complaint_ords = tuple(d for d in days if d > newest - COMPLAINT_DAYS)[-MAX_COMPLAINTS:]
-
-
-def _counted_from(ts_ms: int | None, tz: ZoneInfo, open_day: date | None) -> int | None:
-    """Return the first local day ordinal whose revenue counts against a contract written at
-    `ts_ms`: its day when written at local midnight, else the next (the contract's `spent` holds
-    that day's revenue so far); without a time, the open day (None before any: every day)."""
-    if ts_ms is None:
-        return None if open_day is None else open_day.toordinal()
-    day = local_day(ts_ms, tz)
-    return day.toordinal() if day_start_ms(day, tz) == ts_ms else day.toordinal() + 1
-
-
-def _lifecycle(state: SubscriberState, event: Lifecycle, counted_from: int | None = None) -> None:
-    kind, ts = event.type, event.ts_ms
-    if kind in ("deactivated", "ported_out", "reactivated"):
-        # Churn status follows the newest event time, so a late, older status cannot undo it.
-        if state.churned_ms is None or ts >= state.churned_ms:
-            state.churned = None if kind == "reactivated" else kind
-            state.churned_ms = ts
-        if kind == "ported_out":
-            state.port_out_request_ms = None
-    elif kind == "port_out_request":
-        if state.port_out_request_ms is None or ts > state.port_out_request_ms:
-            state.port_out_request_ms = ts
-    elif kind == "port_out_cancelled":
-        # A cancel older than the open request belongs to an earlier request.
-        if state.port_out_request_ms is not None and ts >= state.port_out_request_ms:
-            state.port_out_request_ms = None
-    elif kind == "contract_signed":
-        state._set_contract(event.contract, counted_from)
-    # vas_trial_ending and complaint are signals for the task side only.

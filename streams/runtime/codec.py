@@ -25,8 +25,8 @@ from typing import Any, Final
 import orjson
 
 from rules.events import Contract, Photo
-from rules.state import Churn, Reason, SubscriberState
-from rules.vocabulary import Light
+from rules.subscriber import Churn, SubscriberState
+from rules.vocabulary import Light, Reason
 
 VERSION: Final = 3
 _VERSION_BYTES: Final = bytes((VERSION,))  # its varint: a number below 128 is its own byte

@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from rules import features
 from rules.events import Billing, Contract, Event, Lifecycle, Photo, Profile, Usage
+from rules.localtime import day_start_ms, local_day
 from rules.ruleset import load_rule_set
-from rules.state import DECAY_KEEP, SubscriberState, apply, day_start_ms, local_day
+from rules.state import apply
+from rules.subscriber import DECAY_KEEP, SubscriberState
 from tests.rules.test_state import MSISDN, OPEN, RULES, TZ, at
 
 GOLDEN_PROFILE = Profile(MSISDN, "zunyi", "gotone", "high", date(2025, 11, 15), "07-14", True,

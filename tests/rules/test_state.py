@@ -8,7 +8,6 @@ from datetime import date, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +24,9 @@ from rules.events import (
     Usage,
 )
 from rules.ruleset import load_rule_set
-from rules.state import DEDUP_CLOSED_DAYS, DUPLICATE_MINUTES, Applied, Reason, SubscriberState, apply, day_start_ms, event_hash, local_day
+from rules.localtime import day_start_ms, local_day
+from rules.state import Applied, apply
+from rules.subscriber import DEDUP_CLOSED_DAYS, DUPLICATE_MINUTES, SubscriberState, event_hash
 
 TZ = ZoneInfo("Asia/Shanghai")
 RULES = load_rule_set("cmcc-2010")
@@ -406,7 +407,7 @@ def test_the_dedup_prune_keeps_exactly_the_entries_that_can_still_match(
     limit = day_start_ms(open_day - timedelta(days=DEDUP_CLOSED_DAYS), TZ) // 60_000 - DUPLICATE_MINUTES
     s = SubscriberState()
     for h, minute in remembered:
-        s._remember(h, limit + minute)
+        s.remember(h, limit + minute)
     s.prune(open_day, TZ, 30)
     assert s._seen_pairs() == [(h, limit + m) for h, m in remembered if m > 0]  # in the order remembered
     assert not s.seen_off or min(s.seen_off) == 0  # offsets from the earliest kept

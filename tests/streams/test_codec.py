@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rules.events import Billing, Contract, Event, Photo, Usage
-from rules.state import Reason, SubscriberState
+from rules.subscriber import SubscriberState
+from rules.vocabulary import Reason
 from streams.runtime.codec import decode_state, encode_state
 from tests.rules.test_state import MSISDN, OPEN, at, call, fee, life, profile, run, usage_events
 
