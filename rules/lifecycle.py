@@ -10,7 +10,7 @@ from datetime import date
 from typing import Final
 from zoneinfo import ZoneInfo
 
-from rules.events import Contract, Lifecycle, Profile
+from rules.event_types import Contract, Lifecycle, Profile
 from rules.localtime import day_start_ms, local_day
 from rules.subscriber import SubscriberState
 

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from rules.events import mask
+from rules.event_types import mask
 from rules.features import INDEX, matrix
 from rules.offers import ContractTerms, light_offer
 from rules.ruleset import RuleSet

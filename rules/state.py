@@ -11,7 +11,7 @@ from datetime import date
 from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
-from rules.events import Billing, Event, Lifecycle, Outcome, Profile, ProfileDeleted, Usage
+from rules.event_types import Billing, Event, Lifecycle, Outcome, Profile, ProfileDeleted, Usage
 from rules.lifecycle import clear_profile, complaint, first_counted_day, lifecycle, set_profile, topup
 from rules.localtime import DAY_MS, day_start_ms, local_day
 from rules.ruleset import RuleSet

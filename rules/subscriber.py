@@ -16,7 +16,7 @@ from hashlib import blake2b
 from typing import Final, Literal
 from zoneinfo import ZoneInfo
 
-from rules.events import Contract, Photo
+from rules.event_types import Contract, Photo
 from rules.localtime import DAY_MS, day_start_ms
 from rules.vocabulary import Light, Reason
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta, tzinfo
 from typing import Final, Protocol
 
-from rules.events import Lifecycle
+from rules.event_types import Lifecycle
 from rules.lights import LightChange
 from rules.localtime import HOUR_MS, iso_time, local_date, local_midnight_ms
 from rules.offers import ContractTerms, OfferRules, Stage, contract_offer, contract_stages, light_offer

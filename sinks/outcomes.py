@@ -34,7 +34,7 @@ from typing import Any, Final, Literal
 
 from redis.asyncio import Redis
 
-from rules.events import MONTH_RE, Outcome, OutcomeStatus, mask
+from rules.event_types import MONTH_RE, Outcome, OutcomeStatus, mask
 from rules.kpi import FINAL_STATUSES, TaskCounts, is_final, local_month
 from rules.localtime import iso_time
 from rules.task_message import Task

@@ -35,7 +35,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from rules.events import mask
+from rules.event_types import mask
 from rules.policy import SUPPRESS_REASONS, Decision, Status, SuppressReason
 from rules.localtime import iso_time
 from rules.vocabulary import Channel

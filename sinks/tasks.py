@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 import orjson
 
-from rules.events import mask
+from rules.event_types import mask
 from rules.policy import (
     Decision,
     PolicyRules,

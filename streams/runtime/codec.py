@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import orjson
 
-from rules.events import Contract, Photo
+from rules.event_types import Contract, Photo
 from rules.subscriber import Churn, SubscriberState
 from rules.vocabulary import Light, Reason
 

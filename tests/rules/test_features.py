@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rules import features
-from rules.events import Billing, Contract, Event, Lifecycle, Photo, Profile, Usage
+from rules.event_types import Billing, Contract, Event, Lifecycle, Photo, Profile, Usage
 from rules.localtime import day_start_ms, local_day
 from rules.ruleset import load_rule_set
 from rules.state import apply

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rules.events import OUTCOME_STATUSES
+from rules.event_types import OUTCOME_STATUSES
 from rules.kpi import (
     FINAL_STATUSES,
     BaseRatios,

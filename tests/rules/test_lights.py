@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.events import Billing, Event, Lifecycle, LifecycleType, Photo, Profile, ProfileDeleted, Usage
+from rules.event_types import Billing, Event, Lifecycle, LifecycleType, Photo, Profile, ProfileDeleted, Usage
 from rules.lights import (
     LIGHTS, Judgement, LightChange, Reason, change, evaluate, is_worsening, judged, steady_before_window,
 )

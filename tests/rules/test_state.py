@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.events import (
+from rules.event_types import (
     Billing,
     Contract,
     Event,

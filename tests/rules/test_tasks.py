@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rules.events import Lifecycle
+from rules.event_types import Lifecycle
 from rules.lights import LightChange
 from rules.localtime import iso_time, local_date, local_midnight_ms
 from rules.offers import ContractTerms, contract_stages, tenure_discount, tenure_years

@@ -14,7 +14,7 @@ import redis as redis_lib
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from rules.events import Outcome, OutcomeStatus
+from rules.event_types import Outcome, OutcomeStatus
 from rules.kpi import TaskCounts, local_month, region_kpis
 from rules.task_message import Task
 from rules.vocabulary import Light

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.events import Billing, Contract, Event, Photo, Usage
+from rules.event_types import Billing, Contract, Event, Photo, Usage
 from rules.subscriber import SubscriberState
 from rules.vocabulary import Reason
 from streams.runtime.codec import decode_state, encode_state
