@@ -53,7 +53,8 @@ from rules.task_message import Task
 from rules.vocabulary import Channel, Kind
 from sinks.capacity import Admission, CapacityQueue, Delivery, Entry
 from sinks.outcomes import OutcomeStore
-from sinks.redis_store import DEFAULT_BACKOFF, Backoff, PolicyStore, Retrier, Stopped
+from sinks.redis_store import PolicyStore
+from sinks.retry import DEFAULT_BACKOFF, Backoff, Retrier, Stopped
 
 log = logging.getLogger(__name__)
 

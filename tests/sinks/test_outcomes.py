@@ -19,7 +19,8 @@ from rules.kpi import TaskCounts, local_month, region_kpis
 from rules.task_message import Task
 from rules.vocabulary import Light
 from sinks.outcomes import PARKED_TTL_S, TASKINFO_TTL_S, OutcomeStore, Stopped, kpi_key, taskinfo_key
-from sinks.redis_store import Backoff, PolicyStore
+from sinks.redis_store import PolicyStore
+from sinks.retry import Backoff
 from sinks.tasks import TaskSink
 from streams.embedded import EmbeddedStack
 from streams.metrics import Metrics, RegionKpis

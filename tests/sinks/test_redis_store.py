@@ -21,12 +21,12 @@ from sinks.redis_store import (
     Lookup,
     PolicyStore,
     Recorded,
-    Stopped,
     contact_key,
     decision_key,
     parse_contact_ms,
     task_key,
 )
+from sinks.retry import Stopped
 from streams.embedded import free_port
 from streams.settings import Settings
 
