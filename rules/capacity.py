@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Final
 
-from rules.tasks import local_ms
+from rules.localtime import local_ms
 
 # When the call centre's day starts and the queue releases (CONTRACT §5).
 RELEASE_AT: Final = time(8, 0)

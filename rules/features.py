@@ -20,8 +20,9 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import numpy.typing as npt
 
+from rules.localtime import DAY_MS, day_start_ms
 from rules.ruleset import RuleSet
-from rules.state import DAY_MS, DECAY_KEEP, SubscriberState, day_start_ms, decayed
+from rules.subscriber import DECAY_KEEP, SubscriberState, decayed
 
 Unit = Literal["CNY", "minutes", "ratio", "share", "days", "months", "count", "flag", "code"]
 NAN: Final = math.nan

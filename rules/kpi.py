@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from datetime import datetime, tzinfo
 from typing import Final, NamedTuple
 
-from rules.events import OutcomeStatus
-from rules.tasks import LIGHTS, Light
+from rules.event_types import OutcomeStatus
+from rules.vocabulary import LIGHTS, Light
 
 # Every status of CONTRACT §1 ends one contact attempt, so each is final: `reached`,
 # `unreachable` (the dialer's attempt is over), `accepted` and `declined` (the call's result);

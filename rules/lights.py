@@ -11,8 +11,9 @@ from datetime import date, timedelta
 from typing import Final
 
 from rules.ruleset import RuleSet
-from rules.state import DAY_MS, Reason, SubscriberState
-from rules.vocabulary import LIGHTS, Light
+from rules.localtime import DAY_MS
+from rules.subscriber import SubscriberState
+from rules.vocabulary import LIGHTS, Light, Reason
 
 __all__ = ["LIGHTS", "Judgement", "Light", "LightChange", "Reason", "change", "evaluate", "is_worsening", "judged",
            "steady_before_window"]

@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta, tzinfo
 from typing import Final, Protocol
 
-from rules.tasks import DAY_MS, LIGHT_KINDS, Task, local_ms
-from rules.vocabulary import SUPPRESS_REASONS, Status, SuppressReason
+from rules.localtime import DAY_MS, local_ms
+from rules.task_message import Task
+from rules.vocabulary import LIGHT_KINDS, SUPPRESS_REASONS, Status, SuppressReason
 
 __all__ = ["SUPPRESS_REASONS", "Status", "SuppressReason"]  # re-exported for the policy's callers
 
@@ -119,6 +120,14 @@ def decide(
         and 0 <= task.created_at_ms - last_contact_ms < rules.cooldown_days * DAY_MS
     ):
         return Decision(task, "suppressed", "cooldown")
+    return issued(task, rules, tz)
+
+
+def issued(task: Task, rules: PolicyRules, tz: tzinfo) -> Decision:
+    """Return the issued decision of `task`: an SMS created in quiet hours waits for their end.
+
+    `decide` ends here, and the task sink calls it for a task decided before a crash: the message
+    republished or returned must be the one issued."""
     if task.channel == "sms":
         send_after = quiet_until_ms(task.created_at_ms, rules.quiet_start, rules.quiet_end, tz)
         if send_after is not None:

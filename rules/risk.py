@@ -23,10 +23,12 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from rules.events import mask
+from rules.event_types import mask
 from rules.features import INDEX, matrix
+from rules.offers import ContractTerms, light_offer
 from rules.ruleset import RuleSet
-from rules.state import SubscriberState
+from rules.subscriber import SubscriberState
+from rules.task_message import SubscriberFacts
 
 FORMAT: Final = "churnlight.risk-model"
 VERSION: Final = 1
@@ -159,8 +161,6 @@ def call_list(states: Mapping[str, SubscriberState], model: RiskModel, open_day:
               tz: ZoneInfo, limit: int = 20) -> list[Call]:
     """Rank the watched, not churned subscribers of `states` at the close before `open_day` by
     expected saved revenue (risk x 30-day ARPU), highest first; at most `limit` of them."""
-    from rules.tasks import ContractTerms, SubscriberFacts, light_offer
-
     chosen = [(m, s) for m, s in states.items() if s.photo is not None and s.churned is None]
     if not chosen:
         return []

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Final, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from rules.vocabulary import KINDS
+from rules.vocabulary import KINDS, Channel, Priority
 
 RULES_DIR: Final = Path(__file__).resolve().parent
 TASK_KINDS: Final = KINDS
@@ -27,9 +27,7 @@ TASK_KINDS: Final = KINDS
 # before the trial's `ends_on`), so only they may say `due_hours: null`.
 OPEN_DUE_KINDS: Final = frozenset({"birthday", "vas_trial"})
 
-TaskChannel = Literal["callcentre", "sms"]
 PhotoSource = Literal["profile", "auto"]
-Priority = Literal["urgent", "high", "normal", "low"]
 
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HHMM_RE: Final = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
@@ -41,7 +39,7 @@ class RuleSetError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
-    channel: TaskChannel
+    channel: Channel
     priority: Priority
     due_hours: int | None  # None: kind-specific (birthday: end of that local day; vas_trial: before ends_on)
     template: str | None  # sms only
@@ -80,14 +78,6 @@ class RuleSet:
     # Call-centre calls per local day per region; a region not named is unlimited.
     capacity: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
-    def tenure_percent(self, years: int) -> int | None:
-        """Return the tenure discount percent for `years` whole years of tenure, or None."""
-        percent = None
-        for min_years, pct in self.tenure_discounts:
-            if years >= min_years:
-                percent = pct
-        return percent
-
 
 # --- the file's schema -------------------------------------------------------------------------
 
@@ -122,7 +112,7 @@ class _PortOut(_Model):
 
 
 class _Task(_Model):
-    channel: TaskChannel
+    channel: Channel
     priority: Priority
     due_hours: Annotated[int, Field(ge=0)] | None
     template: Annotated[str, Field(min_length=1)] | None = None

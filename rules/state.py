@@ -1,87 +1,27 @@
-"""One subscriber's state and its pure update (CONTRACT §5).
+"""The pure update of one subscriber's state (CONTRACT §5).
 
-`apply` folds one validated event into a `SubscriberState`; partition-level facts (the open
-local day, the time zone, the rule set) come in as arguments, so nothing here reads a clock.
-The state keeps day buckets instead of raw events so that a window is a sum of at most
-`window_days` numbers and a typical subscriber fits in well under 1 KiB (`to_bytes`).
+`apply` folds one validated event into a `SubscriberState` (rules.subscriber); partition-level
+facts (the open local day, the time zone, the rule set) come in as arguments, so nothing here
+reads a clock. Profiles and lifecycle events change it through rules.lifecycle.
 """
 
 from __future__ import annotations
 
-import sys
-from array import array
-from bisect import bisect_left
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import lru_cache
-from datetime import date, datetime, timedelta
-from datetime import time as dtime
-from hashlib import blake2b
-from typing import Any, Final, Literal, NamedTuple
+from datetime import date
+from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
-import orjson
-
-from rules.events import (
-    Billing,
-    Contract,
-    Event,
-    Lifecycle,
-    LifecycleType,
-    Outcome,
-    Photo,
-    Profile,
-    ProfileDeleted,
-    Usage,
-)
+from rules.event_types import Billing, Event, Lifecycle, Outcome, Profile, ProfileDeleted, Usage
+from rules.lifecycle import clear_profile, complaint, first_counted_day, lifecycle, set_profile, topup
+from rules.localtime import DAY_MS, day_start_ms, local_day
 from rules.ruleset import RuleSet
-from rules.vocabulary import Light
+from rules.subscriber import SubscriberState, decayed_add, event_hash
+from rules.vocabulary import Reason
 
-Churn = Literal["deactivated", "ported_out"]
+# Re-exported: the worker and the tools import them from here.
+__all__ = ["DAY_MS", "Reason", "SubscriberState", "day_start_ms", "local_day"]
+
 ApplyOutcome = Literal["applied", "duplicate", "late_dropped"]
-ReasonValue = str | int | float | None
-
-DAY_MS: Final = 24 * 3600 * 1000
-_OFFSET: Final = ("B", "H", "I")
-_I32_MIN: Final = -(2**31)
-_I32_MAX: Final = 2**31 - 1
-# The array item sizes the format assumes (those of every mainstream platform).
-assert [array(code).itemsize for code in ("B", "H", "I", "i", "q", "Q")] == [1, 2, 4, 4, 8, 8]
-DUPLICATE_MINUTES: Final = 24 * 60
-# Resends are recognised for events of the open day and of this many closed days before it.
-# Remembering every event id of a 30-day window (~300 ids) would not fit the 1 KiB budget of a
-# state; resends in practice arrive within hours. An older resend is applied again.
-DEDUP_CLOSED_DAYS: Final = 2
-
-# 2: scalars as one orjson array, the day buckets and the dedup memory as fixed-width arrays;
-# 1 wrote everything as varints in Python loops, a quarter of the worker's time.
-# 3: format 2 with one more item in the scalar array: the risk features' memory (`_extras`).
-# Formats 2 and 3 keep the last close's risk score in the flags' bits from 7 up (risk_bp + 1; 0:
-# never scored): older records read as never scored, and older readers ignore those bits.
-# A state whose memory is empty is still written as format 2, so a deployment can roll back.
-_VERSION: Final = 3
-_VERSION_BYTES: Final = bytes((_VERSION,))  # its varint: a number below 128 is its own byte
-_V2_BYTES: Final = bytes((2,))
-# Decayed sums (incoming minutes, the days that left the window) keep this share of a day's
-# weight per day that passes: a mean life of 30 days, so a steady stream sums to 30 days of it.
-DECAY_KEEP: Final = 29 / 30
-COMPLAINT_DAYS: Final = 90  # complaints are remembered this long, at most MAX_COMPLAINTS of them
-MAX_COMPLAINTS: Final = 8
-TOPUP_AVG_WEIGHT: Final = 0.3  # weight of the newest earlier top-up in the running average
-_LITTLE: Final = sys.byteorder == "little"
-_LIGHT_CODE: Final[dict[Light | None, int]] = {None: 0, "green": 1, "yellow": 2, "red": 3, "black": 4}
-_LIGHT_OF: Final = {v: k for k, v in _LIGHT_CODE.items()}
-_CHURN_CODE: Final[dict[Churn | None, int]] = {None: 0, "deactivated": 1, "ported_out": 2}
-_CHURN_OF: Final = {v: k for k, v in _CHURN_CODE.items()}
-
-
-@dataclass(frozen=True, slots=True)
-class Reason:
-    """Why a light is what it is: a stable `code`, the figure and the threshold it broke."""
-
-    code: str
-    value: ReasonValue
-    threshold: ReasonValue = None
 
 
 class Applied(NamedTuple):
@@ -91,685 +31,16 @@ class Applied(NamedTuple):
     outcome: ApplyOutcome
     balance_before_fen: int | None = None
     balance_after_fen: int | None = None
-    lifecycle: LifecycleType | None = None
-    profile_changed: bool = False
 
     def balance_crossed_below(self, limit_fen: int) -> bool:
         """Tell whether the balance went from >= `limit_fen` to < `limit_fen` (unknown before: no)."""
-        before, after = self.balance_before_fen, self.balance_after_fen
-        return before is not None and after is not None and before >= limit_fen > after
+        return balance_crossed_below(self.balance_before_fen, self.balance_after_fen, limit_fen)
 
 
-_QUARTER_MS: Final = 15 * 60 * 1000
-_QUARTERS: dict[ZoneInfo, dict[int, date]] = {}
-
-
-def local_day(ts_ms: int, tz: ZoneInfo) -> date:
-    """Return the local date of UTC epoch milliseconds `ts_ms` in `tz`."""
-    # Remembered per UTC quarter of an hour when the date is the same at both of its ends (true of
-    # every zone since 1972: offsets and their changes come in quarters of an hour).
-    quarters = _QUARTERS.get(tz)
-    if quarters is None:
-        quarters = _QUARTERS[tz] = {}
-    quarter = ts_ms // _QUARTER_MS
-    day = quarters.get(quarter)
-    if day is not None:
-        return day
-    day = datetime.fromtimestamp(ts_ms / 1000, tz).date()
-    start = quarter * _QUARTER_MS
-    if datetime.fromtimestamp(start / 1000, tz).date() == day == datetime.fromtimestamp(
-            (start + _QUARTER_MS - 1) / 1000, tz).date():
-        if len(quarters) >= 200_000:  # about five years of quarters
-            quarters.clear()
-        quarters[quarter] = day
-    return day
-
-
-@lru_cache(maxsize=4096)
-def day_start_ms(day: date, tz: ZoneInfo) -> int:
-    """Return local 00:00 of `day` in `tz` as UTC epoch milliseconds."""
-    return int(datetime.combine(day, dtime(0), tzinfo=tz).timestamp() * 1000)
-
-
-# Copied for every event: a third cheaper than building a hasher with its digest size each time.
-_HASHER: Final = blake2b(digest_size=8)
-
-
-def event_hash(event_id: str) -> int:
-    """Return a stable 64-bit hash of an event id (Python's hash() is salted per process)."""
-    hasher = _HASHER.copy()
-    hasher.update(event_id.encode("utf-8"))
-    return int.from_bytes(hasher.digest(), "big")
-
-
-_NO_KEYS: Final[frozenset[str]] = frozenset()
-
-
-class SubscriberState:
-    """The compact, mutable state of one subscriber."""
-
-    __slots__ = (
-        "day_first",
-        "day_off",
-        "day_fen",
-        "day_sec",
-        "has_profile",
-        "region",
-        "brand",
-        "segment",
-        "activated_on",
-        "birthday",
-        "prepaid",
-        "photo",
-        "contract",
-        "contract_spent_fen",
-        "contract_from",
-        "balance_fen",
-        "balance_ms",
-        "churned",
-        "churned_ms",
-        "port_out_request_ms",
-        "light",
-        "light_since_ms",
-        "reasons",
-        "seen_base",
-        "seen_off",
-        "seen_h",
-        "used",
-        "in_sec",
-        "in_ord",
-        "prev_fen",
-        "prev_sec",
-        "prev_ord",
-        "last_use_ord",
-        "topup_ord",
-        "topup_fen",
-        "topup_avg_fen",
-        "complaint_ords",
-        "port_requests",
-        "use_ahead",
-        "risk_bp",
-    )
-
-    def __init__(self) -> None:
-        # Day buckets, oldest first, kept as `to_bytes` writes them: the local day ordinals as
-        # offsets from the first one's (uint8, widened as the span needs), revenue fen and outgoing
-        # voice seconds (int32, widened to int64 by the first sum that needs it).
-        self.day_first = 0
-        self.day_off = array("B")
-        # 16 bits a figure while every day fits (< 327.67 CNY, < 9.1 h): widened when one does not.
-        self.day_fen = array("h")
-        self.day_sec = array("h")
-        self.has_profile = False
-        self.region: str | None = None
-        self.brand: str | None = None
-        self.segment: str | None = None
-        self.activated_on: date | None = None
-        self.birthday: str | None = None  # "MM-DD"
-        self.prepaid = False
-        self.photo: Photo | None = None
-        self.contract: Contract | None = None
-        self.contract_spent_fen = 0
-        # The first local day ordinal whose revenue counts against the contract (contract_spend);
-        # None: every day in the buckets.
-        self.contract_from: int | None = None
-        self.balance_fen: int | None = None
-        self.balance_ms: int | None = None  # event time of the balance reading
-        self.churned: Churn | None = None
-        self.churned_ms: int | None = None  # event time of the last churn / reactivation
-        self.port_out_request_ms: int | None = None
-        self.light: Light | None = None
-        self.light_since_ms: int | None = None
-        self.reasons: tuple[Reason, ...] = ()
-        # Dedup memory, in the order remembered: event times in UTC epoch minutes as offsets from
-        # the earliest (uint16, or uint32 when they span more), and 64-bit hashes of event ids.
-        self.seen_base = 0
-        self.seen_off = array("H")
-        self.seen_h = array("Q")
-        # Frozen, and shared while empty: a set per subscriber was 100k more objects for the
-        # garbage collector to walk.
-        self.used: frozenset[str] = _NO_KEYS
-        # The risk features' memory (rules.features). Decayed sums as of the end of local day
-        # ordinal `*_ord` (0: nothing yet): incoming voice seconds, and the revenue fen and
-        # outgoing seconds of the days pruned from the window (the previous window).
-        self.in_sec = 0
-        self.in_ord = 0
-        self.prev_fen = 0
-        self.prev_sec = 0
-        self.prev_ord = 0
-        self.last_use_ord = 0  # the latest local day ordinal with any usage event
-        self.topup_ord = 0  # the local day ordinal of the latest top-up (0: none)
-        self.topup_fen = 0  # its amount
-        self.topup_avg_fen = 0  # running average of the top-ups before it (0: none)
-        self.complaint_ords: tuple[int, ...] = ()  # local day ordinals, ascending
-        self.port_requests = 0  # port-out requests applied
-        # Usage of days after the open day when it was applied (a replay reads usage ahead of the
-        # day closes): (local day ordinal, incoming voice seconds), ascending. Taken into the memory
-        # above once its day is open (`prune`), so that a close's features never see a later day.
-        self.use_ahead: tuple[tuple[int, int], ...] = ()
-        # The risk score of the last day close that scored it (rules.risk), in basis points (0-10000);
-        # None: never scored. The `risk` task fires on a crossing from one close to the next.
-        self.risk_bp: int | None = None
-
-    # --- queries -------------------------------------------------------------------------------
-
-    @property
-    def days(self) -> dict[int, list[int]]:
-        """The day buckets as {local day ordinal: [revenue fen, outgoing voice seconds]} (a copy)."""
-        first = self.day_first
-        return {first + d: [f, s] for d, f, s in zip(self.day_off, self.day_fen, self.day_sec, strict=True)}
-
-    @property
-    def seen(self) -> dict[int, list[int]]:
-        """The dedup memory as {event hash: [epoch minutes]} (a copy)."""
-        out: dict[int, list[int]] = {}
-        for h, k in zip(self.seen_h, self.seen_off, strict=True):
-            out.setdefault(h, []).append(self.seen_base + k)
-        return out
-
-    def forget_seen(self) -> None:
-        """Empty the dedup memory."""
-        self.seen_base, self.seen_off, self.seen_h = 0, array("H"), array("Q")
-
-    def window(self, open_day: date, window_days: int) -> tuple[int, int]:
-        """Return (revenue fen, outgoing voice seconds) over [open_day - window_days, open_day - 1]."""
-        end = open_day.toordinal() - self.day_first
-        offsets = self.day_off
-        lo = bisect_left(offsets, end - window_days)
-        hi = bisect_left(offsets, end, lo)
-        return sum(self.day_fen[lo:hi]), sum(self.day_sec[lo:hi])
-
-    def port_out_open(self, at_ms: int, open_days: int) -> bool:
-        """Tell whether a port-out request is open at `at_ms` (it lapses after `open_days`)."""
-        req = self.port_out_request_ms
-        return req is not None and at_ms - req < open_days * DAY_MS
-
-    def mark_used(self, key: str) -> bool:
-        """Mark a once-only stage (e.g. a contract stage or a birthday year) used; True if new."""
-        if key in self.used:
-            return False
-        self.used = self.used | {key}
-        return True
-
-    def is_empty(self) -> bool:
-        """Tell whether the state holds nothing worth keeping."""
-        # Cheap fields first: this runs for every state written.
-        if self.day_off or self.seen_h or self.has_profile or self.used or self.light is not None:
-            return False
-        return self == _EMPTY
-
-    # --- maintenance ---------------------------------------------------------------------------
-
-    def prune(self, open_day: date, tz: ZoneInfo, window_days: int) -> None:
-        """Drop day buckets older than the window and dedup entries that can no longer match."""
-        if self.use_ahead and self.use_ahead[0][0] <= open_day.toordinal():
-            self._settle_ahead(open_day.toordinal())
-        offsets = self.day_off
-        if offsets:
-            cut = open_day.toordinal() - window_days - self.day_first
-            if offsets[0] < cut:
-                n = bisect_left(offsets, cut)
-                first = self.day_first
-                if self.contract is not None:
-                    # Leaving the buckets, the counted days' revenue stays in the contract's spend
-                    # (contract_spend sums the buckets on top of contract_spent_fen).
-                    start = self.contract_from
-                    self.contract_spent_fen += sum(fen for k, fen in zip(offsets[:n], self.day_fen[:n])
-                                                   if start is None or self.day_first + k >= start)
-                for k, fen, sec in zip(offsets[:n], self.day_fen[:n], self.day_sec[:n]):
-                    since = self.prev_ord
-                    self.prev_fen, _ = decayed_add(self.prev_fen, since, fen, first + k)
-                    self.prev_sec, self.prev_ord = decayed_add(self.prev_sec, since, sec, first + k)
-                del offsets[:n], self.day_fen[:n], self.day_sec[:n]
-                if offsets:
-                    self._rebase_days(self.day_first + offsets[0])
-        hashes = self.seen_h
-        if not hashes:
-            return
-        # An incoming event that is still deduplicated has ts >= this day start; an entry
-        # 24 h or more before that can match none of them.
-        cut = _dedup_limit(open_day, tz) - self.seen_base
-        if cut < 0:  # the earliest remembered (offset 0) is still needed
-            return
-        seen = self.seen_off
-        if max(seen) <= cut:  # the usual case for a subscriber quiet for days: all of it goes
-            self.forget_seen()
-            return
-        newest = seen[-1]
-        if newest > cut and (len(seen) == 1 or max(seen[:-1]) <= cut):
-            # All but the event just remembered: the usual case for one seen every few days.
-            self.seen_base += newest
-            self.seen_off, self.seen_h = array("H", (0,)), array("Q", (hashes[-1],))
-            return
-        kept = [k for k in seen if k > cut]
-        least = min(kept)
-        self.seen_base += least
-        self.seen_off = array(_width(max(kept) - least, _SEEN_WIDTHS), [k - least for k in kept])
-        self.seen_h = array("Q", [h for k, h in zip(seen, hashes) if k > cut])
-
-    def usage_memory(self, day: int) -> tuple[int, int, int]:
-        """Return (incoming seconds, their day ordinal, the last usage day ordinal) of the usage
-        memory with the usage applied ahead of its day taken in up to the day before `day`."""
-        in_sec, in_ord, last = self.in_sec, self.in_ord, self.last_use_ord
-        for d, sec in self.use_ahead:
-            if d >= day:
-                break
-            if sec:
-                in_sec, in_ord = decayed_add(in_sec, in_ord, sec, d)
-            last = max(last, d)
-        return in_sec, in_ord, last
-
-    def _use_ahead(self, day: int, in_sec: int) -> None:
-        ahead = dict(self.use_ahead)
-        ahead[day] = ahead.get(day, 0) + in_sec
-        self.use_ahead = tuple(sorted(ahead.items()))
-
-    def _settle_ahead(self, open_ord: int) -> None:
-        """Take the usage of the days now open into the memory, as if it had come on time."""
-        self.in_sec, self.in_ord, self.last_use_ord = self.usage_memory(open_ord + 1)
-        self.use_ahead = tuple(e for e in self.use_ahead if e[0] > open_ord)
-
-    def _is_duplicate(self, h: int, minute: int) -> bool:
-        hashes = self.seen_h
-        try:
-            i = hashes.index(h)
-        except ValueError:
-            return False
-        k = minute - self.seen_base
-        seen = self.seen_off
-        while True:
-            if abs(k - seen[i]) < DUPLICATE_MINUTES:
-                return True
-            try:
-                i = hashes.index(h, i + 1)
-            except ValueError:
-                return False
-
-    def _remember(self, h: int, minute: int) -> None:
-        if not self.seen_h:
-            self.seen_base = minute
-        k = minute - self.seen_base
-        if k < 0:  # earlier than any remembered: offsets from this one
-            self._rebase_seen(minute)
-            k = 0
-        try:
-            self.seen_off.append(k)
-        except OverflowError:
-            self.seen_off = array("I", self.seen_off)
-            self.seen_off.append(k)
-        self.seen_h.append(h)
-
-    def _rebase_seen(self, base: int) -> None:
-        shift = self.seen_base - base
-        offsets = [k + shift for k in self.seen_off]
-        self.seen_off = array(_width(max(offsets, default=0), _SEEN_WIDTHS), offsets)
-        self.seen_base = base
-
-    def _rebase_days(self, first: int) -> None:
-        shift = self.day_first - first
-        offsets = [d + shift for d in self.day_off]
-        self.day_off = array(_width(max(offsets, default=0), _OFFSET), offsets)
-        self.day_first = first
-
-    def _add(self, o: int, fen: int, seconds: int) -> None:
-        """Add to the bucket of local day ordinal `o`."""
-        offsets = self.day_off
-        n = len(offsets)
-        if not n:
-            self.day_first = o
-        elif o < self.day_first:  # a late event for a day before the first bucket
-            self._rebase_days(o)
-            offsets = self.day_off
-        k = o - self.day_first
-        if n and offsets[n - 1] == k:
-            i = n - 1
-        else:
-            i = bisect_left(offsets, k)
-            if i == n or offsets[i] != k:
-                try:
-                    offsets.insert(i, k)
-                except OverflowError:
-                    offsets = self.day_off = array(_width(k, _OFFSET), offsets)
-                    offsets.insert(i, k)
-                self.day_fen.insert(i, 0)
-                self.day_sec.insert(i, 0)
-        total_fen, total_seconds = self.day_fen[i] + fen, self.day_sec[i] + seconds
-        try:
-            self.day_fen[i], self.day_sec[i] = total_fen, total_seconds
-        except OverflowError:
-            wide = "i" if self.day_fen.typecode == "h" and all(
-                _I32_MIN <= v <= _I32_MAX for v in (total_fen, total_seconds)) else "q"
-            self.day_fen, self.day_sec = array(wide, self.day_fen), array(wide, self.day_sec)
-            self.day_fen[i], self.day_sec[i] = total_fen, total_seconds
-
-    def _profile_fields(self) -> tuple[object, ...]:
-        return (
-            self.has_profile,
-            self.region,
-            self.brand,
-            self.segment,
-            self.activated_on,
-            self.birthday,
-            self.prepaid,
-            self.photo,
-            self.contract,
-        )
-
-    def contract_spend(self, day: date) -> int:
-        """Return the contract's spend (fen) as the local `day` opens: its `spent` when written plus
-        the revenue of the days from then to `day` (CONTRACT §5), in event time: the same whatever
-        order the events were read in."""
-        total = self.contract_spent_fen
-        first, start, end = self.day_first, self.contract_from, day.toordinal()
-        for k, fen in zip(self.day_off, self.day_fen):
-            if first + k >= end:
-                break
-            if start is None or first + k >= start:
-                total += fen
-        return total
-
-    def _set_profile(self, p: Profile, counted_from: int | None = None) -> None:
-        self.has_profile = True
-        self.region, self.brand, self.segment = p.region, p.brand, p.segment
-        self.activated_on, self.birthday, self.prepaid = p.activated_on, p.birthday, p.prepaid
-        self._set_contract(p.contract, counted_from)
-        self.photo = p.photo
-        if p.photo is None:
-            self._clear_light()
-        elif self.light is None:
-            # Entering the photographed base starts green, silently (CONTRACT §5).
-            self.light, self.light_since_ms, self.reasons = "green", p.updated_at_ms, ()
-
-    def _clear_profile(self) -> None:
-        self.has_profile = False
-        self.region = self.brand = self.segment = self.birthday = None
-        self.activated_on = None
-        self.prepaid = False
-        self.photo = None
-        self._set_contract(None)
-        self._clear_light()
-
-    def _set_contract(self, contract: Contract | None, counted_from: int | None = None) -> None:
-        """Take `contract`, whose `spent` covers the revenue before local day ordinal `counted_from`
-        (None: every day in the buckets now)."""
-        self.contract = contract
-        self.contract_spent_fen = 0 if contract is None else contract.spent_fen
-        self.contract_from = None if contract is None else counted_from
-
-    def _clear_light(self) -> None:
-        # Out of the watched base: no light, and no score (only the watched base is scored).
-        self.light, self.light_since_ms, self.reasons, self.risk_bp = None, None, (), None
-
-    # --- comparison and serialisation ----------------------------------------------------------
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, SubscriberState):
-            return NotImplemented
-        # Compared as what they hold: the days by ordinal, the dedup memory as a set of (hash, minute).
-        return all(getattr(self, s) == getattr(other, s) for s in _FIELDS) and self.days == other.days and sorted(
-            self._seen_pairs()) == sorted(other._seen_pairs())
-
-    def _seen_pairs(self) -> list[tuple[int, int]]:
-        return [(h, self.seen_base + k) for h, k in zip(self.seen_h, self.seen_off, strict=True)]
-
-    __hash__ = None  # type: ignore[assignment]  # mutable
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{s}={getattr(self, s)!r}" for s in (*_FIELDS, "days", "seen"))
-        return f"SubscriberState({fields})"
-
-    def to_bytes(self) -> bytes:
-        """Serialise compactly: a version byte, the scalar fields as one JSON array (orjson), then
-        the day buckets and the dedup memory as fixed-width little-endian arrays."""
-        photo, c = self.photo, self.contract
-        extras = self._extras()
-        head = orjson.dumps([
-            self.has_profile | self.prepaid << 1 | _LIGHT_CODE[self.light] << 2 | _CHURN_CODE[self.churned] << 5
-            | (0 if self.risk_bp is None else self.risk_bp + 1) << 7,
-            self.region, self.brand, self.segment, self.birthday,
-            None if self.activated_on is None else self.activated_on.toordinal(),
-            None if photo is None else [photo.month, photo.arpu_fen, photo.mou_seconds],
-            None if c is None else [c.ends_on.toordinal(), c.committed_fen, c.spent_fen,
-                                    None if c.starts_on is None else c.starts_on.toordinal(),
-                                    # days before the end: shorter than an ordinal
-                                    *(() if self.contract_from is None else (
-                                        c.ends_on.toordinal() - self.contract_from,))],
-            self.contract_spent_fen, self.balance_fen, self.balance_ms, self.churned_ms,
-            self.port_out_request_ms, self.light_since_ms,
-            [[r.code, r.value, r.threshold] for r in self.reasons] if self.reasons else (),
-            sorted(self.used) if self.used else (),
-            *extras,
-        ])
-        parts = [_VERSION_BYTES if extras else _V2_BYTES, _varint(len(head)), head]
-        # Days: the first ordinal, then offsets from it (uint8, or uint16 / uint32 as the span
-        # needs: flag bits 1-2), revenue fen and voice seconds (int32, or int64: flag bit 0, or
-        # int16 while every figure fits: flag bit 3; a typical day does, and they are most of the bytes).
-        offsets = self.day_off
-        n = len(offsets)
-        parts.append(_varint(n))
-        if n:
-            fens, secs = self.day_fen, self.day_sec
-            parts += (_varint((fens.typecode == "q") | _OFFSET.index(offsets.typecode) << 1
-                              | (fens.typecode == "h") << 3), _varint(self.day_first),
-                      _le(offsets), _le(fens), _le(secs))
-        # Dedup memory, in the order remembered: the earliest minute since the epoch, then each
-        # entry's minutes after it (uint16, or uint32 when they span more: flag 1) and its event
-        # hash (uint64).
-        m = len(self.seen_h)
-        parts.append(_varint(m))
-        if m:
-            parts += (_varint(self.seen_off.typecode == "I"), _varint(self.seen_base), _le(self.seen_off),
-                      _le(self.seen_h))
-        return b"".join(parts)
-
-    def _extras(self) -> tuple[list[object], ...]:
-        """The risk features' memory as the one extra item of format 3, or nothing while it is empty:
-        day ordinals after the first as days from the last usage day (null: none), trailing defaults left out."""
-        base = self.last_use_ord
-        if not (base or self.in_ord or self.prev_ord or self.topup_ord or self.complaint_ords or self.port_requests
-                or self.in_sec or self.prev_fen or self.prev_sec or self.topup_fen or self.topup_avg_fen
-                or self.use_ahead):
-            return ()
-        items: list[object] = [base, self.in_sec, _rel(self.in_ord, base), self.prev_fen, self.prev_sec,
-                               _rel(self.prev_ord, base), _rel(self.topup_ord, base),
-                               self.topup_fen, self.topup_avg_fen, [d - base for d in self.complaint_ords],
-                               self.port_requests, [x for d, sec in self.use_ahead for x in (d - base, sec)]]
-        while items[-1] in _EXTRA_DEFAULTS[len(items) - 1]:
-            items.pop()
-        return (items,)
-
-    def _set_extras(self, items: list[Any]) -> None:
-        given = len(items)
-        if not 1 <= given <= len(_EXTRA_DEFAULTS):
-            raise ValueError("corrupt risk memory in subscriber state")
-        full: list[Any] = [*items, *(d[0] for d in _EXTRA_DEFAULTS[given:])]
-        (base, in_sec, in_ord, prev_fen, prev_sec, prev_ord, topup_ord, topup_fen, topup_avg, complaints, ports,
-         ahead) = full
-        if not isinstance(base, int) or not isinstance(complaints, list) or not isinstance(ahead, list) or len(
-                ahead) % 2:
-            raise ValueError("corrupt risk memory in subscriber state")
-        self.use_ahead = tuple((ahead[i] + base, ahead[i + 1]) for i in range(0, len(ahead), 2))
-        self.last_use_ord, self.in_sec, self.prev_fen, self.prev_sec = base, in_sec, prev_fen, prev_sec
-        self.in_ord, self.prev_ord = _abs(in_ord, base), _abs(prev_ord, base)
-        self.topup_ord, self.topup_fen, self.topup_avg_fen = _abs(topup_ord, base), topup_fen, topup_avg
-        self.complaint_ords, self.port_requests = tuple(d + base for d in complaints), ports
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> SubscriberState:
-        """Rebuild a state written by `to_bytes`; raise ValueError on anything else."""
-        try:
-            return cls._decode(_Reader(data))
-        except (KeyError, IndexError, OverflowError, TypeError, orjson.JSONDecodeError) as exc:
-            raise ValueError(f"corrupt subscriber state: {exc!r}") from None
-
-    @classmethod
-    def _decode(cls, r: _Reader) -> SubscriberState:
-        version = r.uint()
-        if version == 1:
-            return cls._decode_v1(r)
-        if version not in (2, _VERSION):
-            raise ValueError(f"unknown subscriber state version {version}")
-        s = cls()
-        items = orjson.loads(r.raw(r.uint()))
-        if version == _VERSION:
-            s._set_extras(items.pop())
-        (flags, s.region, s.brand, s.segment, s.birthday, activated, photo, contract, s.contract_spent_fen,
-         s.balance_fen, s.balance_ms, s.churned_ms, s.port_out_request_ms, s.light_since_ms, reasons,
-         used) = items
-        s.has_profile = bool(flags & 1)
-        s.prepaid = bool(flags >> 1 & 1)
-        s.light = _LIGHT_OF[flags >> 2 & 7]
-        s.churned = _CHURN_OF[flags >> 5 & 3]
-        s.risk_bp = None if flags < 128 else (flags >> 7) - 1
-        s.activated_on = None if activated is None else date.fromordinal(activated)
-        if photo is not None:
-            s.photo = Photo(*photo)
-        if contract is not None:
-            # A fifth item (since 2026-12-05): the first day counted against the contract, as days
-            # before the contract's end.
-            ends, committed, spent, starts, *counted_from = contract
-            s.contract = Contract(date.fromordinal(ends), committed, spent,
-                                  None if starts is None else date.fromordinal(starts))
-            s.contract_from = ends - counted_from[0] if counted_from else None
-        s.reasons = tuple(Reason(code, value, threshold) for code, value, threshold in reasons)
-        s.used = frozenset(used) if used else _NO_KEYS
-        n = r.uint()
-        if n:
-            flags = r.uint()
-            s.day_first = r.uint()
-            span = flags >> 1 & 3
-            s.day_off = _from_le(_OFFSET[span], r.raw((1 << span) * n))
-            if flags & 8:
-                s.day_fen = _from_le("h", r.raw(2 * n))
-                s.day_sec = _from_le("h", r.raw(2 * n))
-            else:
-                code = "q" if flags & 1 else "i"
-                width = 8 if flags & 1 else 4
-                s.day_fen = _from_le(code, r.raw(width * n))
-                s.day_sec = _from_le(code, r.raw(width * n))
-        m = r.uint()
-        if m:
-            far = r.uint()
-            s.seen_base = r.uint()
-            s.seen_off = _from_le("I" if far else "H", r.raw((4 if far else 2) * m))
-            s.seen_h = _from_le("Q", r.raw(8 * m))
-        r.end()
-        return s
-
-    @classmethod
-    def _decode_v1(cls, r: _Reader) -> SubscriberState:
-        """Read format 1 (until 2026-12-01: varints and short strings in fixed order), which the
-        changelog of a deployment of that time holds; the next write of the subscriber is format 2."""
-        s = cls()
-        flags = r.uint()
-        s.has_profile = bool(flags & 1)
-        s.prepaid = bool(flags >> 1 & 1)
-        s.light = _LIGHT_OF[flags >> 2 & 7]
-        s.churned = _CHURN_OF[flags >> 5 & 3]
-        s.region, s.brand, s.segment, s.birthday = r.opt_str(), r.opt_str(), r.opt_str(), r.opt_str()
-        activated = r.opt_int()
-        s.activated_on = None if activated is None else date.fromordinal(activated)
-        if r.uint():
-            s.photo = Photo(r.text(), r.sint(), r.sint())
-        if r.uint():
-            ends_on = date.fromordinal(r.uint())
-            committed, spent = r.sint(), r.sint()
-            starts = r.opt_int()
-            s.contract = Contract(ends_on, committed, spent, None if starts is None else date.fromordinal(starts))
-        s.contract_spent_fen = r.sint()
-        s.balance_fen, s.balance_ms, s.churned_ms = r.opt_int(), r.opt_int(), r.opt_int()
-        s.port_out_request_ms, s.light_since_ms = r.opt_int(), r.opt_int()
-        s.reasons = tuple(Reason(r.text(), r.value(), r.value()) for _ in range(r.uint()))
-        # Days: ordinal deltas (the first is the ordinal) and zigzag fen and seconds, oldest first.
-        n_days = r.uint()
-        days: list[int] = []
-        fens: list[int] = []
-        secs: list[int] = []
-        day = 0
-        for _ in range(n_days):
-            day += r.uint()
-            days.append(day)
-            fens.append(r.sint())
-            secs.append(r.sint())
-        if days:
-            s.day_first = days[0]
-            s.day_off = array(_width(days[-1] - days[0], _OFFSET), [d - days[0] for d in days])
-            wide = any(not _I32_MIN <= v <= _I32_MAX for v in (*fens, *secs))
-            s.day_fen, s.day_sec = array("q" if wide else "i", fens), array("q" if wide else "i", secs)
-        # Dedup memory: zigzag minute deltas in time order, then the hashes (big-endian uint64).
-        minutes: list[int] = []
-        minute = 0
-        for _ in range(r.uint()):
-            minute += r.sint()
-            minutes.append(minute)
-        hashes = r.raw(8 * len(minutes))
-        if minutes:
-            s.seen_base = minutes[0]
-            s.seen_off = array(_width(minutes[-1] - minutes[0], _SEEN_WIDTHS), [m - minutes[0] for m in minutes])
-            s.seen_h = array("Q", [int.from_bytes(hashes[i:i + 8], "big") for i in range(0, len(hashes), 8)])
-        s.used = frozenset(r.text() for _ in range(r.uint())) or _NO_KEYS
-        r.end()
-        return s
-
-
-# Each item of the risk memory's list (`_extras`) and the values it is left out for at the end.
-_EXTRA_DEFAULTS: Final[tuple[tuple[object, ...], ...]] = ((0,), (0,), (None,), (0,), (0,), (None,), (None,), (0,),
-                                                          (0,), ([],), (0,), ([],))
-
-
-def _rel(day: int, base: int) -> int | None:
-    return None if not day else day - base
-
-
-def _abs(offset: object, base: int) -> int:
-    if offset is None:
-        return 0
-    if not isinstance(offset, int):
-        raise ValueError("corrupt risk memory in subscriber state")
-    return offset + base
-
-# What equality and repr compare; the dedup memory is compared as a set (SubscriberState.__eq__).
-_FIELDS: Final = tuple(s for s in SubscriberState.__slots__ if not s.startswith("_") and not s.startswith("seen_"))
-
-
-@lru_cache(maxsize=1024)
-def _dedup_limit(open_day: date, tz: ZoneInfo) -> int:
-    """The newest epoch minute a remembered event can have and still match none to come."""
-    return day_start_ms(open_day - timedelta(days=DEDUP_CLOSED_DAYS), tz) // 60_000 - DUPLICATE_MINUTES
-
-
-def _swapped(values: array[int]) -> bytes:
-    """The array's items little-endian, on a big-endian machine."""
-    swapped = array(values.typecode, values)
-    swapped.byteswap()
-    return swapped.tobytes()
-
-
-# The array's items little-endian, whatever this machine's byte order (no call of our own on the
-# little-endian ones: five of these go into every state written).
-_le: Final[Callable[[array[int]], bytes]] = array.tobytes if _LITTLE else _swapped
-
-
-def _from_le(code: str, data: bytes) -> array[int]:
-    values = array(code)
-    values.frombytes(data)
-    if not _LITTLE:
-        values.byteswap()
-    return values
-
-
-_SEEN_WIDTHS: Final = ("H", "I")
-
-
-def _width(largest: int, codes: tuple[str, ...]) -> str:
-    """The narrowest of the unsigned array `codes` that holds 0..`largest`."""
-    for code in codes:
-        if largest < 1 << 8 * array(code).itemsize:
-            return code
-    raise OverflowError(f"offset {largest} too large")
-
-
-_EMPTY = SubscriberState()
+def balance_crossed_below(before_fen: int | None, after_fen: int | None, limit_fen: int) -> bool:
+    """Tell whether a balance went from >= `limit_fen` to < `limit_fen`, the `balance_low` trigger
+    (CONTRACT §5); a balance unknown before or after is no crossing."""
+    return before_fen is not None and after_fen is not None and before_fen >= limit_fen > after_fen
 
 
 def apply(
@@ -780,13 +51,11 @@ def apply(
     kind = type(event)
     if kind is Profile:
         assert isinstance(event, Profile)
-        before = state._profile_fields()
-        state._set_profile(event, _counted_from(event.updated_at_ms, tz, open_day))
-        return Applied("applied", balance, balance, None, state._profile_fields() != before)
+        set_profile(state, event, first_counted_day(event.updated_at_ms, tz, open_day))
+        return Applied("applied", balance, balance)
     if kind is ProfileDeleted:
-        before = state._profile_fields()
-        state._clear_profile()
-        return Applied("applied", balance, balance, None, state._profile_fields() != before)
+        clear_profile(state)
+        return Applied("applied", balance, balance)
 
     if kind is Usage:
         assert isinstance(event, Usage)
@@ -795,35 +64,33 @@ def apply(
     assert not isinstance(event, (Profile, ProfileDeleted, Usage))
     minute = event.ts_ms // 60_000
     h = None if kind is Outcome else event_hash(event.event_id)  # type: ignore[union-attr]
-    if h is not None and state._is_duplicate(h, minute):
+    if h is not None and state.is_duplicate(h, minute):
         return Applied("duplicate", balance, balance)
     day = local_day(event.ts_ms, tz)
     if open_day is not None and day.toordinal() < open_day.toordinal() - rules.window_days:
         return Applied("late_dropped", balance, balance)
 
-    lifecycle: LifecycleType | None = None
     if isinstance(event, Billing):
         if event.type in ("fee", "adjustment") and event.amount_fen:
-            state._add(day.toordinal(), event.amount_fen, 0)
+            state.add_to_day(day.toordinal(), event.amount_fen, 0)
         if event.type == "topup" and event.amount_fen:
-            _topup(state, day.toordinal(), event.amount_fen)
+            topup(state, day.toordinal(), event.amount_fen)
         if event.balance_fen is not None and (state.balance_ms is None or event.ts_ms >= state.balance_ms):
             # A balance is a reading at `ts`: a late, older reading must not overwrite a newer one.
             state.balance_fen, state.balance_ms = event.balance_fen, event.ts_ms
     elif isinstance(event, Lifecycle):
-        lifecycle = event.type
-        _lifecycle(state, event, _counted_from(event.ts_ms, tz, open_day))
-        if lifecycle == "complaint":
-            _complaint(state, day.toordinal())
-        elif lifecycle == "port_out_request":
+        lifecycle(state, event, first_counted_day(event.ts_ms, tz, open_day))
+        if event.type == "complaint":
+            complaint(state, day.toordinal())
+        elif event.type == "port_out_request":
             state.port_requests += 1
     # Outcomes change nothing here yet: contact history lives in Redis.
 
     if h is not None:
-        state._remember(h, minute)
+        state.remember(h, minute)
     if open_day is not None:
         state.prune(open_day, tz, rules.window_days)
-    return Applied("applied", balance, state.balance_fen, lifecycle, False)
+    return Applied("applied", balance, state.balance_fen)
 
 
 def apply_usage(state: SubscriberState, event: Usage, *, open_day: date | None, tz: ZoneInfo,
@@ -832,7 +99,7 @@ def apply_usage(state: SubscriberState, event: Usage, *, open_day: date | None, 
     ts = event.ts_ms
     minute = ts // 60_000
     h = event_hash(event.event_id)
-    if h in state.seen_h and state._is_duplicate(h, minute):
+    if h in state.seen_h and state.is_duplicate(h, minute):
         return "duplicate"
     o = local_day(ts, tz).toordinal()
     opened = o if open_day is None else open_day.toordinal()
@@ -848,167 +115,12 @@ def apply_usage(state: SubscriberState, event: Usage, *, open_day: date | None, 
             else:
                 state.in_sec, state.in_ord = decayed_add(state.in_sec, state.in_ord, event.seconds, o)
     if event.charge_fen or seconds:
-        state._add(o, event.charge_fen, seconds)
+        state.add_to_day(o, event.charge_fen, seconds)
     if o > opened:
-        state._use_ahead(o, event.seconds if event.type == "voice" and event.direction != "out" else 0)
+        state.remember_ahead(o, event.seconds if event.type == "voice" and event.direction != "out" else 0)
     elif o > state.last_use_ord:
         state.last_use_ord = o
-    state._remember(h, minute)
+    state.remember(h, minute)
     if open_day is not None:
         state.prune(open_day, tz, window_days)
     return "applied"
-
-
-def decayed_add(total: int, as_of: int, value: int, day: int) -> tuple[int, int]:
-    """Add `value` of local day ordinal `day` to a decayed sum as of the end of day `as_of` (0: empty);
-    return the sum and its day (the later of the two)."""
-    if not as_of:
-        return value, day
-    if day >= as_of:
-        return round(total * DECAY_KEEP ** (day - as_of)) + value if day > as_of else total + value, day
-    return total + round(value * DECAY_KEEP ** (as_of - day)), as_of
-
-
-def decayed(total: int, as_of: int, day: int) -> float:
-    """Return a decayed sum as of the end of local day ordinal `day` (days after it are not taken out)."""
-    if not as_of or day <= as_of:
-        return float(total)
-    return total * DECAY_KEEP ** (day - as_of)
-
-
-def _topup(state: SubscriberState, day: int, fen: int) -> None:
-    if day >= state.topup_ord:
-        earlier, state.topup_ord, state.topup_fen = state.topup_fen, day, fen
-    else:  # a late, older top-up: one of those before the latest
-        earlier = fen
-    if earlier:
-        avg = state.topup_avg_fen
-        state.topup_avg_fen = earlier if not avg else round(avg + TOPUP_AVG_WEIGHT * (earlier - avg))
-
-
-def _complaint(state: SubscriberState, day: int) -> None:
-    days = sorted((*state.complaint_ords, day))
-    newest = days[-1]
-    state.complaint_ords = tuple(d for d in days if d > newest - COMPLAINT_DAYS)[-MAX_COMPLAINTS:]
-
-
-def _counted_from(ts_ms: int | None, tz: ZoneInfo, open_day: date | None) -> int | None:
-    """Return the first local day ordinal whose revenue counts against a contract written at
-    `ts_ms`: its day when written at local midnight, else the next (the contract's `spent` holds
-    that day's revenue so far); without a time, the open day (None before any: every day)."""
-    if ts_ms is None:
-        return None if open_day is None else open_day.toordinal()
-    day = local_day(ts_ms, tz)
-    return day.toordinal() if day_start_ms(day, tz) == ts_ms else day.toordinal() + 1
-
-
-def _lifecycle(state: SubscriberState, event: Lifecycle, counted_from: int | None = None) -> None:
-    kind, ts = event.type, event.ts_ms
-    if kind in ("deactivated", "ported_out", "reactivated"):
-        # Churn status follows the newest event time, so a late, older status cannot undo it.
-        if state.churned_ms is None or ts >= state.churned_ms:
-            state.churned = None if kind == "reactivated" else kind
-            state.churned_ms = ts
-        if kind == "ported_out":
-            state.port_out_request_ms = None
-    elif kind == "port_out_request":
-        if state.port_out_request_ms is None or ts > state.port_out_request_ms:
-            state.port_out_request_ms = ts
-    elif kind == "port_out_cancelled":
-        # A cancel older than the open request belongs to an earlier request.
-        if state.port_out_request_ms is not None and ts >= state.port_out_request_ms:
-            state.port_out_request_ms = None
-    elif kind == "contract_signed":
-        state._set_contract(event.contract, counted_from)
-    # vas_trial_ending and complaint are signals for the task side only.
-
-
-# --- binary codec ------------------------------------------------------------------------------
-
-
-_SMALL: Final = tuple(bytes((i,)) for i in range(128))
-
-
-def _varint(n: int) -> bytes:
-    """An unsigned LEB128 varint."""
-    if n < 0x80:
-        if n < 0:
-            raise ValueError("negative unsigned")
-        return _SMALL[n]
-    # Day ordinals take three bytes, epoch minutes four: without a loop.
-    if n < 0x200000:
-        if n < 0x4000:
-            return bytes((n & 0x7F | 0x80, n >> 7))
-        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
-    if n < 0x10000000:
-        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80, n >> 21))
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-class _Reader:
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def uint(self) -> int:
-        n = shift = 0
-        while True:
-            if self.pos >= len(self.data):
-                raise ValueError("truncated subscriber state")
-            byte = self.data[self.pos]
-            self.pos += 1
-            n |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return n
-            shift += 7
-            if shift > 70:
-                raise ValueError("varint too long")
-
-    def sint(self) -> int:
-        z = self.uint()
-        return (z >> 1) ^ -(z & 1)
-
-    def opt_int(self) -> int | None:
-        z = self.uint()
-        return None if z == 0 else ((z - 1) >> 1) ^ -((z - 1) & 1)
-
-    def opt_str(self) -> str | None:
-        n = self.uint()
-        return None if n == 0 else self.raw(n - 1).decode("utf-8")
-
-    def text(self) -> str:
-        text = self.opt_str()
-        if text is None:
-            raise ValueError("missing string in subscriber state")
-        return text
-
-    def value(self) -> ReasonValue:
-        """A reason's value in format 1: tag 0 None, 1 str, 2 int, 3 float (as its repr)."""
-        tag = self.uint()
-        if tag == 0:
-            return None
-        if tag == 1:
-            return self.text()
-        if tag == 2:
-            return self.sint()
-        if tag == 3:
-            return float(self.text())
-        raise ValueError(f"unknown reason value tag {tag}")
-
-    def raw(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise ValueError("truncated subscriber state")
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def end(self) -> None:
-        if self.pos != len(self.data):
-            raise ValueError("trailing bytes after subscriber state")

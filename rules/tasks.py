@@ -1,9 +1,8 @@
-"""Retention-task triggers and the task message (CONTRACT §2, §5).
+"""Retention-task triggers (CONTRACT §5).
 
 Every function here is pure: the caller passes the subscriber's facts, the rule set, the event
-time and the operator's time zone, and gets `Task`s back. Nothing reads the wall clock, the
-environment or any store. Money stays integer fen (`Money`) and minutes integer seconds
-(`Minutes`) until `Task.to_message` renders the contract's JSON.
+time and the operator's time zone, and gets `Task`s (rules.task_message) back. Nothing reads the
+wall clock, the environment or any store.
 
 Once-only triggers (contract stages, birthdays) come back as `Keyed(key, task)`: the caller
 skips keys already in its used set (passed in as `used`) and adds the key once the task has been
@@ -13,29 +12,22 @@ decided, issued or suppressed, as CONTRACT §5 says ("used up by their first dec
 from __future__ import annotations
 
 import calendar
-import hashlib
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, tzinfo
-from typing import Any, Final, Literal, NamedTuple, Protocol
+from datetime import date, timedelta, tzinfo
+from typing import Final, Protocol
 
-from rules.events import Lifecycle
-from rules.vocabulary import CHANNELS, KINDS, LIGHTS, Channel, Kind, Light
+from rules.event_types import Lifecycle
+from rules.lights import LightChange
+from rules.localtime import HOUR_MS, iso_time, local_date, local_midnight_ms
+from rules.offers import ContractTerms, OfferRules, Stage, contract_offer, contract_stages, light_offer
+from rules.state import balance_crossed_below
+from rules.task_message import RISK_SCALE, Keyed, Offer, RiskReason, SubscriberFacts, Task, risk_reasons_json, task_id
+from rules.vocabulary import CHANNELS, LIGHTS, PRIORITIES, Channel, Kind, Light, Money, Priority, Reason, Scalar
 
-__all__ = ["CHANNELS", "KINDS", "LIGHTS", "Channel", "Kind", "Light"]  # re-exported for the triggers' callers
-
-Priority = Literal["urgent", "high", "normal", "low"]
-Stage = Literal["remaining_match", "deposit_match", "overspend_match"]
-
-PRIORITIES: Final[tuple[Priority, ...]] = ("urgent", "high", "normal", "low")
-LIGHT_KINDS: Final[frozenset[Kind]] = frozenset({"red_light", "yellow_light", "black_light"})
-# Contract listing order; it is also the order in which stages due on the same day are issued
-# and the precedence when a light task picks its contract offer.
-STAGES: Final[tuple[Stage, ...]] = ("remaining_match", "deposit_match", "overspend_match")
-
-TENURE_OFFER: Final = "tenure_discount"
-HOUR_MS: Final = 3_600_000
-DAY_MS: Final = 24 * HOUR_MS
+# Re-exported: the worker and the tools import the task model from here.
+__all__ = ["RISK_SCALE", "ContractTerms", "Offer", "Reason", "RiskReason", "SubscriberFacts", "Task", "iso_time",
+           "local_date", "risk_reasons_json", "task_id"]
 
 
 class TaskSpecLike(Protocol):
@@ -54,7 +46,7 @@ class TaskSpecLike(Protocol):
     def template(self) -> str | None: ...
 
 
-class TaskRules(Protocol):
+class TaskRules(OfferRules, Protocol):
     """The fields of a rule set that the triggers read."""
 
     @property
@@ -67,16 +59,10 @@ class TaskRules(Protocol):
     def tasks(self) -> Mapping[str, TaskSpecLike]: ...
 
     @property
-    def remaining_match_days(self) -> tuple[int, int]: ...
-
-    @property
     def balance_low_below_fen(self) -> int: ...
 
     @property
     def birthday_brands(self) -> Set[str]: ...
-
-    @property
-    def tenure_discounts(self) -> Sequence[tuple[int, int]]: ...
 
     @property
     def risk_task_threshold(self) -> float | None: ...
@@ -93,222 +79,6 @@ class _Spec:
 # CONTRACT §5 fixes the port_out task itself; a rule set that switches the guard off need not
 # repeat it in its task table.
 PORT_OUT_SPEC: Final = _Spec("callcentre", "urgent", 2, None)
-
-
-@dataclass(frozen=True, slots=True)
-class Money:
-    """An amount in integer fen; rendered as CNY at the edge."""
-
-    fen: int
-
-
-@dataclass(frozen=True, slots=True)
-class Minutes:
-    """A duration in integer seconds; rendered as minutes at the edge."""
-
-    seconds: int
-
-
-Scalar = int | float | str | bool | None | Money | Minutes
-
-
-@dataclass(frozen=True, slots=True)
-class Reason:
-    code: str
-    value: Scalar
-    threshold: Scalar
-
-
-@dataclass(frozen=True, slots=True)
-class Offer:
-    code: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriberFacts:
-    """What a trigger needs to know about the subscriber; the glue fills it from state."""
-
-    msisdn: str
-    region: str
-    brand: str
-    segment: str | None = None
-    activated_on: date | None = None
-    birthday: str | None = None  # "MM-DD"
-    prepaid: bool = False
-    light: Light | None = None  # current light; None when not in the photographed base
-
-
-@dataclass(frozen=True, slots=True)
-class ContractTerms:
-    """A contract as it stands: `spend_fen` = profile `spent` + revenue counted since."""
-
-    ends_on: date
-    committed_fen: int
-    spend_fen: int
-
-
-class ReasonLike(Protocol):
-    @property
-    def code(self) -> str: ...
-
-    @property
-    def value(self) -> Scalar: ...
-
-    @property
-    def threshold(self) -> Scalar: ...
-
-
-class LightChangeLike(Protocol):
-    """What a light task needs of a light change; the light engine's change object fits."""
-
-    @property
-    def light(self) -> Light: ...
-
-    @property
-    def previous(self) -> Light | None: ...
-
-    @property
-    def at_ms(self) -> int: ...
-
-    @property
-    def reasons(self) -> Sequence[ReasonLike]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class LightChange:
-    light: Light
-    previous: Light | None  # None counts as green
-    at_ms: int
-    reasons: tuple[Reason, ...] = ()
-
-
-# A risk reason (rules.risk): the feature's name, its value (None: missing), its contribution to the log-odds.
-RiskReason = tuple[str, float | None, float]
-RISK_SCALE: Final = 10_000  # a risk (0-1) is kept in basis points
-
-
-@dataclass(frozen=True, slots=True)
-class Task:
-    """One retention task: every field of the CONTRACT §2 task message, in internal units."""
-
-    task_id: str
-    msisdn: str
-    channel: Channel
-    kind: Kind
-    priority: Priority
-    light: Light | None
-    previous_light: Light | None
-    reasons: tuple[Reason, ...]
-    offer: Offer | None
-    region: str
-    brand: str
-    segment: str | None
-    created_at_ms: int
-    due_by_ms: int
-    send_after_ms: int | None
-    rule_set: str
-    template: str | None  # sms only
-    vars: tuple[tuple[str, Scalar], ...] | None  # sms only
-    # Only where the rule set names a model and the subscriber is scored (CONTRACT §2).
-    risk: float | None = None
-    risk_reasons: tuple[RiskReason, ...] = ()
-
-    def to_message(self, tz: tzinfo) -> dict[str, Any]:
-        """Render the JSON-ready task message of CONTRACT §2."""
-        message: dict[str, Any] = {
-            "task_id": self.task_id,
-            "msisdn": self.msisdn,
-            "channel": self.channel,
-            "kind": self.kind,
-            "priority": self.priority,
-            "light": self.light,
-            "previous_light": self.previous_light,
-            "reasons": [
-                {"code": r.code, "value": json_scalar(r.value), "threshold": json_scalar(r.threshold)}
-                for r in self.reasons
-            ],
-            "offer": None if self.offer is None else {"code": self.offer.code, "detail": self.offer.detail},
-            "region": self.region,
-            "brand": self.brand,
-            "segment": self.segment,
-            "created_at": iso_time(self.created_at_ms, tz),
-            "due_by": iso_time(self.due_by_ms, tz),
-        }
-        if self.channel == "sms":
-            message["send_after"] = None if self.send_after_ms is None else iso_time(self.send_after_ms, tz)
-        message["rule_set"] = self.rule_set
-        if self.channel == "sms":
-            message["template"] = self.template
-            message["vars"] = {k: json_scalar(v) for k, v in self.vars or ()}
-        if self.risk is not None:
-            message["risk"] = self.risk
-            message["risk_reasons"] = risk_reasons_json(self.risk_reasons)
-        return message
-
-
-class Keyed(NamedTuple):
-    """A once-only task and the used-set key its first decision uses up."""
-
-    key: str
-    task: Task
-
-
-# ---------------------------------------------------------------------------------------------
-# time and units
-
-
-def local_date(ms: int, tz: tzinfo) -> date:
-    """Return the operator-local date of the UTC epoch milliseconds `ms`."""
-    return datetime.fromtimestamp(ms // 1000, tz).date()
-
-
-def local_ms(day: date, at: time, tz: tzinfo) -> int:
-    """Return UTC epoch milliseconds of local wall time `at` on `day`."""
-    return int(datetime.combine(day, at, tzinfo=tz).timestamp()) * 1000
-
-
-def local_midnight_ms(day: date, tz: tzinfo) -> int:
-    """Return UTC epoch milliseconds of local 00:00 on `day`."""
-    return local_ms(day, time(0), tz)
-
-
-def iso_time(ms: int, tz: tzinfo) -> str:
-    """Format `ms` as ISO 8601 in the operator's zone; milliseconds only when not whole."""
-    moment = datetime.fromtimestamp(ms // 1000, tz)
-    if ms % 1000:
-        return moment.replace(microsecond=(ms % 1000) * 1000).isoformat(timespec="milliseconds")
-    return moment.isoformat(timespec="seconds")
-
-
-def risk_reasons_json(reasons: Sequence[RiskReason]) -> list[dict[str, Any]]:
-    """Render risk reasons as CONTRACT §2's `risk_reasons` (feature, value, contribution)."""
-    return [{"feature": f, "value": v, "contribution": c} for f, v, c in reasons]
-
-
-def cny(fen: int) -> float:
-    """Return integer fen as a CNY number (exactly representable to 2 decimals)."""
-    return fen / 100
-
-
-def json_scalar(value: Scalar) -> int | float | str | bool | None:
-    """Render a reason or template value in contract units."""
-    if isinstance(value, Money):
-        return cny(value.fen)
-    if isinstance(value, Minutes):
-        return round(value.seconds / 60, 2)
-    return value
-
-
-# ---------------------------------------------------------------------------------------------
-# ids and building blocks
-
-
-def task_id(msisdn: str, kind: str, period: str) -> str:
-    """Return the deterministic id of the task for (msisdn, kind, period)."""
-    # msisdn and kind never contain "|", so only the last part is free and the join is unambiguous.
-    digest = hashlib.sha256(f"{msisdn}|{kind}|{period}".encode()).hexdigest()
-    return digest[:32]
 
 
 def _channel(value: str) -> Channel:
@@ -386,91 +156,6 @@ def _build(
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# offers
-
-
-def tenure_years(activated_on: date, on: date) -> int:
-    """Return whole years from `activated_on` to `on` (a Feb-29 start completes on Mar 1)."""
-    years = on.year - activated_on.year
-    if (on.month, on.day) < (activated_on.month, activated_on.day):
-        years -= 1
-    return years
-
-
-def tenure_discount(years: int, table: Sequence[tuple[int, int]]) -> int | None:
-    """Return the voice discount percent for `years` of tenure, or None below the table."""
-    best: tuple[int, int] | None = None
-    for min_years, percent in table:
-        if years >= min_years and (best is None or min_years > best[0]):
-            best = (min_years, percent)
-    return None if best is None else best[1]
-
-
-def contract_stages(contract: ContractTerms, day: date, rules: TaskRules) -> tuple[Stage, ...]:
-    """Return the contract stages due on local `day`, in `STAGES` order."""
-    low, high = rules.remaining_match_days
-    days_left = (contract.ends_on - day).days
-    due: list[Stage] = []
-    if low <= days_left <= high:
-        due.append("remaining_match")
-    if (day.year, day.month) == (contract.ends_on.year, contract.ends_on.month) and day <= contract.ends_on:
-        due.append("deposit_match")
-    if contract.spend_fen >= contract.committed_fen and day < contract.ends_on:
-        due.append("overspend_match")
-    return tuple(due)
-
-
-def contract_offer(contract: ContractTerms, stage: Stage) -> Offer:
-    """Return the offer of contract `stage`."""
-    ends = contract.ends_on.isoformat()
-    if stage == "remaining_match":
-        remaining = max(contract.committed_fen - contract.spend_fen, 0)
-        detail = f"contract ends {ends}; remaining commitment {cny(remaining):.2f} CNY matched on renewal"
-    elif stage == "deposit_match":
-        detail = f"contract ends {ends}; deposit on renewal matched"
-    else:
-        over = contract.spend_fen - contract.committed_fen
-        detail = (
-            f"contract ends {ends}; spend {cny(contract.spend_fen):.2f} CNY exceeds commitment "
-            f"{cny(contract.committed_fen):.2f} CNY by {cny(over):.2f} CNY, overspend matched"
-        )
-    return Offer(stage, detail)
-
-
-def light_offer(
-    who: SubscriberFacts, contract: ContractTerms | None, day: date, rules: TaskRules
-) -> tuple[Offer | None, dict[str, Scalar]]:
-    """Return the offer of a light task changing on local `day` and its template vars.
-
-    The contract offer applies when the contract is in a stage on that day (same rules as the
-    day-open check, first in `STAGES` order, regardless of whether the stage's own task was
-    already used); otherwise the tenure discount; otherwise none.
-    """
-    if contract is not None:
-        stages = contract_stages(contract, day, rules)
-        if stages:
-            return contract_offer(contract, stages[0]), {
-                "offer": stages[0],
-                "contract_ends_on": contract.ends_on.isoformat(),
-            }
-    if who.activated_on is not None:
-        years = tenure_years(who.activated_on, day)
-        percent = tenure_discount(years, rules.tenure_discounts)
-        if percent is not None:
-            detail = f"voice calls at {percent}% of list price (tenure {years} y)"
-            return Offer(TENURE_OFFER, detail), {
-                "offer": TENURE_OFFER,
-                "discount_percent": percent,
-                "tenure_years": years,
-            }
-    return None, {}
-
-
-# ---------------------------------------------------------------------------------------------
-# triggers
-
-
 def light_task_kind(light: Light, previous: Light | None) -> Kind | None:
     """Return the task kind a light change calls for, or None when it is not worsening."""
     before = LIGHTS.index(previous or "green")
@@ -487,7 +172,7 @@ def light_task_kind(light: Light, previous: Light | None) -> Kind | None:
 
 
 def light_tasks(
-    change: LightChangeLike,
+    change: LightChange,
     who: SubscriberFacts,
     contract: ContractTerms | None,
     rules: TaskRules,
@@ -506,7 +191,7 @@ def light_tasks(
         rules,
         tz,
         created_at_ms=change.at_ms,
-        reasons=tuple(Reason(r.code, r.value, r.threshold) for r in change.reasons),
+        reasons=change.reasons,
         offer=offer,
         vars=vars,
         light=change.light,
@@ -630,9 +315,7 @@ def balance_low_tasks(
 ) -> list[Task]:
     """Return the balance_low task when a prepaid balance crosses below the threshold."""
     threshold = rules.balance_low_below_fen
-    if not who.prepaid or previous_balance_fen is None:
-        return []
-    if not (previous_balance_fen >= threshold > balance_fen):
+    if not who.prepaid or not balance_crossed_below(previous_balance_fen, balance_fen, threshold):
         return []
     task = _build(
         "balance_low",

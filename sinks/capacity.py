@@ -55,10 +55,9 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from rules.capacity import Release, Waiting, rank_key, select
-from rules.tasks import Task
-from sinks.redis_store import (
-    CLAIM_TTL_S, DEFAULT_BACKOFF, FEED, FEED_MAXLEN, REDIS_TRANSIENT, Backoff, Retrier, decision_key, describe,
-)
+from rules.task_message import Task
+from sinks.redis_store import CLAIM_TTL_S, FEED, FEED_MAXLEN, REDIS_TRANSIENT, decision_key, describe
+from sinks.retry import DEFAULT_BACKOFF, Backoff, Retrier
 
 log = logging.getLogger(__name__)
 

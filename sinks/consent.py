@@ -6,7 +6,7 @@ from typing import Final, Literal
 
 import redis
 
-from rules.events import MSISDN_RE
+from rules.event_types import MSISDN_RE
 
 OPTOUT_SMS: Final = "churnlight:optout:sms"
 DNC: Final = "churnlight:dnc"

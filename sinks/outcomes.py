@@ -34,10 +34,12 @@ from typing import Any, Final, Literal
 
 from redis.asyncio import Redis
 
-from rules.events import MONTH_RE, Outcome, OutcomeStatus, mask
+from rules.event_types import MONTH_RE, Outcome, OutcomeStatus, mask
 from rules.kpi import FINAL_STATUSES, TaskCounts, is_final, local_month
-from rules.tasks import Task, iso_time
-from sinks.redis_store import DEFAULT_BACKOFF, REDIS_TRANSIENT, Backoff, Retrier, Stopped, describe
+from rules.localtime import iso_time
+from rules.task_message import Task
+from sinks.redis_store import REDIS_TRANSIENT, describe
+from sinks.retry import DEFAULT_BACKOFF, Backoff, Retrier, Stopped
 
 log = logging.getLogger(__name__)
 

@@ -18,15 +18,12 @@ Keys (CONTRACT §3 plus two of churnlight's own, all under `churnlight:`):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any, Final, Literal, NamedTuple, TypeVar
+from typing import Any, Final, Literal, NamedTuple
 
 import orjson
 from redis.asyncio import Redis
@@ -35,14 +32,16 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from rules.events import mask
+from rules.event_types import mask
 from rules.policy import SUPPRESS_REASONS, Decision, Status, SuppressReason
-from rules.tasks import Channel, iso_time
+from rules.localtime import iso_time
+from rules.vocabulary import Channel
 from sinks.consent import DNC, OPTOUT_SMS
+from sinks.retry import DEFAULT_BACKOFF, Backoff, Retrier, Stopped
+
+__all__ = ["DEFAULT_BACKOFF", "Backoff", "Retrier", "Stopped"]  # re-exported for the worker
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 FEED: Final = "churnlight:feed"
 FEED_MAXLEN: Final = 100_000
@@ -72,10 +71,6 @@ def decision_key(task_id: str) -> str:
     return f"churnlight:decision:{task_id}"
 
 
-class Stopped(Exception):
-    """A call stopped waiting for its dependency because its owner is shutting down."""
-
-
 class Recorded(NamedTuple):
     """The first decision recorded for a task."""
 
@@ -93,77 +88,6 @@ class Lookup:
     # Only when `lookup` was given a task_id: its publication claim and its recorded decision.
     published: Published | None = None
     decided: Recorded | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff: `initial_s`, doubling, capped at `max_s`."""
-
-    initial_s: float = 0.1
-    max_s: float = 5.0
-
-    def delays(self) -> Iterator[float]:
-        delay = self.initial_s
-        while True:
-            yield delay
-            delay = min(delay * 2, self.max_s)
-
-
-DEFAULT_BACKOFF: Final = Backoff()
-
-
-class Retrier:
-    """Run calls to one dependency, waiting out its outages until stopped."""
-
-    def __init__(self, name: str, transient: tuple[type[Exception], ...], backoff: Backoff) -> None:
-        self.name = name  # what the logs call the dependency; never carries a secret
-        self.transient = transient
-        self.backoff = backoff
-        self.degraded = False
-        self._stopping = asyncio.Event()
-        self._down_since = 0.0
-        self._failures = 0
-
-    def stop(self) -> None:
-        """Make every call that is waiting, and every later one, raise `Stopped`."""
-        self._stopping.set()
-
-    async def call(self, action: str, op: Callable[[], Awaitable[T]]) -> T:
-        """Return `op()`, retried on transient errors; `action` names it in logs (no msisdn)."""
-        delays = self.backoff.delays()
-        while True:
-            if self._stopping.is_set():
-                raise Stopped(f"stopped while waiting for {self.name} ({action})")
-            try:
-                result = await op()
-            except self.transient as exc:
-                self._failed(action, exc)
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), timeout=next(delays))
-                except TimeoutError:
-                    pass
-                continue
-            if self.degraded:
-                self.degraded = False
-                log.warning(
-                    "%s is back after %.1f s (%d failed attempts); resuming",
-                    self.name, time.monotonic() - self._down_since, self._failures,
-                )
-            return result
-
-    def _failed(self, action: str, exc: Exception) -> None:
-        if self.degraded:
-            self._failures += 1
-            log.debug("%s still unavailable (%s: %s) during %s", self.name, type(exc).__name__, exc, action)
-            return
-        self.degraded = True
-        self._down_since = time.monotonic()
-        self._failures = 1
-        log.warning(
-            "%s unavailable (%s: %s) during %s; retrying with backoff from %.1f s up to %.0f s "
-            "until it is back", self.name, type(exc).__name__, exc, action,
-            self.backoff.initial_s, self.backoff.max_s,
-        )
 
 
 def parse_contact_ms(raw: bytes | str | None, tz: tzinfo) -> int | None:

@@ -32,27 +32,29 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from datetime import date, tzinfo
 from typing import Final, Protocol
 from urllib.parse import quote
 
 import orjson
 
-from rules.events import mask
+from rules.event_types import mask
 from rules.policy import (
     Decision,
     PolicyRules,
     Status,
     SuppressReason,
     decide,
-    quiet_until_ms,
+    issued,
 )
 from rules.capacity import expected_saved_fen, release_ms
-from rules.tasks import Channel, Kind, Task, iso_time, local_date
+from rules.localtime import iso_time, local_date
+from rules.task_message import Task
+from rules.vocabulary import Channel, Kind
 from sinks.capacity import Admission, CapacityQueue, Delivery, Entry
 from sinks.outcomes import OutcomeStore
-from sinks.redis_store import DEFAULT_BACKOFF, Backoff, PolicyStore, Retrier, Stopped
+from sinks.redis_store import PolicyStore
+from sinks.retry import DEFAULT_BACKOFF, Backoff, Retrier, Stopped
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +162,7 @@ class TaskSink:
         if look.decided is not None:
             if look.decided.status == "suppressed":
                 return Decision(task, "suppressed", look.decided.reason)
-            decision = self._issued(task)
+            decision = issued(task, self.rules, self.tz)
             # A crash may have come between the feed entry and the contact (or the issued count).
             await self.store.record_contact(task.msisdn, task.channel, task.created_at_ms)
             if self.outcomes is not None:
@@ -168,12 +170,12 @@ class TaskSink:
             return decision
         if look.published == "sent":
             # Published, but the attempt that sent it stopped before recording the decision.
-            return await self._record_issued(self._issued(task), None, trigger_kafka_ts_ms)
+            return await self._record_issued(issued(task, self.rules, self.tz), None, trigger_kafka_ts_ms)
         if look.published == "pending" and self.published(task.task_id):
             # A crashed attempt's message reached the topic (read back at recovery): its decision
             # was to issue; only the claim's `sent` and the records after it were missing.
             await self.store.mark_sent(task.task_id)
-            return await self._record_issued(self._issued(task), None, trigger_kafka_ts_ms)
+            return await self._record_issued(issued(task, self.rules, self.tz), None, trigger_kafka_ts_ms)
 
         decision = decide(
             task,
@@ -281,15 +283,6 @@ class TaskSink:
         if first:
             self.metrics.capacity(entry.region, entry.kind, delivery.status)
             log.debug("task %s (%s) for %s %s", entry.task_id, entry.kind, mask(entry.msisdn), delivery.status)
-
-    def _issued(self, task: Task) -> Decision:
-        """Return the issued decision of an already issued `task`, quiet-hours deferral included."""
-        # Same deferral as decide(): the message republished or returned must be the one issued.
-        if task.channel == "sms":
-            after = quiet_until_ms(task.created_at_ms, self.rules.quiet_start, self.rules.quiet_end, self.tz)
-            if after is not None:
-                task = replace(task, send_after_ms=after)
-        return Decision(task, "issued", None)
 
     async def _publish(self, task: Task, task_json: bytes) -> None:
         topic = self.topic_for(task.channel)

@@ -43,6 +43,7 @@ from rules.tasks import ContractTerms, SubscriberFacts, Task, risk_crossed, risk
 from sinks.outcomes import OutcomeStore
 from sinks.redis_store import Stopped
 from streams.changelog import ChangelogWriter
+from streams.runtime.codec import decode_state, encode_state
 from streams.scoring import Scorer
 from streams.faults import NONE as NO_FAULTS, Faults
 from streams.outputs import STATE, deadletter_id, light_id, task_identity
@@ -560,7 +561,7 @@ class Pipeline:
             if p not in owned:
                 continue
             try:
-                state = SubscriberState.from_bytes(value)
+                state = decode_state(value)
             except Exception as exc:
                 corrupt.append((p, key, value, type(exc).__name__))
                 continue
@@ -982,7 +983,7 @@ class Pipeline:
         for p in set(self._dirty) | self._dirty_clocks:
             for key in self._dirty.get(p, ()):
                 state = self.states.get(key)
-                value = None if state is None or state.is_empty() else state.to_bytes()
+                value = None if state is None or state.is_empty() else encode_state(state)
                 if value is None:
                     self.states.pop(key, None)
                 if changelog is not None:

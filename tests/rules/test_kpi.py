@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rules.events import OUTCOME_STATUSES
+from rules.event_types import OUTCOME_STATUSES
 from rules.kpi import (
     FINAL_STATUSES,
     BaseRatios,
@@ -22,7 +22,7 @@ from rules.kpi import (
     local_month,
     region_kpis,
 )
-from rules.tasks import LIGHTS, Light
+from rules.vocabulary import LIGHTS, Light
 
 TZ = ZoneInfo("Asia/Shanghai")
 

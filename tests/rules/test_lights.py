@@ -10,12 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.events import Billing, Event, Lifecycle, LifecycleType, Photo, Profile, ProfileDeleted, Usage
+from rules.event_types import Billing, Event, Lifecycle, LifecycleType, Photo, Profile, ProfileDeleted, Usage
 from rules.lights import (
     LIGHTS, Judgement, LightChange, Reason, change, evaluate, is_worsening, judged, steady_before_window,
 )
 from rules.ruleset import RuleSet, load_rule_set
-from rules.state import SubscriberState, apply, day_start_ms
+from rules.localtime import day_start_ms
+from rules.state import apply
+from rules.subscriber import SubscriberState
 
 TZ = ZoneInfo("Asia/Shanghai")
 CMCC = load_rule_set("cmcc-2010")

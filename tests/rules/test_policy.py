@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rules.policy import Decision, decide, in_holdout, is_guarded, is_marketing, quiet_until_ms
-from rules.tasks import KINDS, Channel, Kind, Task, task_id
+from rules.policy import Decision, decide, in_holdout, is_guarded, is_marketing, issued, quiet_until_ms
+from rules.task_message import Task, task_id
+from rules.vocabulary import KINDS, Channel, Kind
 
 TZ = ZoneInfo("Asia/Shanghai")
 SALT = "churnlight"
@@ -271,6 +272,13 @@ def test_quiet_hours_only_for_sms() -> None:
     night = at(2026, 10, 3, 23, 0)
     assert run(make("red_light", created_at_ms=night)).task.send_after_ms is None
     assert run(make("balance_low", created_at_ms=night)).task.send_after_ms == at(2026, 10, 4, 8)
+
+
+def test_a_task_issued_before_is_deferred_as_its_decision_was() -> None:
+    # The task sink re-issues a task decided before a crash: the message must be the one decided.
+    for kind, hour in (("yellow_light", 23), ("yellow_light", 12), ("red_light", 23)):
+        task = make(kind, created_at_ms=at(2026, 10, 3, hour))
+        assert issued(task, RULES, TZ) == run(task)
 
 
 def test_suppressed_task_is_not_deferred() -> None:

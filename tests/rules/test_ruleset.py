@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from rules.ruleset import RULES_DIR, TASK_KINDS, RuleSet, RuleSetError, TaskSpec, load_rule_set
+from rules.offers import tenure_discount
 
 
 def default_doc() -> dict[str, Any]:
@@ -80,8 +81,8 @@ def test_rule_set_is_hashable_and_frozen() -> None:
 @pytest.mark.parametrize(
     ("years", "percent"), [(0, None), (1, 95), (2, 92), (4, 90), (5, 85), (9, 80), (10, 70), (40, 70)]
 )
-def test_tenure_percent(years: int, percent: int | None) -> None:
-    assert load_rule_set("cmcc-2010").tenure_percent(years) == percent
+def test_the_tenure_table_gives_the_discount_of_the_longest_tenure_reached(years: int, percent: int | None) -> None:
+    assert tenure_discount(years, load_rule_set("cmcc-2010").tenure_discounts) == percent
 
 
 def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:

@@ -12,42 +12,35 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rules.events import Lifecycle
+from rules.event_types import Lifecycle
+from rules.lights import LightChange
+from rules.localtime import iso_time, local_date, local_midnight_ms
+from rules.offers import ContractTerms, contract_stages, tenure_discount, tenure_years
+from rules.task_message import Keyed, SubscriberFacts, Task, task_id
 from rules.tasks import (
-    KINDS,
-    LIGHTS,
-    ContractTerms,
-    Keyed,
-    Light,
-    LightChange,
-    Minutes,
-    Money,
-    Reason,
-    SubscriberFacts,
-    Task,
     balance_low_tasks,
     birthday_on,
     birthday_tasks,
     contract_key,
-    contract_stages,
     contract_tasks,
     day_open_tasks,
-    iso_time,
     lifecycle_tasks,
     light_task_kind,
     light_tasks,
-    local_date,
-    local_midnight_ms,
     port_out_tasks,
     risk_crossed,
     risk_tasks,
-    task_id,
-    tenure_discount,
-    tenure_years,
     vas_trial_tasks,
 )
+from rules.vocabulary import KINDS, LIGHTS, Light, Minutes, Money, Reason
 
 TZ = ZoneInfo("Asia/Shanghai")
+
+
+def light_change(light: Light, previous: Light | None, at_ms: int, reasons: tuple[Reason, ...] = ()) -> LightChange:
+    """A change of the light engine's (its window figures play no part in a task)."""
+    return LightChange(previous, light, at_ms, reasons, 0, 0)
+
 HOUR = 3_600_000
 DAY = 24 * HOUR
 
@@ -131,14 +124,14 @@ WORSENING: dict[tuple[Light | None, Light], str | None] = {
 def test_light_task_kind_only_on_worsening(previous: Light | None, light: Light) -> None:
     expected = WORSENING.get((previous, light))
     assert light_task_kind(light, previous) == expected
-    change = LightChange(light, previous, at(2026, 10, 3, 9, 15))
+    change = light_change(light, previous, at(2026, 10, 3, 9, 15))
     tasks = light_tasks(change, WHO, None, RULES, TZ)
     assert [t.kind for t in tasks] == ([] if expected is None else [expected])
 
 
 def test_red_light_task_fields() -> None:
     reasons = (Reason("arpu_below", Money(8550), Money(12000)), Reason("mou_below", Minutes(3000), Minutes(6000)))
-    change = LightChange("red", "yellow", at(2026, 10, 3, 9, 15), reasons)
+    change = light_change("red", "yellow", at(2026, 10, 3, 9, 15), reasons)
     (task,) = light_tasks(change, WHO, None, RULES, TZ)
     assert task.channel == "callcentre" and task.priority == "high"
     assert task.light == "red" and task.previous_light == "yellow"
@@ -151,13 +144,13 @@ def test_red_light_task_fields() -> None:
 
 
 def test_black_light_due_72h() -> None:
-    change = LightChange("black", "red", at(2026, 10, 3, 9, 15))
+    change = light_change("black", "red", at(2026, 10, 3, 9, 15))
     (task,) = light_tasks(change, WHO, None, RULES, TZ)
     assert (task.kind, task.priority, task.due_by_ms) == ("black_light", "normal", change.at_ms + 72 * HOUR)
 
 
 def test_yellow_light_is_sms_due_now_with_tenure_offer() -> None:
-    change = LightChange("yellow", "green", at(2026, 10, 3, 9, 15))
+    change = light_change("yellow", "green", at(2026, 10, 3, 9, 15))
     (task,) = light_tasks(change, WHO, None, RULES, TZ)
     assert task.channel == "sms" and task.due_by_ms == task.created_at_ms
     assert task.template == "yellow_light.v1"
@@ -184,7 +177,7 @@ def test_yellow_light_is_sms_due_now_with_tenure_offer() -> None:
 def test_tenure_discount_table(on: date, percent: int | None) -> None:
     years = tenure_years(date(2020, 10, 3), on)
     assert tenure_discount(years, RULES.tenure_discounts) == percent
-    change = LightChange("red", "green", at(on.year, on.month, on.day, 12))
+    change = light_change("red", "green", at(on.year, on.month, on.day, 12))
     (task,) = light_tasks(change, WHO, None, RULES, TZ)
     if percent is None:
         assert task.offer is None
@@ -195,7 +188,7 @@ def test_tenure_discount_table(on: date, percent: int | None) -> None:
 
 def test_tenure_uses_local_date_of_change() -> None:
     # 2021-10-02T16:30Z is 2021-10-03 00:30 in Shanghai: one whole year.
-    change = LightChange("red", "green", int(datetime(2021, 10, 2, 16, 30, tzinfo=ZoneInfo("UTC")).timestamp()) * 1000)
+    change = light_change("red", "green", int(datetime(2021, 10, 2, 16, 30, tzinfo=ZoneInfo("UTC")).timestamp()) * 1000)
     (task,) = light_tasks(change, WHO, None, RULES, TZ)
     assert task.offer is not None and "95%" in task.offer.detail
     assert task.task_id == task_id(WHO.msisdn, "red_light", "2021-10-03")
@@ -208,7 +201,7 @@ def test_feb_29_activation_completes_a_year_on_mar_1() -> None:
 
 def test_no_activation_date_no_offer() -> None:
     who = replace(WHO, activated_on=None)
-    (task,) = light_tasks(LightChange("yellow", "green", at(2026, 10, 3, 10)), who, None, RULES, TZ)
+    (task,) = light_tasks(light_change("yellow", "green", at(2026, 10, 3, 10)), who, None, RULES, TZ)
     assert task.offer is None and task.vars == ()
 
 
@@ -224,7 +217,7 @@ def test_no_activation_date_no_offer() -> None:
     ],
 )
 def test_contract_offer_applies_before_tenure(contract: ContractTerms, offer: str) -> None:
-    change = LightChange("red", "green", at(2026, 10, 3, 9))
+    change = light_change("red", "green", at(2026, 10, 3, 9))
     (task,) = light_tasks(change, WHO, contract, RULES, TZ)
     assert task.offer is not None and task.offer.code == offer
 
@@ -253,9 +246,9 @@ def test_task_id_differs_exactly_when_period_differs(msisdn: str, kind: str, p1:
 
 
 def test_light_task_id_same_day_same_id_next_day_new_id() -> None:
-    first = light_tasks(LightChange("red", "green", at(2026, 10, 3, 0, 0)), WHO, None, RULES, TZ)[0]
-    later = light_tasks(LightChange("red", "yellow", at(2026, 10, 3, 23, 59)), WHO, None, RULES, TZ)[0]
-    next_day = light_tasks(LightChange("red", "yellow", at(2026, 10, 4, 0, 0)), WHO, None, RULES, TZ)[0]
+    first = light_tasks(light_change("red", "green", at(2026, 10, 3, 0, 0)), WHO, None, RULES, TZ)[0]
+    later = light_tasks(light_change("red", "yellow", at(2026, 10, 3, 23, 59)), WHO, None, RULES, TZ)[0]
+    next_day = light_tasks(light_change("red", "yellow", at(2026, 10, 4, 0, 0)), WHO, None, RULES, TZ)[0]
     assert first.task_id == later.task_id != next_day.task_id
 
 
@@ -441,7 +434,7 @@ def test_port_out_spec_defaults_when_rule_set_has_no_row() -> None:
 def test_kind_without_row_is_switched_off() -> None:
     tasks = {k: v for k, v in _default_tasks().items() if k != "yellow_light"}
     rules = replace(RULES, tasks=tasks)
-    assert light_tasks(LightChange("yellow", "green", at(2026, 10, 3, 9)), WHO, None, rules, TZ) == []
+    assert light_tasks(light_change("yellow", "green", at(2026, 10, 3, 9)), WHO, None, rules, TZ) == []
 
 
 def test_lifecycle_tasks_dispatch() -> None:
@@ -481,7 +474,7 @@ def _all_tasks() -> list[Task]:
     ts = at(2026, 10, 3, 9, 15)
     contract = ContractTerms(date(2026, 12, 17), 120000, 150000)
     changes: list[tuple[Light, Light]] = [("green", "yellow"), ("yellow", "red"), ("red", "black")]
-    tasks = [t for prev, light in changes for t in light_tasks(LightChange(light, prev, ts), WHO, contract, RULES, TZ)]
+    tasks = [t for prev, light in changes for t in light_tasks(light_change(light, prev, ts), WHO, contract, RULES, TZ)]
     tasks += [k.task for k in day_open_tasks(WHO, contract, day, set(), RULES, TZ)]
     tasks += balance_low_tasks(WHO, 1000, 10, ts, RULES, TZ)
     tasks += vas_trial_tasks(WHO, "video", date(2026, 10, 9), ts, RULES, TZ)
@@ -511,7 +504,7 @@ def test_message_has_exactly_the_contract_keys(task: Task) -> None:
 
 def test_message_values() -> None:
     reasons = (Reason("arpu_below", Money(8550), Money(12000)), Reason("mou_below", Minutes(5430), Minutes(6000)))
-    change = LightChange("yellow", "green", at(2026, 10, 3, 9, 15), reasons)
+    change = light_change("yellow", "green", at(2026, 10, 3, 9, 15), reasons)
     (task,) = light_tasks(change, WHO, None, RULES, TZ)
     message = replace(task, send_after_ms=at(2026, 10, 4, 8)).to_message(TZ)
     assert message["created_at"] == "2026-10-03T09:15:00+08:00"
@@ -546,26 +539,11 @@ def test_local_midnight_round_trips(day: date) -> None:
     assert local_date(ms, TZ) == day and local_date(ms - 1, TZ) == day - timedelta(days=1)
 
 
-@dataclass(frozen=True)
-class _ForeignReason:
-    code: str
-    value: float
-    threshold: float
-
-
-@dataclass(frozen=True)
-class _ForeignChange:
-    previous: Light | None
-    light: Light
-    at_ms: int
-    reasons: tuple[_ForeignReason, ...]
-    arpu_fen: int
-
-
 def test_light_tasks_take_the_light_engines_change_as_is() -> None:
-    change = _ForeignChange("green", "red", at(2026, 10, 3, 9), (_ForeignReason("arpu_below", 85.5, 120.0),), 8550)
+    reasons = (Reason("arpu_below", 85.5, 120.0),)
+    change = LightChange("green", "red", at(2026, 10, 3, 9), reasons, 8550, 0)
     (task,) = light_tasks(change, WHO, None, RULES, TZ)
-    assert task.reasons == (Reason("arpu_below", 85.5, 120.0),)
+    assert task.reasons == reasons
     assert task.to_message(TZ)["reasons"] == [{"code": "arpu_below", "value": 85.5, "threshold": 120.0}]
 
 

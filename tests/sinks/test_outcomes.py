@@ -14,11 +14,13 @@ import redis as redis_lib
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from rules.events import Outcome, OutcomeStatus
+from rules.event_types import Outcome, OutcomeStatus
 from rules.kpi import TaskCounts, local_month, region_kpis
-from rules.tasks import Light, Task
+from rules.task_message import Task
+from rules.vocabulary import Light
 from sinks.outcomes import PARKED_TTL_S, TASKINFO_TTL_S, OutcomeStore, Stopped, kpi_key, taskinfo_key
-from sinks.redis_store import Backoff, PolicyStore
+from sinks.redis_store import PolicyStore
+from sinks.retry import Backoff
 from sinks.tasks import TaskSink
 from streams.embedded import EmbeddedStack
 from streams.metrics import Metrics, RegionKpis

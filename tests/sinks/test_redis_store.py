@@ -13,19 +13,20 @@ import pytest
 import redis as redis_lib
 
 from rules.policy import Decision, in_holdout
-from rules.tasks import Channel, Kind, Task, task_id
+from rules.task_message import Task, task_id
+from rules.vocabulary import Channel, Kind
 from sinks.redis_store import (
     CLAIM_TTL_S,
     FEED,
     Lookup,
     PolicyStore,
     Recorded,
-    Stopped,
     contact_key,
     decision_key,
     parse_contact_ms,
     task_key,
 )
+from sinks.retry import Stopped
 from streams.embedded import free_port
 from streams.settings import Settings
 

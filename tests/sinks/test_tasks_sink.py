@@ -18,7 +18,8 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from rules.policy import Decision
-from rules.tasks import Channel, Task
+from rules.task_message import Task
+from rules.vocabulary import Channel
 from sinks.redis_store import FEED, PolicyStore, contact_key, task_key
 from sinks.tasks import TaskSink
 from streams.embedded import EmbeddedStack
