@@ -5,9 +5,12 @@ what a close, an opening or an event brings, rules.state applies events); what l
 sinks/ (light changes, dead letters, tasks); the state lives in a `Store` and goes to the
 changelog through the `Checkpoint`; offsets are kept in order by the `Sequencer`.
 
-The class is larger than the runtime's others (its docstring's exception to the size rule): the
-usage event's path (`_records`) stays inline, one method with locals, since it runs for nearly
-every record, and the event-time paths around it share the batch's bookkeeping.
+The module and its class are over the size guide (about 500 lines, the class about 430): the
+usage event's path (`_records`, `_apply_usage`, `_watermark`) stays in one class, with no layer
+between the record and the state, since it runs for nearly every record (the worker's throughput
+is set there); the event-time paths around it share the batch's bookkeeping (offsets, counts, the
+deferred closes); and the reader's interface (streams.runtime.ports.Batches) is answered here.
+What is not on that path went out: closes and effects (handoff), suspects, progress, checkpoint.
 """
 
 from __future__ import annotations
@@ -100,10 +103,6 @@ class Processor:
     @property
     def source(self) -> Source:
         return self.progress.source
-
-    @source.setter
-    def source(self, source: Source) -> None:
-        self.progress.source = self.sequencer.source = source
 
     def use_tasks(self, handler: TaskHandler) -> None:
         """Decide tasks with `handler` (without one, none are)."""
@@ -471,8 +470,9 @@ class Processor:
     def _watermark(self, p: int, clock: PartitionClock) -> int:
         """Recompute the watermark of partition `p` (after `Progress.moves` said so); say whether
         anything waits for it (rules.schedule.PartitionClock.settle)."""
+        capacity = self._capacity
         flags = clock.settle(self.progress.pend[p], self._record_ms, self._now_ms, self.tz,
-                             self._mornings.get(p), self._capacity)
+                             self._mornings.get(p) if capacity else None, capacity)
         if flags & MOVED:
             self.store.dirty_clocks.add(p)
         if flags & HELD:
