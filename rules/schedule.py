@@ -20,8 +20,8 @@ from rules import capacity
 from rules.events import BILLING, LIFECYCLE, PROFILES, USAGE
 from rules.lights import judged
 from rules.state import day_start_ms, local_day
+from rules.tasks import HOUR_MS
 
-HOUR_MS: Final = 3600 * 1000
 # The topics whose event times say where a partition's data starts (a profile can be years old).
 SERIES: Final = (USAGE, BILLING)
 # Topics whose records are applied in event-time order with the day closes (parked while ahead

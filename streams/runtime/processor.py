@@ -32,7 +32,7 @@ from rules.schedule import (
     Release, due, is_ahead, start_days,
 )
 from rules.state import SubscriberState, apply, apply_usage, local_day
-from rules.tasks import Task
+from rules.tasks import HOUR_MS, Task
 from sinks.deadletters import DeadLetterSink
 from sinks.lights import LightSink
 from sinks.outbox import Outbox, Send, task_identity
@@ -54,9 +54,6 @@ from streams.topics import DEADLETTER, LIGHTS, TICKS
 from streams.runtime.store import Store
 
 log = logging.getLogger(__name__)
-
-# How long (wall clock) between records a partition's days may stay open while it is live and idle.
-HOUR_MS = 3600 * 1000
 
 
 class Processor:
