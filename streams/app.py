@@ -17,11 +17,12 @@ from faust.web import Request, View
 from rules.events import MSISDN_RE
 from rules.ruleset import RuleSet
 from streams.auth import Authenticator
-from streams.changelog import ChangelogWriter
+from streams.runtime.changelog import ChangelogWriter
 from streams.faults import Faults
 from streams.metrics import Metrics
-from streams.pipeline import Pipeline, TaskHandler
-from streams.reader import Reader
+from streams.runtime.processor import Processor
+from streams.runtime.queries import Queries
+from streams.runtime.reader import Reader
 from streams.settings import Settings
 from sinks.capacity import CapacityQueue
 from sinks.outcomes import OutcomeStore
@@ -75,9 +76,30 @@ class Sender:
         await (await self.enqueue(base, key, value, headers))
 
 
-def _window_days(pipeline: Pipeline, rules: RuleSet, msisdn: str, found: dict[str, Any]) -> None:
+class FaustGroup:
+    """The group as Faust runs it: this worker owns partition p when it owns p of the ticks topic
+    (co-partitioned with the inputs and the changelog)."""
+
+    def __init__(self, app: faust.App, ticks_topic: str) -> None:
+        self.app = app
+        self.ticks_topic = ticks_topic
+
+    @property
+    def generation(self) -> int | None:
+        return self.app.consumer_generation_id  # type: ignore[no-any-return]
+
+    @property
+    def rebalancing(self) -> bool:
+        return bool(self.app.rebalancing)
+
+    def owned(self) -> set[int]:
+        """The partitions Faust assigned this worker (of the ticks topic)."""
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.ticks_topic}
+
+
+def _window_days(processor: Processor, rules: RuleSet, msisdn: str, found: dict[str, Any]) -> None:
     """Add the window's daily figures and the rule set's thresholds to a /subscribers answer."""
-    state = pipeline.states.get(msisdn.encode())
+    state = processor.store.states.get(msisdn.encode())
     window = found.get("window")
     days: list[dict[str, Any]] = []
     if state is not None and window is not None:
@@ -96,8 +118,8 @@ def _window_days(pipeline: Pipeline, rules: RuleSet, msisdn: str, found: dict[st
 
 
 def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
-               store: PolicyStore | None = None) -> tuple[faust.App, Pipeline, Sender]:
-    """Build the worker's Faust app and the pipeline its agent drives (tasks when `store` is given)."""
+               store: PolicyStore | None = None) -> tuple[faust.App, Processor, Sender]:
+    """Build the worker's Faust app and the processor its reader drives (tasks when `store` is given)."""
     assert settings.kafka is not None, "resolve the embedded broker before creating the app"
     auth = Authenticator.from_settings(settings.api_token, settings.users_file)
     if not auth.configured:
@@ -106,7 +128,7 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
         f"{settings.topic_prefix}{settings.app_id}",
         broker=[f"kafka://{hp.strip()}" for hp in settings.kafka.split(",")],
         broker_credentials=_credentials(settings),
-        # No Faust table: the state is in memory and in its changelog (streams.recovery).
+        # No Faust table: the state is in memory and in its changelog (streams.runtime.recovery).
         store="memory://",
         datadir=str(settings.data_dir / "faust"),
         topic_partitions=settings.partitions,
@@ -116,7 +138,7 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
         broker_rebalance_timeout=settings.rebalance_timeout_s,
         consumer_auto_offset_reset="earliest",
         # Faust's producer sends light changes, dead letters and tasks (the changelog has its own,
-        # streams.changelog): a task waits for its acknowledgement, so a long linger is its latency.
+        # streams.runtime.changelog): a task waits for its acknowledgement, so a long linger is its latency.
         producer_linger_ms=1,
         web_port=settings.web_port,
         web_bind=settings.bind,
@@ -126,25 +148,27 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
     )
     ticks = app.topic(settings.topic(TICKS), **RAW)
     sender = Sender(app, settings)
-    tasks: TaskHandler | None = None
+    tasks: TaskSink | None = None
     outcomes: OutcomeStore | None = None
     if store is not None:
         outcomes = OutcomeStore(store.client, tz=settings.zone)
     changelog = ChangelogWriter(settings, changelog_topic(settings))
     metrics.use_labels(rules.label_regions, rules.label_brands)
     faults = Faults(settings.fault)
-    pipeline = Pipeline(settings, metrics, rules, app=app, send=sender.enqueue, changelog=changelog,
-                        outcomes=outcomes, output_ends=sender.ends, faults=faults)
+    group = FaustGroup(app, settings.topic(TICKS))
+    reader = Reader(settings, group)
+    processor = Processor(settings, metrics, rules, group=group, source=reader, send=sender.enqueue,
+                         changelog=changelog, outcomes=outcomes, output_ends=sender.ends, faults=faults)
+    reader.attach(processor)
+    queries = Queries(processor)
     if store is not None:
-        pipeline.tasks = tasks = TaskSink(
+        tasks = TaskSink(
             store, sender.acked, metrics, tz=settings.zone, salt=settings.holdout_salt, rules=rules,
-            topic_for=TASK_TOPIC.__getitem__, outcomes=outcomes, published=pipeline.was_published,
-            crash=faults.reached, arpu_of=pipeline.decision_arpu,
+            topic_for=TASK_TOPIC.__getitem__, outcomes=outcomes, published=processor.was_published,
+            crash=faults.reached, arpu_of=processor.decision_arpu,
             capacity=CapacityQueue(store.client, limits=rules.capacity, partitions=settings.partitions,
                                    tz=settings.zone) if rules.capacity else None)
-
-    reader = Reader(settings, app, pipeline)
-    pipeline.attach(reader)
+        processor.use_tasks(tasks)
 
     @app.agent(ticks, concurrency=1, name="partitions")
     async def partitions(stream: faust.StreamT[bytes]) -> None:
@@ -179,35 +203,35 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
     async def gauges() -> None:
         # An exception in a Faust timer stops the worker: gauges are never worth that.
         try:
-            metrics.set_lights(pipeline.summary())
-            pipeline.update_lag()
-            await pipeline.update_kpis()
+            metrics.set_lights(queries.summary())
+            queries.update_lag()
+            await queries.update_kpis()
         except Exception:
             log.exception("updating the gauges failed; the worker goes on")
 
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            ok, detail = pipeline.health()
+            ok, detail = queries.health()
             return self.json(detail, status=200 if ok else 503)
 
     @app.page("/metrics")
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
-            ok, detail = pipeline.health()
+            ok, detail = queries.health()
             metrics.set_health(ready=ok, redis_degraded=not detail["redis"])
             return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
     @app.page("/lights/summary")
     class Summary(View):
         async def get(self, request: Request) -> Response:
-            counts = pipeline.summary()
+            counts = queries.summary()
             rows = [{"light": light, "region": region, "brand": brand, "count": n}
                     for (light, region, brand), n in sorted(counts.items())]
             totals: dict[str, int] = {}
             for (light, _, _), n in counts.items():
                 totals[light] = totals.get(light, 0) + n
-            return self.json({"partitions": sorted(pipeline.owned()), "totals": totals, "counts": rows})
+            return self.json({"partitions": sorted(group.owned()), "totals": totals, "counts": rows})
 
     def authenticated(view: Any) -> Any:
         # Checked before the request is routed to the owner (which checks the forwarded header again).
@@ -227,10 +251,10 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
         # ticks topic, co-partitioned with the inputs.
         if not MSISDN_RE.match(msisdn):
             return web.json({"error": "not an msisdn"}, status=400)
-        found = pipeline.subscriber(msisdn)
+        found = queries.subscriber(msisdn)
         if found is None:
             return web.json({"error": "unknown subscriber"}, status=404)
-        _window_days(pipeline, rules, msisdn, found)
+        _window_days(processor, rules, msisdn, found)
         return web.json(found)
 
-    return app, pipeline, sender
+    return app, processor, sender

@@ -61,7 +61,7 @@ def setup_logging(level: str, fmt: str = "text") -> None:
         sys.excepthook = lambda kind, exc, tb: log.critical("uncaught exception", exc_info=(kind, exc, tb))
         threading.excepthook = lambda a: log.error(
             "uncaught exception in thread %s", a.thread.name if a.thread else "?",
-            exc_info=(a.exc_type, a.exc_value, a.exc_traceback))
+            exc_info=a.exc_value if a.exc_value is not None else False)
 
 
 class RateLimited:
@@ -95,5 +95,5 @@ class RateLimited:
             self.logger.warning(msg, *args)
 
 
-# The dead-letter warning of streams.pipeline: one line per reason code per minute.
-DEADLETTER_LOG: Final = RateLimited(logging.getLogger("streams.pipeline"))
+# The dead-letter warning of streams.runtime.processor: one line per reason code per minute.
+DEADLETTER_LOG: Final = RateLimited(logging.getLogger("streams.runtime.processor"))

@@ -367,7 +367,7 @@ class Metrics:
         retention: dict[tuple[str], float] = {}
         churn: dict[tuple[str], float] = {}
         for region, k in kpis.items():
-            # Callers group by self.regions first (Pipeline.update_kpis): ratios do not add up.
+            # Callers group by self.regions first (streams.runtime.queries.Queries.update_kpis): ratios do not add up.
             key = (self.regions(region),)
             if k.task_completion_ratio is not None:
                 completion[key] = k.task_completion_ratio

@@ -26,7 +26,7 @@ def run_worker(settings: Settings) -> None:
     metrics = Metrics()
     assert settings.redis is not None, "resolve the embedded Redis before starting the worker"
     store = PolicyStore.from_url(settings.redis.get_secret_value(), tz=settings.zone)
-    app, _pipeline, _sender = create_app(settings, metrics, rules, store)
+    app, _processor, _sender = create_app(settings, metrics, rules, store)
     log.info(
         "churnlight worker %s: kafka %s, rules %s, tz %s, HTTP on :%d",
         app.conf.id, settings.kafka, settings.rules, settings.tz, settings.web_port,

@@ -144,7 +144,7 @@ def restore_changelog(settings: Settings, snapshot: dict[tuple[int, bytes], byte
     """Put the changelog back to `snapshot`: its values again, tombstones for keys written since."""
     import asyncio
 
-    from streams.changelog import ChangelogWriter
+    from streams.runtime.changelog import ChangelogWriter
 
     writer = ChangelogWriter(settings, changelog_topic(settings))  # seals its partitions on flush
     for key in changelog_snapshot(settings).keys() | snapshot.keys():

@@ -1,7 +1,8 @@
-"""Run rule sets offline over an event history, through the same pipeline the worker runs.
+"""Run rule sets offline over an event history, through the processor the worker runs.
 
-No broker: the history's lines become messages of an in-process "consumer" (murmur2 partitions,
-per-partition offsets, nothing ever left to read behind the line), the state stays in memory and
+No broker: the history's lines become the input records of the worker's processor, through its
+own interfaces (murmur2 partitions, per-partition offsets, a source with nothing ever left to
+read behind the line, a group that owns every partition), the state stays in memory and
 tasks go through the real contact policy with contact history kept in memory (no consent sets,
 since there is no Redis). The light changes are those the streaming worker gives on the same
 history; the report adds what a retention team asks of a rule set: who was lit, how early,
@@ -22,38 +23,33 @@ from typing import Any
 import orjson
 from faust.types import TP
 
-from rules.events import INPUT_TOPICS
 from rules.policy import Decision, decide
 from rules.ruleset import RuleSet, load_rule_set
 from rules.tasks import Task, local_date
 from streams.metrics import Metrics
-from streams.pipeline import Pipeline, partition_of
+from sinks.outbox import Send
+from streams.runtime.ports import Source, TaskHandler
+from streams.runtime.processor import Processor
+from streams.runtime.queries import Queries
+from streams.runtime.reader import Record
+from streams.runtime.store import partition_of
 from streams.tools.replay import iter_file, parse_line
 from streams.settings import Settings
-from streams.topics import LIGHTS, TICKS
+from streams.topics import LIGHTS
 
 
-@dataclass
-class _Message:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: float | None = None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-
-    @property
-    def tp(self) -> TP:
-        return TP(self.topic, self.partition)
+def message(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Record:
+    """One line of a history as an input record (no Kafka time: event time alone drives the run)."""
+    return Record(TP(topic, partition), offset, key, value, None, None)
 
 
-class _Consumer:
-    """A consumer that has always read everything so far: the file is already in production order,
-    so no topic is behind another and the watermark is simply the latest event time read."""
+class HistorySource:
+    """A history file as the processor's source: it is in production order already, so no topic is
+    behind another and the watermark is simply the latest event time read."""
 
-    def __init__(self, topics: list[str], partitions: int) -> None:
-        self._assignment = {TP(t, p) for t in topics for p in range(partitions)}
+    consuming = True
+    caught_up = True
+    broker_ok = True
 
     def end(self, tp: TP) -> int | None:
         return None  # nothing is ever left to read behind the current line
@@ -61,16 +57,37 @@ class _Consumer:
     def at_end(self, tp: TP, offset: int) -> bool:
         return True
 
-    def assignment(self) -> set[TP]:
-        return self._assignment
+    def start(self, tp: TP) -> int:
+        return 0
+
+    def reading(self, tp: TP) -> str:
+        return "a history file, read in order"
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        """Nothing to read again: a history's offsets have no gaps."""
 
 
-class _App:
-    consumer_generation_id = 1
+class WholeGroup:
+    """A group of one: this process owns every partition, from the start."""
+
+    generation = 1
     rebalancing = False
 
-    def __init__(self, consumer: _Consumer) -> None:
-        self.consumer = consumer
+    def __init__(self, partitions: int) -> None:
+        self._owned = set(range(partitions))
+
+    def owned(self) -> set[int]:
+        return self._owned
+
+
+def history_processor(settings: Settings, metrics: Metrics, rules: RuleSet, send: Send, *,
+                      source: Source | None = None, tasks: TaskHandler | None = None) -> Processor:
+    """A processor for a history (or a test's records): every partition owned, state in memory."""
+    processor = Processor(settings, metrics, rules, group=WholeGroup(settings.partitions),
+                          source=source or HistorySource(), send=send)
+    if tasks is not None:
+        processor.use_tasks(tasks)
+    return processor
 
 
 class MemoryTasks:
@@ -114,7 +131,6 @@ class RunResult:
 def run(path: Path, rules: RuleSet, settings: Settings, *, progress: Callable[[int], None] | None = None) -> RunResult:
     """Run `rules` over the history at `path`; return the light changes and the task decisions."""
     settings = settings.model_copy(update={"topic_prefix": ""})
-    consumer = _Consumer([*INPUT_TOPICS, TICKS], settings.partitions)
     offsets: Counter[TP] = Counter()
     changes: list[dict[str, Any]] = []
 
@@ -128,10 +144,11 @@ def run(path: Path, rules: RuleSet, settings: Settings, *, progress: Callable[[i
     metrics = Metrics()
     unknown: Counter[str] = Counter()
     tasks = MemoryTasks(rules, settings)
-    pipeline = Pipeline(settings, metrics, rules, app=_App(consumer), send=send, tasks=tasks)
+    processor = history_processor(settings, metrics, rules, send, tasks=tasks)
+    queries = Queries(processor)
 
-    def batches() -> Iterator[list[_Message]]:
-        batch: list[_Message] = []
+    def batches() -> Iterator[list[Record]]:
+        batch: list[Record] = []
         read = 0
         for n, line in enumerate(iter_file(path), start=1):
             read = n
@@ -142,7 +159,7 @@ def run(path: Path, rules: RuleSet, settings: Settings, *, progress: Callable[[i
                     unknown[_topic_of(line)] += 1
                 continue
             tp = TP(topic, partition_of(key or b"", settings.partitions))
-            batch.append(_Message(topic, tp.partition, offsets[tp], key, value))
+            batch.append(message(topic, tp.partition, offsets[tp], key, value))
             offsets[tp] += 1
             if len(batch) >= 5000:
                 yield batch
@@ -156,11 +173,11 @@ def run(path: Path, rules: RuleSet, settings: Settings, *, progress: Callable[[i
 
     async def drive() -> None:
         for batch in batches():
-            await pipeline.process(batch)
+            await processor.process(batch)
 
     asyncio.run(drive())
     final: Counter[str] = Counter()
-    for (light, _, _), n in pipeline.summary().items():
+    for (light, _, _), n in queries.summary().items():
         final[light] += n
     events: Counter[str] = Counter()
     from prometheus_client.parser import text_string_to_metric_families
@@ -169,7 +186,7 @@ def run(path: Path, rules: RuleSet, settings: Settings, *, progress: Callable[[i
         for sample in family.samples:
             if sample.name == "churnlight_events_total":
                 events[sample.labels["outcome"]] += int(sample.value)
-    watched = {k.decode() for keys in pipeline.watched.values() for k in keys} | {c["msisdn"] for c in changes}
+    watched = {k.decode() for keys in processor.store.watched.values() for k in keys} | {c["msisdn"] for c in changes}
     day_list = sorted({datetime.fromisoformat(c["at"]).date() for c in changes})
     return RunResult(rules, changes, list(tasks.decided.values()), final, events, watched, unknown,
                      (day_list[0], day_list[-1]) if day_list else None)

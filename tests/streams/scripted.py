@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from streams.pipeline import partition_of
+from streams.runtime.store import partition_of
 
 TZ = ZoneInfo("Asia/Shanghai")
 DAY0 = date(2026, 7, 1)

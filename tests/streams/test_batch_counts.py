@@ -11,9 +11,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rules.ruleset import load_rule_set
 from rules.tasks import Task
-from streams.tools.backtest import _App, _Consumer, _Message
+from streams.tools.backtest import history_processor, message
 from streams.metrics import Metrics
-from streams.pipeline import Pipeline, partition_of
+from streams.runtime.processor import Processor
+from streams.runtime.reader import Record
+from streams.runtime.store import partition_of
 from streams.settings import Settings
 
 PARTITIONS = 4
@@ -38,15 +40,15 @@ class HeldTasks:
         self.handled.append(task)
 
 
-def _batch() -> list[_Message]:
+def _batch() -> list[Record]:
     profile = {"msisdn": MSISDN, "region": "zunyi", "brand": "gotone", "segment": "high",
                "activated_on": "2020-01-01", "prepaid": True, "contract": None, "photo": None,
                "updated_at": "2026-07-01T00:00:00+08:00"}
     balances = [{"event_id": f"b{i}", "msisdn": MSISDN, "ts": f"2026-07-02T1{i}:00:00+08:00", "type": "balance",
                  "balance": balance} for i, balance in enumerate((100.0, 1.0))]
-    return [_Message("subscriber.profiles", P, 0, MSISDN.encode(), orjson.dumps(profile)),
-            *(_Message("billing.events", P, i, MSISDN.encode(), orjson.dumps(b)) for i, b in enumerate(balances)),
-            _Message("usage.events", P, 0, MSISDN.encode(), b"{not json")]
+    return [message("subscriber.profiles", P, 0, MSISDN.encode(), orjson.dumps(profile)),
+            *(message("billing.events", P, i, MSISDN.encode(), orjson.dumps(b)) for i, b in enumerate(balances)),
+            message("usage.events", P, 0, MSISDN.encode(), b"{not json")]
 
 
 def _counted(metrics: Metrics, name: str) -> float:
@@ -54,15 +56,14 @@ def _counted(metrics: Metrics, name: str) -> float:
                if s.name == name)
 
 
-def _pipeline(tmp_path: Path, tasks: HeldTasks, metrics: Metrics) -> Pipeline:
+def _pipeline(tmp_path: Path, tasks: HeldTasks, metrics: Metrics) -> Processor:
     async def send(base: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> Any:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
 
-    return Pipeline(Settings(data_dir=tmp_path, partitions=PARTITIONS), metrics, load_rule_set("cmcc-2010"),
-                    app=_App(_Consumer(["subscriber.profiles", "billing.events", "usage.events", "churnlight.ticks"],
-                                       PARTITIONS)), send=send, tasks=tasks)
+    return history_processor(Settings(data_dir=tmp_path, partitions=PARTITIONS), metrics,
+                             load_rule_set("cmcc-2010"), send, tasks=tasks)
 
 
 def test_a_batch_is_counted_only_once_its_tasks_are_out(tmp_path: Path) -> None:

@@ -36,8 +36,8 @@ from pydantic import SecretStr
 from streams.embedded import EmbeddedStack, free_port
 from streams.faults import POINTS
 from streams.settings import Settings
-from streams.changelog import ChangelogWriter
-from streams.pipeline import partition_of
+from streams.runtime.changelog import ChangelogWriter
+from streams.runtime.store import partition_of
 from streams.topics import changelog_topic
 from tests.conftest import API_TOKEN, WorkerProc, consume_all, env_of, produce, wait_for
 from tests.streams import scripted_tasks as st

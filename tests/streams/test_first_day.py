@@ -10,9 +10,11 @@ import orjson
 from faust.types import TP
 
 from rules.ruleset import load_rule_set
-from streams.tools.backtest import _App, _Consumer, _Message
+from streams.tools.backtest import HistorySource, history_processor, message
 from streams.metrics import Metrics
-from streams.pipeline import Pipeline, partition_of
+from streams.runtime.processor import Processor
+from streams.runtime.reader import Record
+from streams.runtime.store import partition_of
 from streams.settings import Settings
 from tests.conftest import WorkerProc, consume_all, produce, wait_for
 
@@ -29,30 +31,29 @@ def _other_in_partition() -> str:
     return str(n)
 
 
-class KnownEnds(_Consumer):
-    """A consumer that knows how far each topic goes, as the reader does from the broker."""
+class KnownEnds(HistorySource):
+    """A source that knows how far each topic goes, as the reader does from the broker."""
 
     def __init__(self, ends: dict[str, int]) -> None:
-        super().__init__([*ends, "churnlight.ticks"], PARTITIONS)
         self.ends = ends
 
     def end(self, tp: TP) -> int | None:
         return self.ends.get(tp.topic) if tp.partition == P else None
 
 
-def _profile(msisdn: str, offset: int, updated_at: str) -> _Message:
+def _profile(msisdn: str, offset: int, updated_at: str) -> Record:
     doc = {"msisdn": msisdn, "region": "zunyi", "brand": "gotone", "segment": "high", "activated_on": "2020-01-01",
            "prepaid": False, "contract": None, "photo": {"month": "2026-06", "arpu": 200.0, "mou": 300.0},
            "updated_at": updated_at}
-    return _Message("subscriber.profiles", P, offset, msisdn.encode(), orjson.dumps(doc))
+    return message("subscriber.profiles", P, offset, msisdn.encode(), orjson.dumps(doc))
 
 
-def _usage(msisdn: str, offset: int, ts: str) -> _Message:
+def _usage(msisdn: str, offset: int, ts: str) -> Record:
     doc = {"event_id": f"u{offset}", "msisdn": msisdn, "ts": ts, "type": "sms", "direction": "out", "charge": 0.1}
-    return _Message("usage.events", P, offset, msisdn.encode(), orjson.dumps(doc))
+    return message("usage.events", P, offset, msisdn.encode(), orjson.dumps(doc))
 
 
-def _run(tmp_path: Path, consumer: _Consumer, batches: list[list[_Message]]) -> tuple[Pipeline, list[dict[str, Any]]]:
+def _run(tmp_path: Path, consumer: HistorySource, batches: list[list[Record]]) -> tuple[Processor, list[dict[str, Any]]]:
     changes: list[dict[str, Any]] = []
 
     async def send(base: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> Any:
@@ -62,8 +63,8 @@ def _run(tmp_path: Path, consumer: _Consumer, batches: list[list[_Message]]) -> 
         done.set_result(None)
         return done
 
-    pipeline = Pipeline(Settings(data_dir=tmp_path, partitions=PARTITIONS), Metrics(), load_rule_set("cmcc-2010"),
-                        app=_App(consumer), send=send)
+    pipeline = history_processor(Settings(data_dir=tmp_path, partitions=PARTITIONS), Metrics(),
+                                 load_rule_set("cmcc-2010"), send, source=consumer)
 
     async def run() -> None:
         for batch in batches:
@@ -89,7 +90,7 @@ def test_profiles_read_alongside_the_first_usage_do_not_move_the_first_day_back(
         [_profile(SILENT, 0, "2026-06-30T23:00:00+08:00"), USAGE[0]],
         [_profile(other, 1, "2026-06-30T23:30:00+08:00"), *USAGE[1:]],
     ])
-    assert pipeline.clocks[P].first_day.isoformat() == "2026-07-01"
+    assert pipeline.store.clocks[P].first_day.isoformat() == "2026-07-01"
     assert sorted((c["msisdn"], c["light"], c["at"]) for c in changes) == [(SILENT, "red", JUDGED), (other, "red", JUDGED)]
 
 

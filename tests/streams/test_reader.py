@@ -8,9 +8,9 @@ from faust.types import TP
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.changelog import ChangelogWriter
-from streams.reader import Record, interleave
-from streams.recovery import read_changelog
+from streams.runtime.changelog import ChangelogWriter
+from streams.runtime.reader import Record, interleave
+from streams.runtime.recovery import read_changelog
 from streams.settings import Settings
 from streams.topics import changelog_topic, ensure_topics
 

@@ -1,4 +1,4 @@
-"""The pipeline applies a partition's records in offset order only: a gap is read again, never skipped."""
+"""The processor applies a partition's records in offset order only: a gap is read again, never skipped."""
 
 from __future__ import annotations
 
@@ -10,25 +10,26 @@ import orjson
 from faust.types import TP
 
 from rules.ruleset import load_rule_set
-from streams.tools.backtest import _App, _Consumer, _Message
+from streams.tools.backtest import HistorySource, history_processor, message
 from streams.metrics import Metrics
-from streams.pipeline import Pipeline, partition_of
+from streams.runtime.processor import Processor
+from streams.runtime.reader import Record
+from streams.runtime.store import partition_of
 from streams.settings import Settings
 from tests.conftest import sample_sum
 
 MSISDN = "13900000001"
 
 
-class SeekingConsumer(_Consumer):
+class SeekingConsumer(HistorySource):
     def __init__(self, partitions: int) -> None:
-        super().__init__(["usage.events", "churnlight.ticks"], partitions)
         self.seeks: list[tuple[TP, int]] = []
 
     async def seek(self, tp: TP, offset: int) -> None:
         self.seeks.append((tp, offset))
 
 
-def _pipeline(tmp_path: Path) -> tuple[Pipeline, SeekingConsumer, Metrics]:
+def _pipeline(tmp_path: Path) -> tuple[Processor, SeekingConsumer, Metrics]:
     settings = Settings(data_dir=tmp_path, partitions=4)
     consumer = SeekingConsumer(settings.partitions)
     metrics = Metrics()
@@ -38,16 +39,15 @@ def _pipeline(tmp_path: Path) -> tuple[Pipeline, SeekingConsumer, Metrics]:
         done.set_result(None)
         return done
 
-    pipeline = Pipeline(settings, metrics, load_rule_set("cmcc-2010"), app=_App(consumer),
-                        send=send)
+    pipeline = history_processor(settings, metrics, load_rule_set("cmcc-2010"), send, source=consumer)
     return pipeline, consumer, metrics
 
 
-def _usage(offset: int) -> _Message:
+def _usage(offset: int) -> Record:
     value = {"event_id": f"u{offset}", "msisdn": MSISDN, "ts": f"2026-07-01T10:{offset:02d}:00+08:00",
              "type": "voice", "direction": "out", "minutes": 1.0, "charge": 1.0}
     partition = partition_of(MSISDN.encode(), 4)
-    return _Message("usage.events", partition, offset, MSISDN.encode(), orjson.dumps(value))
+    return message("usage.events", partition, offset, MSISDN.encode(), orjson.dumps(value))
 
 
 def _applied(metrics: Metrics) -> float:

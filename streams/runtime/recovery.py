@@ -15,13 +15,13 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from streams.changelog import write_of
+from streams.runtime.changelog import write_of
 from streams.settings import Settings
 from streams.topics import changelog_topic, client_config
 
 log = logging.getLogger(__name__)
 
-# A partition's clock record (streams.pipeline.META_PREFIX) closes a state write.
+# A partition's clock record (streams.runtime.store.META_PREFIX) closes a state write.
 CLOCK_PREFIX = b"~p:"
 
 # No record for this long while partitions are still short of their end: the broker is away.
@@ -93,9 +93,10 @@ def read_changelog(settings: Settings, partitions: set[int], *, cancelled: Calla
                         log.warning("reading %s: %s", topic, err)
                     continue
                 key = m.key()
+                assert key is not None  # the changelog's records all have keys
                 write = write_of(m.headers())
                 if write:
-                    p = m.partition()
+                    p = m.partition() or 0  # always set on a record
                     if write > newest.get(p, 0):
                         # A newer write began: the one before it ended (one write at a time, and
                         # each ends with its clock record), so what it replaced is gone for good.

@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable
 
 import orjson
-from aiokafka.partitioner import murmur2
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from sinks.outbox import deadletter_id, light_id, task_identity
+from streams.runtime.store import partition_of
 from streams.settings import Settings
 from streams.topics import DEADLETTER, LIGHTS, OUTPUT_TOPICS, client_config
 
@@ -26,29 +27,6 @@ log = logging.getLogger(__name__)
 
 # No record for this long while partitions are still short of their end: the broker is away.
 STALL_S = 60.0
-
-
-def light_id(msisdn: str, at: str | None, light: str) -> str:
-    """Identify a light-change message (the same change processed again has the same identity)."""
-    return f"L|{msisdn}|{at}|{light}"
-
-
-# The dead-letter metric's topic label of unreadable state records.
-STATE = "state"
-
-
-def deadletter_id(source: str, key: bytes | None = None) -> str:
-    """Identify a dead letter by the record it came from: `topic/partition/offset`, or for an
-    unreadable state record (whose offset the load does not keep) `topic/partition` and its key."""
-    return f"D|{source}" if key is None else f"D|{source}|{key.hex()}"
-
-
-def task_identity(task_id: str) -> str:
-    return f"T|{task_id}"
-
-
-def _partition_of(key: bytes, partitions: int) -> int:
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def _identity(base: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None,
@@ -64,7 +42,7 @@ def _identity(base: str, key: bytes | None, value: bytes | None, headers: list[t
         if len(parts) == 3 and parts[1].isdigit():
             return deadletter_id(text) if int(parts[1]) in owned else None
         return deadletter_id(text, key)  # an unreadable state record: topic/partition and its key
-    if key is None or _partition_of(key, partitions) not in owned:
+    if key is None or partition_of(key, partitions) not in owned:
         return None
     if base == LIGHTS:
         try:
@@ -134,11 +112,23 @@ def read_outputs(settings: Settings, starts: dict[str, int], owned: set[int], *,
                     else:
                         log.warning("reading the outputs: %s", err)
                     continue
-                where = f"{m.topic()}/{m.partition()}"
-                ends[where] = max(ends.get(where, 0), m.offset() + 1)
-                identity = _identity(base_of[m.topic()], m.key(), m.value(), m.headers(), settings.partitions, owned)
+                name, offset = m.topic(), m.offset()
+                assert name is not None and offset is not None
+                where = f"{name}/{m.partition()}"
+                ends[where] = max(ends.get(where, 0), offset + 1)
+                identity = _identity(base_of[name], m.key(), m.value(), _bytes_headers(m.headers()),
+                                     settings.partitions, owned)
                 if identity is not None:
                     found.add(identity)
     finally:
         consumer.close()
     return found, ends
+
+
+def _bytes_headers(headers: object) -> list[tuple[str, bytes]]:
+    """A record's headers as (name, bytes) pairs (the writers of the output topics send bytes)."""
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    if not isinstance(headers, list):
+        return []
+    return [(str(k), v if isinstance(v, bytes) else str(v or "").encode()) for k, v in headers]

@@ -2,7 +2,7 @@
 
 Faust sends one changelog message per table write through its own producer path, which was two
 thirds of the per-event CPU measured here. The pipeline writes each subscriber touched since its
-last state write once (streams.pipeline); this writer produces those values with librdkafka's
+last state write once (streams.runtime.checkpoint); this writer produces those values with librdkafka's
 batching, each to the changelog partition of the subscriber's input partition, and `flush`
 returns only when the broker has them all.
 """
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 SEAL_KEY = b"~seal"
 # Every record of a state write carries the write's number; a partition's clock record, written
-# last, closes the write (streams.recovery rolls back a write whose clock never came).
+# last, closes the write (streams.runtime.recovery rolls back a write whose clock never came).
 WRITE_HEADER = "w"
 
 
@@ -56,7 +56,7 @@ class ChangelogWriter:
     def write(self, partition: int, key: bytes, value: bytes | None, write: int = 0) -> None:
         """Queue one changelog record (None = tombstone) of state write number `write`."""
         self._touched.add(partition)
-        headers = [(WRITE_HEADER, str(write).encode())] if write else None
+        headers: list[tuple[str, str | bytes | None]] | None = [(WRITE_HEADER, str(write).encode())] if write else None
         while True:
             try:
                 self.producer.produce(self.topic, key=key, value=value, partition=partition, headers=headers)
@@ -105,8 +105,10 @@ class ChangelogWriter:
                     self.write(partition, key, value, write)
 
 
-def write_of(headers: list[tuple[str, bytes]] | None) -> int:
-    for name, value in headers or ():
-        if name == WRITE_HEADER:
+def write_of(headers: object) -> int:
+    """The number of the state write a changelog record belongs to (0: none), from its headers."""
+    pairs = headers.items() if isinstance(headers, dict) else headers if isinstance(headers, list) else ()
+    for name, value in pairs:
+        if name == WRITE_HEADER and value is not None:
             return int(value)
     return 0

@@ -1,21 +1,27 @@
 """Read the input topics in batches with confluent-kafka, for the partitions Faust assigned.
 
 Faust's per-message path (aiokafka records, Faust messages and events, the conductor's queues,
-acks) cost about 160 us of CPU per event before any work was done, three times the pipeline
+acks) cost about 160 us of CPU per event before any work was done, three times the processor
 itself. The Faust app still runs the group: its agent subscribes to the internal ticks topic,
 which is co-partitioned with the inputs and the state changelog, so a worker owns partition p
 of the ticks topic exactly when it owns partition p of every input and of the changelog. This
-reader loads those partitions' state from the changelog (streams.recovery), assigns itself
+reader loads those partitions' state from the changelog (streams.runtime.recovery), assigns itself
 their input partitions at the state's own next offsets (the state records them with every
-write, so no committed offset is needed to resume) and hands the pipeline batches of records.
+write, so no committed offset is needed to resume) and hands the processor batches of records.
 
 Around a rebalance: Faust's revocation waits for the batch in flight, the state is written, and
 the reader lets the partitions go; after the new assignment it loads their state and assigns them.
+
+The module is over the size guide (about 530 lines, `Reader` about 430): the Reader is the one
+owner of the confluent-kafka consumer and of what it knows of it (assignment, pauses, ends of
+partitions, what was delivered), which the holding back of unstarted partitions and the
+throttling both change; split, they would share that state through a second object.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import logging
 import time
@@ -28,8 +34,9 @@ from faust.types import TP
 
 from rules.events import INPUT_TOPICS, PROFILES
 from streams import collector
-from streams.outputs import read_outputs
-from streams.recovery import read_changelog
+from streams.runtime.ports import Batches, Group
+from streams.runtime.outputs import read_outputs
+from streams.runtime.recovery import read_changelog
 from streams.settings import Settings
 from streams.topics import TICKS, client_config
 
@@ -37,20 +44,20 @@ log = logging.getLogger(__name__)
 
 # Wall-clock ticks: how often idle live partitions are asked to close days by the wall clock.
 TICK_INTERVAL_S = 10.0
-# Values (bytes) of a batch above which it goes to the pipeline in parts, each followed by a look
-# at what the pipeline parked (`Reader._throttle`).
+# Values (bytes) of a batch above which it goes to the processor in parts, each followed by a look
+# at what the processor parked (`Reader._throttle`).
 CHUNK_BYTES = 256 * 1024
 # How long a partition's first records wait for a topic that has records but sent none yet.
 START_WAIT_S = 10.0
 
 
 class Record:
-    """One input record, with the attributes the pipeline reads."""
+    """One input record, with the attributes the processor reads."""
 
     __slots__ = ("tp", "topic", "partition", "offset", "key", "value", "timestamp", "headers")
 
     def __init__(self, tp: TP, offset: int, key: bytes | None, value: bytes | None,
-                 timestamp: float | None, headers: Any) -> None:
+                 timestamp: float | None, headers: list[tuple[str, bytes]] | None) -> None:
         self.tp = tp
         self.topic, self.partition = tp
         self.offset = offset
@@ -67,10 +74,12 @@ def _timestamp(r: Record) -> float:
 class Reader:
     """The worker's consumer of the input topics: assign, seek, batches, ends of partitions."""
 
-    def __init__(self, settings: Settings, app: Any, pipeline: Any) -> None:
+    # What the reader drives, given once built (it is the processor's source in turn: `attach`).
+    processor: Batches
+
+    def __init__(self, settings: Settings, group: Group) -> None:
         self.settings = settings
-        self.app = app
-        self.pipeline = pipeline
+        self.group = group
         self.topics = [settings.topic(t) for t in INPUT_TOPICS]
         self.ticks_topic = settings.topic(TICKS)
         self.profiles_topic = settings.topic(PROFILES)
@@ -92,8 +101,8 @@ class Reader:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="churnlight-reader")
         self.assigned: set[TP] = set()
         self._tp_cache: dict[tuple[str, int], TP] = {}
-        self.generation: Any = None
-        # One past the last offset handed to the pipeline per partition: Tansu reports a high
+        self.generation: int | None = None
+        # One past the last offset handed to the processor per partition: Tansu reports a high
         # watermark of one past the first offset of a partition's last record batch, so the
         # records delivered tell the end better than it does.
         self.delivered: dict[TP, int] = {}
@@ -110,7 +119,7 @@ class Reader:
         # Records of partitions waiting for a topic's first record, and the partitions paused meanwhile.
         self._held: list[Record] = []
         self._paused: set[TP] = set()
-        # Partitions paused while their partition's parked records are too many (Pipeline.crowded).
+        # Partitions paused while their partition's parked records are too many (Processor.crowded).
         self._throttled: set[TP] = set()
         # Records taken from the consumer and kept back while their partition is throttled.
         self._backlog: list[Record] = []
@@ -122,11 +131,15 @@ class Reader:
         self._last_tick = time.monotonic()
         # Whether the broker answered the last probe (`probe`, every few seconds): /health says 503 while not.
         self.broker_ok = True
-        # Whether a read since the last assignment found nothing more to take (streams.pipeline
+        # Whether a read since the last assignment found nothing more to take (streams.runtime.processor
         # looks at the loaded partitions' days again only then).
         self.caught_up = False
 
-    # --- what the pipeline asks ----------------------------------------------------------------
+    def attach(self, processor: Batches) -> None:
+        """Hand the batches to `processor`."""
+        self.processor = processor
+
+    # --- what the processor asks ----------------------------------------------------------------
 
     def highwater(self, tp: TP) -> int | None:
         if tp not in self.assigned:
@@ -137,7 +150,7 @@ class Reader:
             high = None
         if high is None or high < 0:
             return self.initial_high.get(tp)
-        return max(high, self.initial_high.get(tp, high))  # type: ignore[no-any-return]
+        return max(high, self.initial_high.get(tp, high))
 
     def end(self, tp: TP) -> int | None:
         """How far the reader knows `tp` to go: its high watermark or, when further, what it delivered."""
@@ -149,7 +162,7 @@ class Reader:
 
     def at_end(self, tp: TP, offset: int) -> bool:
         """Say whether `tp` is read to its end once the records before `offset` are taken, as far
-        as the reader knows (the pipeline also compares `offset` with the high watermark).
+        as the reader knows (the processor also compares `offset` with the high watermark).
 
         Until a partition assigned or sought has delivered a record or its end-of-partition event,
         it is taken to have records left whatever its high watermark says: Tansu reports one past
@@ -164,6 +177,10 @@ class Reader:
     def start(self, tp: TP) -> int:
         """The first offset of `tp` that exists (as the broker said at assignment)."""
         return self.initial_low.get(tp, 0)
+
+    def reading(self, tp: TP) -> str:
+        """How far `tp` was delivered and whether its end-of-partition event came, for the log."""
+        return f"delivered to {self.delivered.get(tp)}, end seen {tp in self.eof}"
 
     async def seek(self, tp: TP, offset: int) -> None:
         """Read `tp` again from `offset` (librdkafka purges what it had fetched past it)."""
@@ -201,7 +218,7 @@ class Reader:
         await self._idle.wait()
         if self.assigned:
             # The next owner starts from the changelog: it must hold everything applied here.
-            await self.pipeline.write_state()
+            await self.processor.write_state()
             self.consumer.unassign()
             log.info("the reader let %d input partitions go", len(self.assigned))
         self.assigned = set()
@@ -211,17 +228,17 @@ class Reader:
         self._backlog = []
 
     def _ready(self) -> bool:
-        return not self.app.rebalancing
+        return not self.group.rebalancing
 
     async def _assign(self) -> None:
         """Load the state of the partitions Faust gave this worker and read their inputs from its offsets.
 
         The ticks topic's assignment says which partitions this worker owns. Their state is read
-        from the changelog (streams.recovery) in a thread; a rebalance meanwhile makes it start
+        from the changelog (streams.runtime.recovery) in a thread; a rebalance meanwhile makes it start
         over, and nothing is assigned until a load matches the current assignment.
         """
-        generation, revocations = self.app.consumer_generation_id, self._revocations
-        owned = self.pipeline.owned()
+        generation, revocations = self.group.generation, self._revocations
+        owned = self.group.owned()
         loop = asyncio.get_running_loop()
         started = time.monotonic()
 
@@ -231,38 +248,37 @@ class Reader:
         writes: dict[int, int] = {}
         data = await loop.run_in_executor(
             None, lambda: read_changelog(self.settings, owned, cancelled=stale, writes=writes))
-        if stale() or self.app.consumer_generation_id != generation:
+        if stale() or self.group.generation != generation:
             return  # a rebalance came while reading: the next assignment loads again
-        self.pipeline.load(owned, data, generation, started=started, last_write=max(writes.values(), default=0))
+        self.processor.load(owned, data, generation, started=started, last_write=max(writes.values(), default=0))
         del data
         # What this state's records produced before a crash is on the output topics already.
         published, ends = await loop.run_in_executor(
-            None, lambda: read_outputs(self.settings, self.pipeline.output_starts(), owned, cancelled=stale))
-        if stale() or self.app.consumer_generation_id != generation:
+            None, lambda: read_outputs(self.settings, self.processor.output_starts(), owned, cancelled=stale))
+        if stale() or self.group.generation != generation:
             return
-        self.pipeline.published = published
+        self.processor.published = published
         for where, end in ends.items():
-            if end > self.pipeline.output_ends.get(where, 0):
-                self.pipeline.output_ends[where] = end
+            if end > self.processor.output_ends.get(where, 0):
+                self.processor.output_ends[where] = end
         if published:
             log.info("%d outputs of partitions %s are on their topics already: they are not sent again",
                      len(published), sorted(owned))
         collector.settle()  # the states loaded stay for the assignment: out of the collector's walks
-        offsets = self.pipeline.next_offsets(owned)
+        offsets = self.processor.next_offsets(owned)
         # Offset 0 rather than "the beginning": no offset look-up, so every partition's first fetch
         # goes out together (records deleted by retention reset to the earliest).
         wanted = [TopicPartition(tp.topic, tp.partition, offset) for tp, offset in sorted(offsets.items())]
         self.initial_high, self.initial_low = {}, {}
         for tp in offsets:
             try:
-                low, high = await loop.run_in_executor(
-                    None, lambda tp=tp: self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
-                                                                            timeout=10.0))
+                low, high = await loop.run_in_executor(None, functools.partial(
+                    self.consumer.get_watermark_offsets, TopicPartition(tp.topic, tp.partition), timeout=10.0))
             except KafkaException:
                 log.warning("the high watermark of %s/%d is unknown until its first fetch", tp.topic, tp.partition)
                 continue
             self.initial_high[tp], self.initial_low[tp] = high, low
-        if stale() or self.app.consumer_generation_id != generation:
+        if stale() or self.group.generation != generation:
             return
         self.consumer.assign(wanted)
         self.assigned = set(offsets)
@@ -284,7 +300,7 @@ class Reader:
             if not self._ready():
                 await asyncio.sleep(0.05)
                 continue
-            if self.generation != self.app.consumer_generation_id:
+            if self.generation != self.group.generation:
                 try:
                     await self._assign()
                 except Exception:
@@ -310,16 +326,16 @@ class Reader:
                 ended, self.ended = self.ended, set()
                 if records:
                     for chunk in self._chunks(records):
-                        await self.pipeline.process(chunk, ended=ended)
+                        await self.processor.process(chunk, ended=ended)
                         ended = set()
                         self._throttle()
                 else:
                     self.caught_up = not self._held and not self._backlog
-                    await self.pipeline.idle(ended=ended)
+                    await self.processor.idle(ended=ended)
                     self._throttle()
                 if time.monotonic() - self._last_tick >= TICK_INTERVAL_S:
                     self._last_tick = time.monotonic()
-                    await self.pipeline.tick(int(time.time() * 1000))
+                    await self.processor.tick(int(time.time() * 1000))
             except Exception:
                 if self._stopping:
                     break  # stopped under it (Redis or the broker away): read again at the next start
@@ -368,9 +384,9 @@ class Reader:
                 yield part
 
     def _throttle(self) -> None:
-        """Pause the topics whose records the pipeline would park beyond its bound; resume them
+        """Pause the topics whose records the processor would park beyond its bound; resume them
         once it has taken in what they ran ahead of."""
-        want = self.pipeline.crowded()
+        want = self.processor.crowded()
         if want == self._throttled:
             return
         resume = [tp for tp in self._throttled - want if tp not in self._paused]
@@ -425,7 +441,7 @@ class Reader:
         held: set[int] = set()
         now = time.monotonic()
         for p in {p for p, _ in present}:
-            missing = [tp for tp in self.pipeline.unstarted(p) if (p, tp.topic) not in present]
+            missing = [tp for tp in self.processor.unstarted(p) if (p, tp.topic) not in present]
             if not missing:
                 self._waiting_since.pop(p, None)
                 continue
@@ -475,7 +491,7 @@ class Reader:
             try:
                 # Unless the last batch was given up (then its records are read again from the
                 # state written before it).
-                await asyncio.wait_for(self.pipeline.write_state(), grace_s)
+                await asyncio.wait_for(self.processor.write_state(), grace_s)
             except TimeoutError:
                 log.warning("the state touched since the last write did not reach the changelog within %.0f s of "
                             "the stop: its records are read again at the next start", grace_s)

@@ -1,0 +1,193 @@
+"""The state of the owned partitions in memory: subscribers, partition clocks, what changed since the last write.
+
+Loaded from the state changelog after each rebalance (streams.runtime.recovery reads it); written
+back by the checkpoint (streams.runtime.checkpoint). The storage codec of a subscriber's state is
+used here only (`encode_state`, `decode_state`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import date
+from typing import Any
+
+import orjson
+from aiokafka.partitioner import murmur2
+
+from rules.events import BILLING, LIFECYCLE, USAGE, mask
+from rules.schedule import Parked, PartitionClock
+from rules.state import SubscriberState
+from sinks.deadletters import DeadLetterSink
+# The storage codec of a subscriber's state: its one use in the runtime.
+from streams.runtime.codec import decode_state as decode_state, encode_state as encode_state
+
+log = logging.getLogger(__name__)
+
+# The key prefix of a partition's clock record in the changelog.
+META_PREFIX = b"~p:"
+# The dead-letter metric's topic label of unreadable state records.
+STATE = "state"
+
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """Return the partition Kafka's default (murmur2) partitioner gives `key`."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def clock_key(p: int) -> bytes:
+    """The changelog key of partition `p`'s clock record."""
+    return META_PREFIX + str(p).encode()
+
+
+def encode_clock(clock: PartitionClock) -> bytes:
+    """Serialise a partition clock for its changelog record."""
+    return orjson.dumps({
+        "mx": clock.max_ts, "wm": clock.watermark_ms, "ft": clock.first_ts,
+        "fd": clock.first_day.toordinal() if clock.first_day else None,
+        "od": clock.open_day.toordinal() if clock.open_day else None,
+        "pk": clock.parked,
+        "of": clock.offsets,
+        "out": clock.out,
+        "su": clock.suspect,
+        "w": clock.write,
+    })
+
+
+def decode_clock(data: bytes) -> PartitionClock:
+    """Rebuild a partition clock from its changelog record."""
+    doc = orjson.loads(data)
+    clock = PartitionClock()
+    clock.max_ts = {str(k): int(v) for k, v in doc.get("mx", {}).items()}
+    clock.watermark_ms = doc.get("wm")
+    clock.first_ts = doc.get("ft")
+    clock.first_day = date.fromordinal(doc["fd"]) if doc.get("fd") else None
+    clock.open_day = date.fromordinal(doc["od"]) if doc.get("od") else None
+    clock.parked = [_parked(item, LIFECYCLE) for item in doc.get("pk", [])]
+    # Written before 2026-12-05: billing events waiting for the profiles topic, kept apart.
+    clock.parked += [_parked(item, BILLING) for item in doc.get("wt", [])]
+    clock.parked.sort()
+    clock.offsets = {str(k): int(v) for k, v in doc.get("of", {}).items()}
+    clock.out = {str(k): int(v) for k, v in doc.get("out", {}).items()}
+    clock.suspect = None if doc.get("su") is None else _parked(doc["su"], USAGE)
+    clock.write = int(doc.get("w", 0))
+    return clock
+
+
+def _parked(item: list[Any], topic: str) -> Parked:
+    if len(item) == 4:  # written before 2026-12-05: (ts, kafka ts, key, value), lifecycle or billing
+        ts, kafka_ts, key, value = item
+        return (int(ts), -1 if kafka_ts is None else int(kafka_ts), str(key), str(value), topic, "", 0)
+    ts, kafka_ts, key, value, base, source, waited = item
+    return (int(ts), int(kafka_ts), str(key), str(value), str(base), str(source), int(waited))
+
+
+class Store:
+    """Subscriber states and partition clocks of the owned partitions, and what changed since the last write."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.clocks: dict[int, PartitionClock] = {}
+        self.states: dict[bytes, SubscriberState] = {}
+        # Per partition, the photographed subscribers (their lights are judged at each close) and
+        # the profiled ones a day opening can be due to (a contract stage, a birthday).
+        self.watched: dict[int, set[bytes]] = {}
+        self.dated: dict[int, set[bytes]] = {}
+        # Subscribers touched since the last write, per partition; partitions whose clock changed.
+        self.dirty: dict[int, set[bytes]] = {}
+        self.dirty_clocks: set[int] = set()
+
+    def adopt(self, p: int) -> PartitionClock:
+        """Start partition `p` empty: a record of a partition no load covered (the backtest's)."""
+        self.watched.setdefault(p, set())
+        self.dated.setdefault(p, set())
+        clock = self.clocks[p] = PartitionClock()
+        return clock
+
+    def state(self, key: bytes) -> SubscriberState:
+        """Return the state of `key`, created empty if there is none."""
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = SubscriberState()
+        return state
+
+    def index(self, p: int, key: bytes, state: SubscriberState) -> None:
+        """Note whether `key` is watched (photographed) and dated (a profile with a contract or birthday)."""
+        (self.watched[p].add if state.photo is not None else self.watched[p].discard)(key)
+        dated = state.has_profile and (state.contract is not None or state.birthday is not None)
+        (self.dated[p].add if dated else self.dated[p].discard)(key)
+
+    def touch(self, p: int, key: bytes) -> None:
+        """Mark `key` of partition `p` for the next write."""
+        keys = self.dirty.get(p)
+        if keys is None:
+            keys = self.dirty[p] = set()
+        keys.add(key)
+
+    def has_profile(self, key: bytes) -> bool:
+        state = self.states.get(key)
+        return state is not None and state.has_profile
+
+    def dirty_count(self) -> int:
+        return sum(len(keys) for keys in self.dirty.values())
+
+    def load(self, owned: set[int], data: dict[bytes, bytes], changelog: str, dead: DeadLetterSink) -> None:
+        """Replace the state with what the changelog holds for partitions `owned` (after a rebalance).
+
+        A record that cannot be read is skipped, so that the rest of the partition loads (issue
+        13): dead-lettered with the next batch, and overwritten in the changelog by the next write.
+        A partition whose clock is lost is rebuilt from its input topics, from their first offsets.
+        """
+        started = time.monotonic()
+        self.clocks.clear()
+        self.states.clear()
+        self.watched = {p: set() for p in owned}
+        self.dated = {p: set() for p in owned}
+        self.dirty.clear()
+        self.dirty_clocks.clear()
+        corrupt: list[tuple[int, bytes, bytes, str]] = []
+        for key, value in data.items():
+            if key.startswith(META_PREFIX):
+                p = int(key[len(META_PREFIX):])
+                if p in owned:
+                    try:
+                        self.clocks[p] = decode_clock(value)
+                    except Exception as exc:
+                        corrupt.append((p, key, value, type(exc).__name__))
+                continue
+            if key.startswith(b"~"):
+                continue  # the changelog's own markers, never a subscriber
+            p = partition_of(key, self.partitions)
+            if p not in owned:
+                continue
+            try:
+                state = decode_state(value)
+            except Exception as exc:
+                corrupt.append((p, key, value, type(exc).__name__))
+                continue
+            self.states[key] = state
+            self.index(p, key, state)
+        lost_clocks: set[int] = set()
+        for p, key, value, error in corrupt:
+            dead.put(STATE, key, value, [], f"{changelog}/{p}", "corrupt_state", exception=error, identity_key=key)
+            if key.startswith(META_PREFIX):
+                lost_clocks.add(p)
+                log.error("the clock record of partition %d in %s cannot be read (%s): the partition's state is "
+                          "rebuilt from its input topics, from their first offsets", p, changelog, error)
+            else:
+                log.error("the state of subscriber %s in %s/%d cannot be read (%s): it starts empty", mask(
+                    key.decode("utf-8", "replace")), changelog, p, error)
+        dropped: list[tuple[int, bytes]] = []
+        for p in lost_clocks:
+            # The states' offsets are gone with the clock: what the inputs still hold is read again.
+            for key in [k for k in self.states if partition_of(k, self.partitions) == p]:
+                del self.states[key]
+                dropped.append((p, key))
+            self.watched[p], self.dated[p] = set(), set()
+        for p in owned:
+            self.clocks.setdefault(p, PartitionClock())
+        for p, key in [*((p, key) for p, key, _, _ in corrupt if not key.startswith(META_PREFIX)), *dropped]:
+            self.touch(p, key)  # without a state by the next write: a tombstone replaces the record
+        self.dirty_clocks.update(lost_clocks)
+        log.debug("decoded %d subscribers in %.2f s", len(self.states), time.monotonic() - started)
