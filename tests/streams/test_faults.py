@@ -234,7 +234,9 @@ def _check(fault: str, seed: int, reference: dict[int, Outputs], stack: Embedded
     assert got.watermarks == expected.watermarks, "a partition's event time stopped short"
     assert sorted(got.lights) == sorted(expected.lights), "\n".join(
         [f"missing {x}" for x in sorted(set(expected.lights) - set(got.lights))]
-        + [f"extra {x}" for x in sorted(set(got.lights) - set(expected.lights))])
+        + [f"extra {x}" for x in sorted(set(got.lights) - set(expected.lights))]
+        + [f"window of {m}: {got.windows[m]}, reference {w}" for m, w in expected.windows.items()
+           if got.windows[m] != w])
     for topic in TASK_TOPICS:
         assert sorted(got.tasks[topic], key=lambda t: t["task_id"]) == sorted(
             expected.tasks[topic], key=lambda t: t["task_id"]), topic
