@@ -104,7 +104,8 @@ class PartitionClock:
         The watermark is the minimum over the topics that still have records to read (`pending`).
         A caught-up topic does not hold it back; a topic with records to read but none seen yet
         holds it where it is. Profiles are state, not a series (their times can be years old):
-        they never move it. The watermark never goes back.
+        they never move it, and while the profiles topic has records to read it holds the
+        watermark where it is. The watermark never goes back.
 
         HELD: the record just read (Kafka time `record_ms`) is younger than FRESH_MS against
         `now_ms`, and the watermark is held short of the next midnight: every topic's fetch must
@@ -117,9 +118,12 @@ class PartitionClock:
         lows: list[int] = []
         stuck = False
         for topic, has_more in pending.items():
-            if not has_more or topic == PROFILES:
+            if not has_more:
                 continue
-            ts = self.max_ts.get(topic)
+            # A profile still to read holds it where it is: a subscriber is judged, and an event
+            # of theirs decided, with the profile the history gives them by then (a restart can
+            # leave a partition's last profiles unread while its usage runs ahead).
+            ts = self.max_ts.get(topic) if topic != PROFILES else None
             if ts is None:
                 stuck = True
                 break

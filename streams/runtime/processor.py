@@ -363,18 +363,20 @@ class Processor:
                 await self._advance(p, clock, clock.watermark_ms)
             return
         ts = event_time_ms(result)
+        key = msg.key or b""
+        # Placed in event time against the watermark as it stood before this record: ahead of it,
+        # parked, and released in order among the day closes its own arrival may make due; not
+        # ahead (or a profile before any day opened), applied before them.
+        if is_ahead(clock, base, ts):
+            assert ts is not None and msg.value is not None
+            clock.park((ts, _kafka_ms(msg) or -1, key.decode(), msg.value.decode(), base, _source(msg), 0))
+        else:
+            # A profile deletion has no value (and no time: it is applied at once).
+            raw = "" if msg.value is None else msg.value.decode()
+            await self._take(p, clock, base, result, key, _kafka_ms(msg), _source(msg), raw)
         moved = ts is not None and base != PROFILES and clock.observe(base, ts)
         if self.progress.moves(p, clock, base, tp, moved) and self._watermark(p, clock):
             await self._advance(p, clock, clock.watermark_ms)
-        key = msg.key or b""
-        if is_ahead(clock, base, ts):
-            # Ahead of the watermark: applied in event-time order once the watermark passes it.
-            assert ts is not None and msg.value is not None
-            clock.park((ts, _kafka_ms(msg) or -1, key.decode(), msg.value.decode(), base, _source(msg), 0))
-            return
-        # A profile deletion has no value (and no time: it is applied at once).
-        raw = "" if msg.value is None else msg.value.decode()
-        await self._take(p, clock, base, result, key, _kafka_ms(msg), _source(msg), raw)
 
     async def observed_usage(self, p: int, clock: PartitionClock, tp: TP, event: Usage, key: bytes) -> None:
         """Apply a usage event that `_records` did not take inline (after a suspect was judged)."""

@@ -7,7 +7,7 @@ import time
 
 from faust.types import TP
 
-from rules.events import INPUT_TOPICS, PROFILES
+from rules.events import INPUT_TOPICS
 from rules.schedule import PartitionClock
 from streams.runtime.ports import Source
 from streams.runtime.sequencer import Sequencer
@@ -158,7 +158,7 @@ class Progress:
         if self.source.caught_up:
             for p, clock in clocks:
                 for tp, base in self.input_tps(p):
-                    if base != PROFILES and self.more(tp, base, clock):
+                    if self.more(tp, base, clock):
                         waiting[tp] = self._waiting.get(tp, now)
         self._waiting = waiting
         self._waiting_logged &= waiting.keys()

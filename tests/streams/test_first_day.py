@@ -94,6 +94,24 @@ def test_profiles_read_alongside_the_first_usage_do_not_move_the_first_day_back(
     assert sorted((c["msisdn"], c["light"], c["at"]) for c in changes) == [(SILENT, "red", JUDGED), (other, "red", JUDGED)]
 
 
+def test_a_profile_left_to_read_holds_the_days_until_it_is_read(tmp_path: Path) -> None:
+    # As after a restart that had read the partition's first profile only: the rest of the profiles
+    # topic comes in a later fetch than a month of usage. The second subscriber is judged with its
+    # profile on the day the history gives it, as in a run that read the profiles first.
+    other = _other_in_partition()
+    usage = USAGE + [_usage(other, len(USAGE) + i, f"2026-07-{d:02d}T13:00:00+08:00") for i, d in
+                     enumerate(range(1, 32))]
+    usage.sort(key=lambda m: orjson.loads(m.value or b"{}")["ts"])
+    usage = [message(m.topic, m.partition, i, m.key, m.value) for i, m in enumerate(usage)]
+    profiles = [_profile(SILENT, 0, "2026-06-30T23:00:00+08:00"), _profile(other, 1, "2026-06-30T23:30:00+08:00")]
+    ends = {"subscriber.profiles": 2, "usage.events": len(usage)}
+    _, in_order = _run(tmp_path / "a", KnownEnds(ends), [profiles, usage])
+    _, late = _run(tmp_path / "b", KnownEnds(ends), [profiles[:1], usage, profiles[1:]])
+    expected = [(SILENT, "red", JUDGED), (other, "red", JUDGED)]
+    assert sorted((c["msisdn"], c["light"], c["at"]) for c in in_order) == expected
+    assert sorted((c["msisdn"], c["light"], c["at"]) for c in late) == expected
+
+
 def test_profiles_read_before_any_usage_exists_do_not_start_the_window(worker: WorkerProc, settings: Settings) -> None:
     # A fresh deployment on the real broker: the profiles (updated in May) are all the worker has
     # read, so they alone moved the watermark, when the usage of July starts to arrive.
