@@ -33,6 +33,10 @@ from rules.task_message import SubscriberFacts
 FORMAT: Final = "churnlight.risk-model"
 VERSION: Final = 1
 TOP_REASONS: Final = 3
+# LightGBM predicts on its OpenMP threads by default. The worker scores a partition's watched
+# subscribers (tens to thousands of rows) between batches on its one busy thread: waking the
+# pool for each call cost more than the trees (3.1 ms against 0.5 ms for 25 rows, 2 cores).
+PREDICT_THREADS: Final = 1
 
 Reason = tuple[str, float | None, float]  # (feature, value, contribution to the log-odds)
 
@@ -57,7 +61,7 @@ class RiskModel:
         x = self._columns_of(matrix)
         if not len(x):
             return np.empty(0, dtype=np.float64)
-        return np.asarray(self.booster.predict(x), dtype=np.float64)
+        return np.asarray(self.booster.predict(x, num_threads=PREDICT_THREADS), dtype=np.float64)
 
     def reasons(self, matrix: npt.NDArray[np.float64]) -> list[list[Reason]]:
         """Return each row's top 3 reasons (feature, value, contribution to the log-odds), largest first.
@@ -67,7 +71,8 @@ class RiskModel:
         x = self._columns_of(matrix)
         if not len(x):
             return []
-        contrib = np.asarray(self.booster.predict(x, pred_contrib=True), dtype=np.float64)[:, :-1]  # last: bias
+        contrib = np.asarray(self.booster.predict(x, pred_contrib=True, num_threads=PREDICT_THREADS),
+                             dtype=np.float64)[:, :-1]  # last: bias
         k = min(TOP_REASONS, contrib.shape[1])
         top = np.argsort(-contrib, axis=1, kind="stable")[:, :k]
         names = self.features
