@@ -93,10 +93,9 @@ def assert_reasons(doc: dict[str, Any]) -> None:
 def test_a_scored_worker_shows_risk_on_tasks_lights_and_subscribers_and_calls_the_green_leavers(
         model_dir: Path, worker: WorkerProc, settings: Settings, redis_client: redis_lib.Redis) -> None:
     offline = offline_risks(model_dir)
-    # The simulator photographs its base with profiles written at a local midnight: the fold applies
-    # them before that midnight's close, the worker after it (its evaluations come first, CONTRACT
-    # §5), so the worker scores the base from the next close on.
-    scored_days = sorted({day for _, day in offline})[1:]
+    # The simulator photographs its base with profiles written at a local midnight: the worker, as
+    # the fold, applies them where their time puts them, and scores the base from that close on.
+    scored_days = sorted({day for _, day in offline})
     assert len(scored_days) >= 15
     # A threshold that some green subscribers cross at the first scored close (never scored before:
     # a first judgement) and some later, from below.
