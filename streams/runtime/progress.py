@@ -128,15 +128,24 @@ class Progress:
             if len(parked) < 64 or sum(len(e[3]) for e in parked) <= PARKED_BYTES:
                 continue
             watermark = clock.watermark_ms
-            ahead, behind = [], False
+            ahead: list[tuple[int, TP, bool]] = []
+            behind = False
             for tp, base in self.input_tps(p):
                 latest = clock.max_ts.get(base)
                 if watermark is not None and latest is not None and latest > watermark:
-                    ahead.append(tp)
+                    ahead.append((latest, tp, self.more(tp, base, clock)))
                 elif self.more(tp, base, clock):
                     behind = True
-            if behind:
-                out.update(ahead)
+            if not behind:
+                # Every topic is ahead of a watermark held short of a midnight (a day close waits
+                # for the records just produced to age, rules.schedule HELD): the slowest topic
+                # with records to read goes on, the others wait, or a replay's burst would park
+                # without bound meanwhile.
+                slowest = min(((latest, tp) for latest, tp, more in ahead if more), default=None)
+                if slowest is None:
+                    continue
+                ahead = [a for a in ahead if a[1] != slowest[1]]
+            out.update(tp for _, tp, _ in ahead)
         return out
 
     def lags(self, clocks: list[tuple[int, PartitionClock]]) -> dict[tuple[str, int], int]:

@@ -281,6 +281,9 @@ class Reader:
         if stale() or self.group.generation != generation:
             return
         self.consumer.assign(wanted)
+        # A partition paused before (held back or throttled) and assigned again without a
+        # revocation (after a failed batch) would stay paused, with nothing here to resume it.
+        self.consumer.resume(wanted)
         self.assigned = set(offsets)
         self.caught_up = False
         self.delivered.clear()

@@ -43,3 +43,38 @@ def test_billing_read_weeks_ahead_of_usage_is_applied_and_the_partition_goes_on(
     assert "a batch failed" not in worker.log_path.read_text()
     status, body = worker.get(f"/subscribers/{SUBSCRIBERS[0]}")
     assert status == 200 and body["balance"] == 20.0 + DAYS - 1
+
+
+def test_while_the_watermark_is_held_short_of_a_midnight_only_the_slowest_topic_goes_on() -> None:
+    # A replay's burst: every topic's latest time is past the watermark, which waits for the records
+    # just produced to age before the day closes. The parked records pass the bound: the topics
+    # wait but the slowest one with records to read, or the parking would grow for the whole wait.
+    from faust.types import TP
+
+    from rules.events import BILLING, LIFECYCLE, USAGE
+    from rules.schedule import PartitionClock
+    from streams.metrics import Metrics
+    from streams.runtime.progress import PARKED_BYTES, Progress
+    from streams.runtime.sequencer import Sequencer
+    from streams.settings import Settings
+    from streams.tools.backtest import HistorySource
+
+    settings = Settings()
+    series = {settings.topic(t) for t in (USAGE, BILLING, LIFECYCLE)}
+
+    class Behind(HistorySource):
+        def end(self, tp: TP) -> int | None:
+            return 10 ** 6 if tp.topic in series else None  # records left in each, the others read
+
+    source = Behind()
+    progress = Progress(settings, source, Sequencer(source, Metrics()))
+    clock = PartitionClock()
+    clock.watermark_ms = 1_000
+    clock.max_ts = {USAGE: 5_000, BILLING: 90_000, LIFECYCLE: 70_000}
+    value = "x" * 1024
+    clock.parked = [(2_000 + i, -1, "13900000001", value, BILLING, f"billing/0/{i}", 0)
+                    for i in range(PARKED_BYTES // 1024 + 1)]
+    paused = progress.crowded([(0, clock)])
+    assert paused == {TP(settings.topic(BILLING), 0), TP(settings.topic(LIFECYCLE), 0)}
+    clock.parked = clock.parked[:10]
+    assert progress.crowded([(0, clock)]) == set()
