@@ -29,6 +29,9 @@ SERIES: Final = (USAGE, BILLING)
 ORDERED: Final = frozenset((LIFECYCLE, BILLING, PROFILES))
 # How long (event time) a billing event of a subscriber without a profile waits for the profile.
 PROFILE_WAIT_MS: Final = 24 * HOUR_MS
+# The most records one subscriber may have parked (its changelog record holds them): one more goes
+# to the dead letters (`too_many_parked`), as a flood of one subscriber's events would.
+MAX_PARKED: Final = 256
 # A usage record more than this ahead of its partition's latest usage time is an outlier until
 # the next usage record confirms that time moved (it is then applied) or not (too_far_ahead).
 OUTLIER_MS: Final = 24 * HOUR_MS
@@ -52,7 +55,7 @@ Parked = tuple[int, int, str, str, str, str, int]
 class PartitionClock:
     """Event-time bookkeeping of one partition (CONTRACT §5, §7), persisted in the changelog."""
 
-    __slots__ = ("max_ts", "offsets", "watermark_ms", "first_ts", "first_day", "open_day", "parked", "out",
+    __slots__ = ("max_ts", "offsets", "watermark_ms", "first_ts", "first_day", "open_day", "parked", "held", "out",
                  "suspect", "write")
 
     def __init__(self) -> None:
@@ -77,6 +80,8 @@ class PartitionClock:
         # far ahead of usage; a restart or rebalance catches up unevenly), the same decisions
         # follow. Also billing events waiting up to PROFILE_WAIT_MS for their subscriber's profile.
         self.parked: list[Parked] = []
+        # The number of parked records per key (MAX_PARKED bounds it: see `full`).
+        self.held: dict[str, int] = {}
         # Per output partition ("topic/partition"), an offset at or below which nothing this
         # partition's records produce after this state lands: on recovery the outputs from there
         # on are read back, so that re-processing sends none of them again.
@@ -163,13 +168,40 @@ class PartitionClock:
     def park(self, entry: Parked) -> None:
         """Keep `entry` until the watermark passes its due time (parked records stay in time order)."""
         bisect.insort(self.parked, entry)
+        key = entry[2]
+        self.held[key] = self.held.get(key, 0) + 1
+
+    def full(self, key: str) -> bool:
+        """Say whether `key` holds MAX_PARKED parked records: one more is not parked."""
+        return self.held.get(key, 0) >= MAX_PARKED
+
+    def unpark(self) -> Parked:
+        """Remove and return the parked record due first."""
+        entry = self.parked.pop(0)
+        self._unheld(entry[2], 1)
+        return entry
 
     def take_waiting(self, key: str) -> list[Parked]:
         """Remove and return the billing events of `key` that waited for its profile, oldest first."""
         waiting = [e for e in self.parked if e[6] and e[2] == key]
         if waiting:
             self.parked = [e for e in self.parked if not (e[6] and e[2] == key)]
+            self._unheld(key, len(waiting))
         return sorted(waiting, key=lambda e: e[0] - PROFILE_WAIT_MS)
+
+    def restore(self, entries: list[Parked]) -> None:
+        """Hold `entries` (read back from the changelog) with what is parked already."""
+        self.parked.extend(entries)
+        self.parked.sort()
+        for entry in entries:
+            self.held[entry[2]] = self.held.get(entry[2], 0) + 1
+
+    def _unheld(self, key: str, n: int) -> None:
+        left = self.held.get(key, 0) - n
+        if left > 0:
+            self.held[key] = left
+        else:
+            self.held.pop(key, None)
 
 
 def is_ahead(clock: PartitionClock, topic: str, ts_ms: int | None) -> bool:
@@ -263,7 +295,7 @@ def _unpark(clock: PartitionClock, until_ms: int, tz: ZoneInfo, mornings: Mornin
         parked = clock.parked
         if mornings is not None:
             yield from _mornings(mornings, parked[0][0], tz, inclusive=True)
-        yield Release(parked.pop(0))
+        yield Release(clock.unpark())
     if mornings is not None:
         yield from _mornings(mornings, until_ms, tz, inclusive=not before)
 

@@ -21,6 +21,8 @@ POINTS: Final = (
     "task_released",     # a morning's capacity release done in Redis, none of its tasks published
     "outputs_acked",     # a batch's outputs acknowledged, the state not written
     "state_half_written",  # half of a state write's records with the broker, the rest not
+    "state_record",      # a state write's records up to this one with the broker (n counts them all)
+    "state_before_clock",  # a partition's records of a state write with the broker, its clock record not
     "state_written",     # a state write acknowledged by the broker
 )
 

@@ -21,9 +21,18 @@ from streams.topics import client_config
 log = logging.getLogger(__name__)
 
 SEAL_KEY = b"~seal"
-# Every record of a state write carries the write's number; a partition's clock record, written
-# last, closes the write (streams.runtime.recovery rolls back a write whose clock never came).
+# The key prefix of a partition's clock record (streams.runtime.store.clock_key).
+CLOCK_PREFIX = b"~p:"
+# Every record of a state write carries the write's number, and each subscriber's the input
+# offsets its state reflects (JSON: input topic -> last offset applied): its partition's at the
+# write, or (OWN_OFFSETS_HEADER) its own where they differ: ahead of the partition after a crash,
+# or holding the partition's suspect usage record, whose offset is under HELD (not applied).
 WRITE_HEADER = "w"
+OFFSETS_HEADER = "o"
+OWN_OFFSETS_HEADER = "k"
+HELD = "!"
+
+Headers = list[tuple[str, str | bytes | None]]
 
 
 class ChangelogWriter:
@@ -49,14 +58,18 @@ class ChangelogWriter:
         self._conf = conf
         self.topic = topic
         self.producer = Producer(conf)
-        self._failed: list[tuple[int, bytes, bytes | None, int]] = []
+        self._failed: list[tuple[int, bytes, bytes | None, Headers | None]] = []
         self._touched: set[int] = set()
+        # Per partition, its clock record queued since the last flush: sent again after any of
+        # the partition's records that failed, so that it stays the partition's last.
+        self._clocks: dict[int, tuple[bytes, bytes | None, Headers | None]] = {}
         self._fatal = False
 
-    def write(self, partition: int, key: bytes, value: bytes | None, write: int = 0) -> None:
-        """Queue one changelog record (None = tombstone) of state write number `write`."""
+    def write(self, partition: int, key: bytes, value: bytes | None, headers: Headers | None = None) -> None:
+        """Queue one changelog record (None = tombstone) with `headers` (module constants)."""
         self._touched.add(partition)
-        headers: list[tuple[str, str | bytes | None]] | None = [(WRITE_HEADER, str(write).encode())] if write else None
+        if key.startswith(CLOCK_PREFIX):
+            self._clocks[partition] = (key, value, headers)
         while True:
             try:
                 self.producer.produce(self.topic, key=key, value=value, partition=partition, headers=headers)
@@ -66,7 +79,7 @@ class ChangelogWriter:
 
     def _done(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
-            self._failed.append((msg.partition(), msg.key(), msg.value(), write_of(msg.headers())))
+            self._failed.append((msg.partition(), msg.key(), msg.value(), msg.headers()))
             self._fatal = self._fatal or err.fatal()
 
     async def flush(self) -> None:
@@ -79,6 +92,7 @@ class ChangelogWriter:
         # that whole batch. A lone tombstone after each flush is the last batch instead: only
         # it goes unseen, and it deletes a key nobody has. Harmless on a real Kafka.
         touched, self._touched = self._touched, set()
+        self._clocks.clear()
         for partition in touched:
             self.write(partition, SEAL_KEY, None)
         self._touched.clear()
@@ -101,8 +115,12 @@ class ChangelogWriter:
                     self._fatal = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-                for partition, key, value, write in failed:
-                    self.write(partition, key, value, write)
+                for partition, key, value, headers in failed:
+                    self.write(partition, key, value, headers)
+                for partition in {f[0] for f in failed}:
+                    clock = self._clocks.get(partition)
+                    if clock is not None and not any(f[0] == partition and f[1] == clock[0] for f in failed):
+                        self.write(partition, *clock)  # after the records it closes
 
 
 def write_of(headers: object) -> int:

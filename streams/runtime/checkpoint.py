@@ -3,11 +3,13 @@
 Every `commit_interval_s`, and before partitions are let go or the worker stops, each subscriber
 touched since the last write goes once to the changelog partition of its partition
 (co-partitioned with the source), and only at the end of a batch whose outputs (dead letters,
-light changes, tasks) the broker acknowledged. Each partition's clock record, written last, holds
-the offsets applied: the reader resumes from them. A write whose clock record never came is
-rolled back at recovery (streams.runtime.recovery), and the outputs produced since the loaded
-state are read back from their topics (streams.runtime.outputs), so a crash at any point
-re-processes records without counting an event twice or sending an output again.
+light changes, tasks) the broker acknowledged, with its parked records and the input offsets it
+reflects. Each partition's clock record, written last, holds the offsets applied: the reader
+resumes from them. A crash in the middle of a write leaves subscribers ahead of their clock,
+which recovery recognises by their offsets (streams.runtime.store: what they reflect is not
+applied again), and the outputs produced since the loaded state are read back from their topics
+(streams.runtime.outputs), so a crash at any point re-processes records without counting an
+event twice or sending an output again.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import orjson
+
+from rules.schedule import Parked, PartitionClock
 from streams.faults import Faults
-from streams.runtime.changelog import ChangelogWriter
-from streams.runtime.store import Store, clock_key, encode_clock, encode_state
+from streams.runtime.changelog import HELD, OFFSETS_HEADER, OWN_OFFSETS_HEADER, WRITE_HEADER, ChangelogWriter, Headers
+from streams.runtime.store import Offsets, Store, clock_key, encode_clock, encode_record, encode_state
 from sinks.outbox import Outbox
 
 # Touched subscribers that make the state go to the changelog before its interval is up: each
@@ -106,29 +111,38 @@ class Checkpoint:
         half = (store.dirty_count() + len(store.dirty_clocks)) // 2
         written = 0
         self.write_no += 1
-        number = self.write_no
+        number = str(self.write_no).encode()
         states = store.states
+        faults = self.faults
+        crash = faults.point if faults.point in ("state_half_written", "state_record", "state_before_clock") else None
         for p in set(store.dirty) | store.dirty_clocks:
+            clock = store.clocks.get(p)
+            header: Headers = [(WRITE_HEADER, number), (OFFSETS_HEADER, orjson.dumps(clock.offsets if clock else {}))]
+            parked = _by_key(clock.parked) if clock is not None and clock.parked else None
+            own = _own(store.ahead.get(p), clock, number)
             for key in store.dirty.get(p, ()):
                 state = states.get(key)
                 value = None if state is None or state.is_empty() else encode_state(state)
                 if value is None:
                     states.pop(key, None)
+                if parked:
+                    value = encode_record(value, parked.get(key, ()))
                 if changelog is not None:
-                    changelog.write(p, key, value, number)
+                    changelog.write(p, key, value, own(key) if own else header)
                     written += 1
-                    if written == half and self.faults.point == "state_half_written":
-                        changelog.producer.flush(30.0)
-                        self.faults.reached("state_half_written")
-            if changelog is not None and p in store.clocks:
-                clock = store.clocks[p]
+                    if crash is not None and crash != "state_before_clock":
+                        self._crash_point(crash, crash == "state_record" or written == half)
+            if changelog is not None and clock is not None:
+                if crash == "state_before_clock":
+                    self._crash_point(crash, True)
                 # Every output so far is acknowledged (the batches' commits waited for them): what
                 # the records after this state produce lands past these offsets.
                 clock.out.update(self.output_ends)
-                clock.write = number
-                # Last, and always: the clock record closes this write of the partition (a write
-                # without it is rolled back at recovery, streams.runtime.recovery).
-                changelog.write(p, clock_key(p), encode_clock(clock), number)
+                clock.write = self.write_no
+                # Last, and always: the clock record closes this write of the partition (records
+                # after a partition's last clock record are recognised at recovery).
+                changelog.write(p, clock_key(p), encode_clock(clock), header)
+            store.caught_up(p)
         store.dirty.clear()
         store.dirty_clocks.clear()
         if changelog is not None:
@@ -137,9 +151,49 @@ class Checkpoint:
                 await self.flushed()
         return True
 
+    def _crash_point(self, point: str, here: bool) -> None:
+        """Die (fault injection) with the records written so far with the broker."""
+        if here and self.changelog is not None:
+            self.changelog.producer.flush(30.0)
+            self.faults.reached(point)
+
     async def flushed(self) -> None:
         """Return once the broker has every state written so far (raises what the wait raised)."""
         flushing, self._flushing = self._flushing, None
         if flushing is not None:
             await flushing
             self.faults.reached("state_written")
+
+
+def _by_key(parked: list[Parked]) -> dict[bytes, list[Parked]]:
+    """The parked records of a partition by subscriber (each goes in its subscriber's record)."""
+    out: dict[bytes, list[Parked]] = {}
+    for entry in parked:
+        out.setdefault(entry[2].encode(), []).append(entry)
+    return out
+
+
+def _own(ahead: dict[bytes, Offsets] | None, clock: PartitionClock | None,
+         number: bytes) -> Callable[[bytes], Headers] | None:
+    """The headers of the subscribers whose offsets are not their partition's: ahead of it (after
+    a crash) or holding its suspect usage record; None when there are none."""
+    suspect = clock.suspect if clock is not None else None
+    if not ahead and suspect is None:
+        return None
+    done = clock.offsets if clock is not None else {}
+    held = None if suspect is None else suspect[2].encode()
+    plain: Headers = [(WRITE_HEADER, number), (OFFSETS_HEADER, orjson.dumps(done))]
+
+    def headers(key: bytes) -> Headers:
+        mine = None if ahead is None else ahead.get(key)
+        if mine is None and key != held:
+            return plain
+        offsets = dict(done)
+        for topic, offset in (mine or {}).items():
+            if topic != HELD and offset > offsets.get(topic, -1):
+                offsets[topic] = offset
+        if key == held and suspect is not None:
+            offsets[HELD] = int(suspect[5].rsplit("/", 1)[1])
+        return [(WRITE_HEADER, number), (OWN_OFFSETS_HEADER, orjson.dumps(offsets))]
+
+    return headers

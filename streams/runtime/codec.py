@@ -12,19 +12,26 @@ more). 3 is format 2 with one more item in the scalar array: the risk features' 
 keep the last close's risk score in the flags' bits from 7 up (risk_bp + 1; 0: never scored):
 older records read as never scored, and older readers ignore those bits. A state whose memory is
 empty is still written as format 2, so a deployment can roll back.
+
+A changelog record (`encode_record`, `decode_record`) is a state as above, or, for a subscriber
+with parked records (rules.schedule.Parked: held for the watermark, or waiting for a profile),
+the byte 0x7F, the parked records as one orjson array (its length a varint) and then the state,
+if any: a subscriber's record says all there is of it at one instant, so that a crash between two
+records of a state write leaves every record whole (streams.runtime.recovery).
 """
 
 from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date
 from typing import Any, Final
 
 import orjson
 
 from rules.event_types import Contract, Photo
+from rules.schedule import Parked
 from rules.subscriber import Churn, SubscriberState
 from rules.vocabulary import Light, Reason
 
@@ -85,6 +92,37 @@ def encode_state(s: SubscriberState) -> bytes:
     if m:
         parts += (_varint(s.seen_off.typecode == "I"), _varint(s.seen_base), _le(s.seen_off), _le(s.seen_h))
     return b"".join(parts)
+
+
+# The first byte of a record with parked records: no state format starts with it.
+_PARKED: Final = 0x7F
+_PARKED_BYTES: Final = bytes((_PARKED,))
+
+
+def encode_record(state: bytes | None, parked: Sequence[Parked]) -> bytes | None:
+    """The changelog value of a subscriber: its encoded state and its parked records (None: nothing,
+    a tombstone)."""
+    if not parked:
+        return state
+    items = orjson.dumps([[ts, kafka_ts, value, base, source, waited]
+                          for ts, kafka_ts, _, value, base, source, waited in parked])
+    return b"".join((_PARKED_BYTES, _varint(len(items)), items, state or b""))
+
+
+def decode_record(key: bytes, data: bytes) -> tuple[SubscriberState | None, list[Parked]]:
+    """Read a changelog value written by `encode_record`; raise ValueError on anything else."""
+    if not data or data[0] != _PARKED:
+        return decode_state(data), []
+    r = _Reader(data)
+    r.pos = 1
+    try:
+        text = key.decode()
+        parked: list[Parked] = [(int(ts), int(kafka_ts), text, str(value), str(base), str(source), int(waited))
+                                for ts, kafka_ts, value, base, source, waited in orjson.loads(r.raw(r.uint()))]
+    except (TypeError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
+        raise ValueError(f"corrupt parked records: {exc!r}") from None
+    rest = data[r.pos:]
+    return (decode_state(rest) if rest else None), parked
 
 
 def decode_state(data: bytes) -> SubscriberState:

@@ -15,9 +15,10 @@ import orjson
 
 from rules import day as rules_day, tasks as triggers
 from rules.day import Decide
+from rules.events import mask
 from rules.lights import LightChange
 from rules.ruleset import RuleSet
-from rules.schedule import CloseDay, Parked, PartitionClock
+from rules.schedule import MAX_PARKED, CloseDay, Parked, PartitionClock
 from rules.state import SubscriberState, local_day
 from rules.tasks import Task
 from sinks.deadletters import DeadLetterSink
@@ -167,6 +168,14 @@ class Handoff:
         self._rejected(base)
         DEADLETTER_LOG.warning("too_far_ahead", "dead-lettered %s: too_far_ahead (more than a day past the "
                                "partition's usage, and the records after it did not follow)", source)
+
+    def too_many(self, entry: Parked) -> None:
+        """Dead-letter a record to park for a subscriber that holds MAX_PARKED parked records already."""
+        _, _, key, value, base, source, _ = entry
+        self.dead.put(base, key.encode(), value.encode(), [], source, "too_many_parked")
+        self._rejected(base)
+        DEADLETTER_LOG.warning("too_many_parked", "dead-lettered %s: too_many_parked (subscriber %s holds %d "
+                               "parked records)", source, mask(key), MAX_PARKED)
 
 
 

@@ -103,8 +103,10 @@ class Batches(Protocol):
     def output_ends(self) -> dict[str, int]: ...
 
     def load(self, owned: set[int], data: dict[bytes, bytes], generation: int | None, *,
-             started: float | None = None, last_write: int = 0) -> None:
-        """Replace the state with what the changelog holds for partitions `owned`."""
+             started: float | None = None, last_write: int = 0,
+             ahead: dict[int, dict[bytes, dict[str, int]]] | None = None) -> None:
+        """Replace the state with what the changelog holds for partitions `owned` (`ahead`: the
+        subscribers ahead of their partition's clock)."""
 
     def output_starts(self) -> dict[str, int]:
         """Per output partition, where the outputs of the loaded state may start."""

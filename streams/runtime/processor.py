@@ -169,16 +169,18 @@ class Processor:
         return await self.checkpoint.write_state(wait=wait)
 
     def load(self, owned: set[int], data: dict[bytes, bytes], generation: int | None, *,
-             started: float | None = None, last_write: int = 0) -> None:
+             started: float | None = None, last_write: int = 0,
+             ahead: dict[int, dict[bytes, dict[str, int]]] | None = None) -> None:
         """Replace the state with what the changelog holds for partitions `owned` (after a rebalance).
 
-        `started` is when reading the changelog began (time.monotonic), for the log line.
+        `started` is when reading the changelog began (time.monotonic), for the log line; `ahead`:
+        the subscribers ahead of their partition's clock (streams.runtime.recovery).
         """
         started = time.monotonic() if started is None else started
         self.outbox.queued.clear()
         self._outcomes_due.clear()
         changelog = self.changelog.topic if self.changelog is not None else "state-changelog"
-        self.store.load(owned, data, changelog, self.dead)
+        self.store.load(owned, data, changelog, self.dead, ahead)
         self.checkpoint.loaded(last_write)
         self.sequencer.rewinds.clear()
         # A day close that waited for its records to age (FRESH_MS) is not in the changelog: every
@@ -306,6 +308,7 @@ class Processor:
         clocks = self.store.clocks
         dirty_clocks = self.store.dirty_clocks
         moves = self.progress.moves
+        store = self.store
         for msg in records:
             base = base_topic.get(msg.topic)
             p = msg.partition
@@ -333,7 +336,9 @@ class Processor:
                     moved = clock.observe(base, result.ts_ms)
                     if moves(p, clock, base, tp, moved) and self._watermark(p, clock):
                         await self._advance(p, clock, clock.watermark_ms)
-                    self._apply_usage(p, result, msg.key, clock)  # type: ignore[arg-type]
+                    # Not again into a state loaded ahead of its clock (streams.runtime.store).
+                    if not (store.ahead and store.reflected(p, msg.key, base, offset)):  # type: ignore[arg-type]
+                        self._apply_usage(p, result, msg.key, clock)  # type: ignore[arg-type]
                 else:
                     await self._record(p, clock, base, tp, msg, result)
             except Exception as exc:
@@ -349,10 +354,14 @@ class Processor:
     async def _record(self, p: int, clock: PartitionClock, base: str, tp: TP, msg: InputRecord,
                       result: Event | Rejection) -> None:
         """Take one decoded record other than the usual usage event (which `_records` takes inline)."""
+        store = self.store
+        key = msg.key or b""
+        # Applied already to a state loaded ahead of its clock: its event time counts, not its event.
+        reflected = bool(store.ahead) and store.reflected(p, key, base, msg.offset)
         if type(result) is Usage:
             if not await self.suspects.check(p, clock, tp, msg, result.ts_ms):
                 return
-            await self.observed_usage(p, clock, tp, result, msg.key or b"")
+            await self.observed_usage(p, clock, tp, result, key, apply=not reflected)
             return
         if isinstance(result, Rejection):
             self.dead.put(base, msg.key, msg.value, _headers(msg.headers), _source(msg), result.error)
@@ -363,13 +372,14 @@ class Processor:
                 await self._advance(p, clock, clock.watermark_ms)
             return
         ts = event_time_ms(result)
-        key = msg.key or b""
         # Placed in event time against the watermark as it stood before this record: ahead of it,
         # parked, and released in order among the day closes its own arrival may make due; not
         # ahead (or a profile before any day opened), applied before them.
-        if is_ahead(clock, base, ts):
+        if reflected:
+            pass  # applied, or parked in the loaded record
+        elif is_ahead(clock, base, ts):
             assert ts is not None and msg.value is not None
-            clock.park((ts, _kafka_ms(msg) or -1, key.decode(), msg.value.decode(), base, _source(msg), 0))
+            self._park(p, clock, (ts, _kafka_ms(msg) or -1, key.decode(), msg.value.decode(), base, _source(msg), 0))
         else:
             # A profile deletion has no value (and no time: it is applied at once).
             raw = "" if msg.value is None else msg.value.decode()
@@ -378,12 +388,25 @@ class Processor:
         if self.progress.moves(p, clock, base, tp, moved) and self._watermark(p, clock):
             await self._advance(p, clock, clock.watermark_ms)
 
-    async def observed_usage(self, p: int, clock: PartitionClock, tp: TP, event: Usage, key: bytes) -> None:
-        """Apply a usage event that `_records` did not take inline (after a suspect was judged)."""
+    async def observed_usage(self, p: int, clock: PartitionClock, tp: TP, event: Usage, key: bytes, *,
+                             apply: bool = True) -> None:
+        """Apply a usage event that `_records` did not take inline (after a suspect was judged);
+        with `apply` False only its event time counts (its state reflects it already)."""
         moved = clock.observe(USAGE, event.ts_ms)
         if self.progress.moves(p, clock, USAGE, tp, moved) and self._watermark(p, clock):
             await self._advance(p, clock, clock.watermark_ms)
-        self._apply_usage(p, event, key, clock)
+        if apply:
+            self._apply_usage(p, event, key, clock)
+
+    def _park(self, p: int, clock: PartitionClock, entry: Parked) -> None:
+        """Park `entry` in its subscriber's record, unless the subscriber holds MAX_PARKED already:
+        then it goes to the dead letters (`too_many_parked`), as a flood of one subscriber's would."""
+        if clock.full(entry[2]):
+            self.handoff.too_many(entry)
+            return
+        clock.park(entry)
+        self.store.touch(p, entry[2].encode())
+        self.store.dirty_clocks.add(p)
 
     async def _take(self, p: int, clock: PartitionClock, base: str, event: Event, key: bytes,
                     kafka_ts: int | None, source: str, raw: str, *, waited: bool = False) -> None:
@@ -396,13 +419,16 @@ class Processor:
         with what is known.
         """
         if type(event) is Billing and not waited and not self.store.has_profile(key):
-            clock.park((event.ts_ms + PROFILE_WAIT_MS, kafka_ts or -1, key.decode(), raw, BILLING, source, 1))
-            self.store.dirty_clocks.add(p)
+            self._park(p, clock, (event.ts_ms + PROFILE_WAIT_MS, kafka_ts or -1, key.decode(), raw, BILLING, source,
+                                  1))
             return
         await self._apply(p, base, event, key, kafka_ts)
         if base == PROFILES and clock.parked:
             # Billing events that waited for this profile are applied now, oldest first.
-            for entry in clock.take_waiting(key.decode()):
+            waiting = clock.take_waiting(key.decode())
+            if waiting:
+                self.store.touch(p, key)
+            for entry in waiting:
                 await self._release(p, clock, entry)
 
     async def _release(self, p: int, clock: PartitionClock, entry: Parked) -> None:
@@ -503,6 +529,7 @@ class Processor:
         for step in due(clock, until_ms, self.tz, self.rules.window_days, mornings):
             if type(step) is Release:
                 store.dirty_clocks.add(p)
+                store.touch(p, step.entry[2].encode())  # out of its subscriber's record
                 await self._release(p, clock, step.entry)
             elif type(step) is CloseDay:
                 store.dirty_clocks.add(p)

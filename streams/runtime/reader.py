@@ -246,11 +246,13 @@ class Reader:
             return self._revocations != revocations or self._stopping
 
         writes: dict[int, int] = {}
+        ahead: dict[int, dict[bytes, dict[str, int]]] = {}
         data = await loop.run_in_executor(
-            None, lambda: read_changelog(self.settings, owned, cancelled=stale, writes=writes))
+            None, lambda: read_changelog(self.settings, owned, cancelled=stale, writes=writes, ahead=ahead))
         if stale() or self.group.generation != generation:
             return  # a rebalance came while reading: the next assignment loads again
-        self.processor.load(owned, data, generation, started=started, last_write=max(writes.values(), default=0))
+        self.processor.load(owned, data, generation, started=started, last_write=max(writes.values(), default=0),
+                            ahead=ahead)
         del data
         # What this state's records produced before a crash is on the output topics already.
         published, ends = await loop.run_in_executor(

@@ -1,8 +1,14 @@
 """The state of the owned partitions in memory: subscribers, partition clocks, what changed since the last write.
 
 Loaded from the state changelog after each rebalance (streams.runtime.recovery reads it); written
-back by the checkpoint (streams.runtime.checkpoint). The storage codec of a subscriber's state is
-used here only (`encode_state`, `decode_state`).
+back by the checkpoint (streams.runtime.checkpoint). The storage codec of a subscriber's record is
+used here only (`encode_state`, `encode_record`, `decode_record`).
+
+Every changelog record says which input offsets its subscriber's state reflects (a header, the
+partition's offsets at the write); a partition's clock record, written last, says where its
+inputs are read from again. A crash between two records of a write leaves some subscribers ahead
+of their clock: they are loaded as they are, `ahead` remembers their offsets, and the records they
+reflect already are not applied again (`reflected`) while the partition reads them a second time.
 """
 
 from __future__ import annotations
@@ -19,16 +25,19 @@ from rules.events import BILLING, LIFECYCLE, USAGE, mask
 from rules.schedule import Parked, PartitionClock
 from rules.state import SubscriberState
 from sinks.deadletters import DeadLetterSink
+from streams.runtime.changelog import CLOCK_PREFIX, HELD
 # The storage codec of a subscriber's state: its one use in the runtime.
-from streams.runtime.codec import decode_state as decode_state, encode_state as encode_state
+from streams.runtime.codec import decode_record, decode_state as decode_state, encode_record as encode_record
+from streams.runtime.codec import encode_state as encode_state
 
 log = logging.getLogger(__name__)
 
 # The key prefix of a partition's clock record in the changelog.
-META_PREFIX = b"~p:"
+META_PREFIX = CLOCK_PREFIX
 # The dead-letter metric's topic label of unreadable state records.
 STATE = "state"
-
+# Per subscriber ahead of its partition's clock: the last offset applied per input topic (and HELD).
+Offsets = dict[str, int]
 
 
 def partition_of(key: bytes, partitions: int) -> int:
@@ -47,7 +56,6 @@ def encode_clock(clock: PartitionClock) -> bytes:
         "mx": clock.max_ts, "wm": clock.watermark_ms, "ft": clock.first_ts,
         "fd": clock.first_day.toordinal() if clock.first_day else None,
         "od": clock.open_day.toordinal() if clock.open_day else None,
-        "pk": clock.parked,
         "of": clock.offsets,
         "out": clock.out,
         "su": clock.suspect,
@@ -56,7 +64,11 @@ def encode_clock(clock: PartitionClock) -> bytes:
 
 
 def decode_clock(data: bytes) -> PartitionClock:
-    """Rebuild a partition clock from its changelog record."""
+    """Rebuild a partition clock from its changelog record.
+
+    Parked records live in their subscribers' records; a clock written before 2026-12-06 holds
+    them itself, and they are parked again from it (`Store.load` puts them in their records).
+    """
     doc = orjson.loads(data)
     clock = PartitionClock()
     clock.max_ts = {str(k): int(v) for k, v in doc.get("mx", {}).items()}
@@ -64,10 +76,10 @@ def decode_clock(data: bytes) -> PartitionClock:
     clock.first_ts = doc.get("ft")
     clock.first_day = date.fromordinal(doc["fd"]) if doc.get("fd") else None
     clock.open_day = date.fromordinal(doc["od"]) if doc.get("od") else None
-    clock.parked = [_parked(item, LIFECYCLE) for item in doc.get("pk", [])]
+    legacy = [_parked(item, LIFECYCLE) for item in doc.get("pk", [])]
     # Written before 2026-12-05: billing events waiting for the profiles topic, kept apart.
-    clock.parked += [_parked(item, BILLING) for item in doc.get("wt", [])]
-    clock.parked.sort()
+    legacy += [_parked(item, BILLING) for item in doc.get("wt", [])]
+    clock.restore(legacy)
     clock.offsets = {str(k): int(v) for k, v in doc.get("of", {}).items()}
     clock.out = {str(k): int(v) for k, v in doc.get("out", {}).items()}
     clock.suspect = None if doc.get("su") is None else _parked(doc["su"], USAGE)
@@ -97,6 +109,9 @@ class Store:
         # Subscribers touched since the last write, per partition; partitions whose clock changed.
         self.dirty: dict[int, set[bytes]] = {}
         self.dirty_clocks: set[int] = set()
+        # Per partition, the subscribers whose loaded state reflects input records past the clock's
+        # offsets (a crash in the middle of a state write): their offsets (module docstring).
+        self.ahead: dict[int, dict[bytes, Offsets]] = {}
 
     def adopt(self, p: int) -> PartitionClock:
         """Start partition `p` empty: a record of a partition no load covered (the backtest's)."""
@@ -129,11 +144,36 @@ class Store:
         state = self.states.get(key)
         return state is not None and state.has_profile
 
+    def reflected(self, p: int, key: bytes, base: str, offset: int) -> bool:
+        """Say whether the state of `key` (partition `p`) reflects record `offset` of topic `base`
+        already: loaded ahead of its clock, it is not applied again (module docstring)."""
+        ahead = self.ahead.get(p)
+        if not ahead:
+            return False
+        offsets = ahead.get(key)
+        return offsets is not None and offset <= offsets.get(base, -1) and not (
+            base == USAGE and offset == offsets.get(HELD))
+
+    def caught_up(self, p: int) -> None:
+        """Forget the subscribers of `p` whose offsets its clock has reached (after a state write)."""
+        ahead = self.ahead.get(p)
+        clock = self.clocks.get(p)
+        if not ahead or clock is None:
+            return
+        done = clock.offsets
+        for key in [k for k, offsets in ahead.items()
+                    if all(v <= done.get(t, -1) for t, v in offsets.items() if t != HELD)]:
+            del ahead[key]
+        if not ahead:
+            del self.ahead[p]
+
     def dirty_count(self) -> int:
         return sum(len(keys) for keys in self.dirty.values())
 
-    def load(self, owned: set[int], data: dict[bytes, bytes], changelog: str, dead: DeadLetterSink) -> None:
-        """Replace the state with what the changelog holds for partitions `owned` (after a rebalance).
+    def load(self, owned: set[int], data: dict[bytes, bytes], changelog: str, dead: DeadLetterSink,
+             ahead: dict[int, dict[bytes, Offsets]] | None = None) -> None:
+        """Replace the state with what the changelog holds for partitions `owned` (after a rebalance);
+        `ahead`: the subscribers found ahead of their partition's clock (streams.runtime.recovery).
 
         A record that cannot be read is skipped, so that the rest of the partition loads (issue
         13): dead-lettered with the next batch, and overwritten in the changelog by the next write.
@@ -146,7 +186,9 @@ class Store:
         self.dated = {p: set() for p in owned}
         self.dirty.clear()
         self.dirty_clocks.clear()
+        self.ahead = {p: dict(keys) for p, keys in (ahead or {}).items() if p in owned and keys}
         corrupt: list[tuple[int, bytes, bytes, str]] = []
+        parked: dict[int, list[Parked]] = {}
         for key, value in data.items():
             if key.startswith(META_PREFIX):
                 p = int(key[len(META_PREFIX):])
@@ -162,12 +204,15 @@ class Store:
             if p not in owned:
                 continue
             try:
-                state = decode_state(value)
+                state, held = decode_record(key, value)
             except Exception as exc:
                 corrupt.append((p, key, value, type(exc).__name__))
                 continue
-            self.states[key] = state
-            self.index(p, key, state)
+            if held:
+                parked.setdefault(p, []).extend(held)
+            if state is not None:
+                self.states[key] = state
+                self.index(p, key, state)
         lost_clocks: set[int] = set()
         for p, key, value, error in corrupt:
             dead.put(STATE, key, value, [], f"{changelog}/{p}", "corrupt_state", exception=error, identity_key=key)
@@ -184,10 +229,24 @@ class Store:
             for key in [k for k in self.states if partition_of(k, self.partitions) == p]:
                 del self.states[key]
                 dropped.append((p, key))
+            parked.pop(p, None)
+            self.ahead.pop(p, None)
             self.watched[p], self.dated[p] = set(), set()
         for p in owned:
-            self.clocks.setdefault(p, PartitionClock())
+            clock = self.clocks.setdefault(p, PartitionClock())
+            if clock.parked:
+                # Parked in the clock record (written before 2026-12-06): into their subscribers' records.
+                for entry in clock.parked:
+                    self.touch(p, entry[2].encode())
+                self.dirty_clocks.add(p)
+            if p in parked:
+                legacy, clock.parked, clock.held = clock.parked, [], {}
+                clock.restore(list(set(legacy) | set(parked[p])))
         for p, key in [*((p, key) for p, key, _, _ in corrupt if not key.startswith(META_PREFIX)), *dropped]:
             self.touch(p, key)  # without a state by the next write: a tombstone replaces the record
         self.dirty_clocks.update(lost_clocks)
+        if self.ahead:
+            log.warning("a state write was cut short (a crash): %d subscribers of partitions %s are ahead of their "
+                        "partition's offsets; their records already applied are not applied again",
+                        sum(len(keys) for keys in self.ahead.values()), sorted(self.ahead))
         log.debug("decoded %d subscribers in %.2f s", len(self.states), time.monotonic() - started)

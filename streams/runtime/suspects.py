@@ -43,6 +43,7 @@ class Suspects:
         if held is not None:
             clock.suspect = None
             self.since.pop(p, None)
+            self.processor.store.touch(p, held[2].encode())  # its record holds it no more
             if ts_ms > latest + OUTLIER_MS:
                 await self._release(p, clock, tp, held)  # time moved: it was the data's
             else:
@@ -53,6 +54,8 @@ class Suspects:
             kafka_ms = None if msg.timestamp is None else int(msg.timestamp * 1000)
             clock.suspect = (ts_ms, kafka_ms or -1, msg.key.decode(), msg.value.decode(), USAGE,
                              f"{msg.topic}/{msg.partition}/{msg.offset}", 0)
+            # Its subscriber's record says it is held, not applied (streams.runtime.changelog.HELD).
+            self.processor.store.touch(p, msg.key)
             self.since[p] = time.monotonic()
             return False
         return True
@@ -70,6 +73,7 @@ class Suspects:
             held, clock.suspect = clock.suspect, None
             del self.since[p]
             processor.store.dirty_clocks.add(p)
+            processor.store.touch(p, held[2].encode())
             if abs(held[0] - now_ms) <= OUTLIER_MS:
                 tp = TP(processor.settings.topic(USAGE), p)
                 processor.progress.refresh(p, clock)
@@ -79,7 +83,10 @@ class Suspects:
 
     async def _release(self, p: int, clock: PartitionClock, tp: TP, held: Parked) -> None:
         """Apply a held usage record as if read now."""
-        _, _, key, value, base, _, _ = held
+        _, _, key, value, base, source, _ = held
         event = decode(base, key.encode(), value.encode())
         if type(event) is Usage:
-            await self.processor.observed_usage(p, clock, tp, event, key.encode())
+            store = self.processor.store
+            # Applied already to a state loaded ahead of its clock (streams.runtime.store)?
+            reflected = bool(store.ahead) and store.reflected(p, key.encode(), USAGE, int(source.rsplit("/", 1)[1]))
+            await self.processor.observed_usage(p, clock, tp, event, key.encode(), apply=not reflected)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
+
 from faust.types import TP
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.runtime.changelog import ChangelogWriter
+from streams.runtime.changelog import OFFSETS_HEADER, OWN_OFFSETS_HEADER, WRITE_HEADER, ChangelogWriter, Headers
 from streams.runtime.reader import Record, interleave
 from streams.runtime.recovery import read_changelog
 from streams.settings import Settings
@@ -74,3 +76,38 @@ def test_recovery_reads_the_latest_value_of_every_key_and_drops_deleted_ones(set
     assert not any(key.startswith(b"~") for key in everything)  # the seals are tombstones: gone
     # Only the partitions asked for.
     assert set(read_changelog(settings, {2})) == {f"1390000{i:04d}".encode() for i in range(2, 400, 4)}
+
+
+def test_a_state_write_cut_short_leaves_its_subscribers_ahead_of_the_clock_with_their_offsets(
+        settings: Settings) -> None:
+    """Write 1 whole (states, then the clock), write 2 cut short by a crash before its clock: the
+    subscribers write 2 reached are ahead of the clock with write 2's offsets, the others are not;
+    a subscriber with offsets of its own stays ahead after a later whole write that did not pass them."""
+    ensure_topics(settings)
+    writer = ChangelogWriter(settings, changelog_topic(settings))
+
+    def headers(write: int, offsets: dict[str, int], own: bool = False) -> Headers:
+        return [(WRITE_HEADER, str(write).encode()), (OWN_OFFSETS_HEADER if own else OFFSETS_HEADER,
+                                                       orjson.dumps(offsets))]
+
+    clock1 = {"usage.events": 99, "billing.events": 9}
+    clock2 = {"usage.events": 199, "billing.events": 9}
+
+    async def write() -> None:
+        for i in range(6):
+            writer.write(0, f"1390000{i:04d}".encode(), b"v1", headers(1, clock1))
+        writer.write(0, b"~p:0", orjson.dumps({"of": clock1}), headers(1, clock1))
+        writer.write(1, b"13900009999", b"v1", headers(1, {**clock1, "usage.events": 500}, own=True))
+        writer.write(1, b"~p:1", orjson.dumps({"of": clock1}), headers(1, clock1))
+        await writer.flush()
+        for i in range(3):  # the crash came before the rest of write 2 and its clock record
+            writer.write(0, f"1390000{i:04d}".encode(), b"v2", headers(2, clock2))
+        writer.write(1, b"~p:1", orjson.dumps({"of": clock2}), headers(2, clock2))
+        await writer.flush()
+
+    asyncio.run(write())
+    ahead: dict[int, dict[bytes, dict[str, int]]] = {}
+    values = read_changelog(settings, {0, 1}, ahead=ahead)
+    assert [values[f"1390000{i:04d}".encode()] for i in range(6)] == [b"v2"] * 3 + [b"v1"] * 3
+    assert ahead == {0: {f"1390000{i:04d}".encode(): clock2 for i in range(3)},
+                     1: {b"13900009999": {**clock1, "usage.events": 500}}}
