@@ -15,9 +15,9 @@ from streams.settings import Settings
 from streams.topics import TICKS
 
 # Parked records of a partition (their raw values, bytes) above which the reader pauses the
-# partition's topics that run ahead of its watermark: the parked records live in the partition's
-# clock record, one changelog message, which the broker takes up to 1 MiB (and a replay burst
-# would otherwise park a whole topic read ahead: issue 15). The topics behind catch up meanwhile.
+# partition's topics that run ahead of its watermark: they are held in memory and written with
+# their subscribers' records, and a replay burst would otherwise park a whole topic read ahead.
+# The topics behind catch up meanwhile.
 PARKED_BYTES = 256 * 1024
 # How long an input partition may hold its partition's event time with nothing left to read before
 # the log says so (Progress.waited_for).
