@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -10,7 +11,7 @@ from rich.console import Console
 
 from rules.ruleset import RuleSetError, load_rule_set
 from streams import preflight
-from streams.connect import connected, settings_or_exit
+from streams.connect import connected, fail, settings_or_exit
 from streams.logs import setup_logging
 from streams.settings import settings_help
 from streams.tools.commands import TOOLS
@@ -139,19 +140,23 @@ def _numbers(numbers: tuple[str, ...], file: Path | None) -> list[str]:
 SET_CHOICE = click.Choice(["sms-optout", "dnc"])
 
 
+def _set_and_numbers(command: Callable[..., None]) -> Callable[..., None]:
+    """Take WHICH set and the msisdns, as arguments or a --file (consent add and remove)."""
+    command = click.option("--file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                           help="one msisdn a line")(command)
+    command = click.argument("numbers", nargs=-1)(command)
+    return click.argument("which", type=SET_CHOICE)(command)
+
+
 @consent.command("add")
-@click.argument("which", type=SET_CHOICE)
-@click.argument("numbers", nargs=-1)
-@click.option("--file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="one msisdn a line")
+@_set_and_numbers
 def consent_add(which: str, numbers: tuple[str, ...], file: Path | None) -> None:
     """Add msisdns to WHICH set (sms-optout: no SMS; dnc: no call)."""
     _consent("add", which, _numbers(numbers, file))
 
 
 @consent.command("remove")
-@click.argument("which", type=SET_CHOICE)
-@click.argument("numbers", nargs=-1)
-@click.option("--file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="one msisdn a line")
+@_set_and_numbers
 def consent_remove(which: str, numbers: tuple[str, ...], file: Path | None) -> None:
     """Remove msisdns from WHICH set."""
     _consent("remove", which, _numbers(numbers, file))
@@ -218,8 +223,7 @@ def console_cmd(add_user: str | None, role: str) -> None:
         try:
             run_console(resolved)
         except UsersFileError as exc:
-            console.print(f"[red]churnlight console: {exc}[/red]")
-            raise SystemExit(2) from None
+            fail("console", exc, 2)
 
 
 for command in TOOLS:

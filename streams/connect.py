@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import click
+from rich.console import Console
 
 from streams import preflight
 from streams.embedded import EmbeddedStack
@@ -19,6 +21,12 @@ def settings_or_exit() -> Settings:
     except SettingsError as exc:
         click.echo(f"churnlight: {exc}", err=True)
         raise SystemExit(2) from None
+
+
+def fail(command: str, message: object, code: int = 1) -> NoReturn:
+    """End `churnlight <command>` with `message` in red on stderr, in one line, and exit `code`."""
+    Console(stderr=True).print(f"[red]churnlight {command}: {message}[/red]", soft_wrap=True)
+    raise SystemExit(code)
 
 
 @contextmanager

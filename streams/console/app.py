@@ -23,6 +23,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from rules.events import MSISDN_RE, mask
 from rules.vocabulary import KINDS
@@ -198,7 +199,9 @@ async def _feed_events(request: web.Request) -> web.StreamResponse:
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
     await response.write(b"retry: 1000\n\n")
-    client = Redis.from_url(request.app["redis_url"])
+    # redis-py's default socket timeout (5 s) is shorter than the XREAD's block: the read would
+    # time out on every idle stream.
+    client = Redis.from_url(request.app["redis_url"], socket_timeout=data.FOLLOW_BLOCK_MS / 1000 + 5)
     try:
         async for row in data.follow(client, after, _filters(request)):
             if row is None:
@@ -207,7 +210,11 @@ async def _feed_events(request: web.Request) -> web.StreamResponse:
             payload = orjson.dumps(_shown(row, user, refs, tz))
             await response.write(b"id: " + row["id"].encode() + b"\ndata: " + payload + b"\n\n")
     except ConnectionResetError:
-        pass  # the browser went away; aiohttp cancels the handler when it notices first
+        # The browser left: the next write after it (an entry or the idle line) finds the stream closed.
+        log.debug("live feed: %s left", user.name)
+    except RedisError as exc:
+        # The browser reconnects after the stream's retry time and resumes from its last entry.
+        log.warning("live feed: Redis failed (%s); the stream ends", type(exc).__name__)
     finally:
         await client.aclose()
     return response

@@ -262,11 +262,16 @@ class Console:
         return dict(counts)
 
 
-async def follow(client: Redis, after: str, wanted: dict[str, str], block_ms: int = 10_000
+# How long a follower waits in XREAD for the next entry before it says it is idle.
+FOLLOW_BLOCK_MS: Final = 10_000
+
+
+async def follow(client: Redis, after: str, wanted: dict[str, str], block_ms: int = FOLLOW_BLOCK_MS
                  ) -> AsyncIterator[dict[str, Any] | None]:
     """Yield feed rows after entry `after` passing `wanted` as they arrive; None when idle.
 
-    `client` blocks in XREAD: give each follower a connection of its own."""
+    `client` blocks in XREAD: give each follower a connection of its own, with a socket timeout
+    above `block_ms`."""
     while True:
         got = await client.xread({FEED: after}, count=500, block=block_ms)
         if not got:

@@ -8,8 +8,9 @@ that goes to the dead letters.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import date
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -33,22 +34,25 @@ from streams.topics import TASK_TOPIC
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False, slots=True)
 class Handoff:
     """Carry out closes and hand effects to the sinks (lights, dead letters, the task runner)."""
 
-    def __init__(self, settings: Settings, rules: RuleSet, store: Store, lights: LightSink, dead: DeadLetterSink,
-                 scorer: Scorer | None, counts: dict[tuple[str, str], int]) -> None:
-        self.settings = settings
-        self.rules = rules
-        self.tz = settings.zone
-        self.store = store
-        self.lights = lights
-        self.dead = dead
-        self.scorer = scorer
-        self.capacity = bool(rules.capacity)
-        # The batch's event counts by (topic, outcome), the processor's: a dead-lettered record counts `rejected`.
-        self.counts = counts
-        self.runner: TaskRunner | None = None
+    settings: Settings
+    rules: RuleSet
+    store: Store
+    lights: LightSink
+    dead: DeadLetterSink
+    scorer: Scorer | None
+    # The batch's event counts by (topic, outcome), the processor's: a dead-lettered record counts `rejected`.
+    counts: dict[tuple[str, str], int]
+    runner: TaskRunner | None = None
+    tz: ZoneInfo = field(init=False)
+    capacity: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tz = self.settings.zone
+        self.capacity = bool(self.rules.capacity)
 
     def _rejected(self, base: str) -> None:
         counted = (base, "rejected")

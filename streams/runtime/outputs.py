@@ -11,22 +11,15 @@ a light change by (msisdn, at, light), a dead letter by its `source` header, a t
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from sinks.outbox import deadletter_id, light_id, task_identity
 from streams.runtime.store import partition_of
+from streams.runtime.topic_end import read_to_end
 from streams.settings import Settings
-from streams.topics import DEADLETTER, LIGHTS, OUTPUT_TOPICS, client_config
-
-log = logging.getLogger(__name__)
-
-# No record for this long while partitions are still short of their end: the broker is away.
-STALL_S = 60.0
+from streams.topics import DEADLETTER, LIGHTS, OUTPUT_TOPICS
 
 
 def _identity(base: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None,
@@ -61,68 +54,27 @@ def read_outputs(settings: Settings, starts: dict[str, int], owned: set[int], *,
 
     A partition without a start is read from its beginning.
     """
-    conf = client_config(settings)
-    conf.update({
-        "group.id": f"{settings.topic_prefix}{settings.app_id}-outputs",
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "enable.partition.eof": True,
-        "auto.offset.reset": "earliest",
-        # A broker without transactions may report a last stable offset short of the end.
-        "isolation.level": "read_uncommitted",
-    })
-    consumer = Consumer(conf)
+    base_of = {settings.topic(base): base for base in OUTPUT_TOPICS}
     found: set[str] = set()
-    ends: dict[str, int] = {}
-    base_of: dict[str, str] = {}
-    try:
-        wanted: list[TopicPartition] = []
-        for base in OUTPUT_TOPICS:
-            topic = settings.topic(base)
-            base_of[topic] = base
-            meta = consumer.list_topics(topic, timeout=10.0).topics.get(topic)
-            if meta is None or meta.error is not None:
-                continue  # not created yet: nothing was produced
-            for q in sorted(meta.partitions):
-                where = f"{topic}/{q}"
-                start = starts.get(where, 0)
-                try:
-                    low, high = consumer.get_watermark_offsets(TopicPartition(topic, q), timeout=10.0)
-                except KafkaException as exc:
-                    raise RuntimeError(f"cannot read the end of {where}: {exc}") from exc
-                ends[where] = max(start, low)
-                if high > max(start, low):
-                    wanted.append(TopicPartition(topic, q, max(start, low)))
-        if not wanted:
-            return found, ends
-        pending = {(tp.topic, tp.partition) for tp in wanted}
-        consumer.assign(wanted)
-        last_progress = time.monotonic()
-        while pending and not cancelled():
-            messages = consumer.consume(10000, 0.5)
-            if messages:
-                last_progress = time.monotonic()
-            elif time.monotonic() - last_progress > STALL_S:
-                raise RuntimeError(f"no record of the output partitions {sorted(pending)} in {STALL_S:.0f} s")
-            for m in messages:
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard((m.topic(), m.partition()))
-                    else:
-                        log.warning("reading the outputs: %s", err)
-                    continue
-                name, offset = m.topic(), m.offset()
-                assert name is not None and offset is not None
-                where = f"{name}/{m.partition()}"
-                ends[where] = max(ends.get(where, 0), offset + 1)
-                identity = _identity(base_of[name], m.key(), m.value(), _bytes_headers(m.headers()),
-                                     settings.partitions, owned)
-                if identity is not None:
-                    found.add(identity)
-    finally:
-        consumer.close()
+    begun: dict[tuple[str, int], int] = {}
+    last: dict[str, int] = {}
+    for r in read_to_end(settings, dict.fromkeys(base_of), group_id=f"{settings.topic_prefix}{settings.app_id}-outputs",
+                         starts={_where(text): offset for text, offset in starts.items()}, cancelled=cancelled,
+                         begun=begun):
+        last[f"{r.topic}/{r.partition}"] = r.offset + 1
+        identity = _identity(base_of[r.topic], r.key, r.value, _bytes_headers(r.headers), settings.partitions, owned)
+        if identity is not None:
+            found.add(identity)
+    ends = {f"{topic}/{q}": offset for (topic, q), offset in begun.items()}
+    for where, offset in last.items():
+        ends[where] = max(ends[where], offset)
     return found, ends
+
+
+def _where(text: str) -> tuple[str, int]:
+    """Split "topic/partition"."""
+    topic, _, partition = text.rpartition("/")
+    return topic, int(partition)
 
 
 def _bytes_headers(headers: object) -> list[tuple[str, bytes]]:

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from rules.ruleset import RuleSetError
 from streams import preflight
-from streams.connect import connected, settings_or_exit
+from streams.connect import connected, fail, settings_or_exit
 from streams.logs import setup_logging
 from streams.tools.bench import bench
 from streams.topics import StartupError
@@ -83,8 +83,7 @@ def demo(subscribers: int, days: int, activity: float, seed: int, out: Path, no_
         console.print("[yellow]demo stopped; the console, the worker and the embedded servers were shut down[/yellow]")
         raise SystemExit(130) from None
     except (RuntimeError, StartupError) as exc:
-        console.print(f"[red]churnlight demo: {exc}[/red]")
-        raise SystemExit(1) from None
+        fail("demo", exc)
 
 
 @click.command()
@@ -177,8 +176,7 @@ def train(history: Path, out: Path, labels_path: Path | None, horizon_days: int 
         trained = run_train(history, rules, settings.zone, horizon_days=horizon_days, labels_path=labels_path,
                             seed=seed, step_days=step_days)
     except (RuleSetError, LabelsError, ValueError) as exc:
-        console.print(f"[red]churnlight train: {exc}[/red]", soft_wrap=True)
-        raise SystemExit(2) from None
+        fail("train", exc, 2)
     out.write_bytes(trained.model_bytes)
     screen = Console()
     fig = trained.figures
@@ -201,8 +199,7 @@ def replay(file: Path) -> None:
         try:
             ensure_topics(resolved)
         except StartupError as exc:
-            console.print(f"[red]churnlight replay: {exc}[/red]")
-            raise SystemExit(1) from None
+            fail("replay", exc)
         with _progress() as progress:
             task = progress.add_task(f"replaying {file.name}", total=total)
             report = run_replay(resolved, iter_file(file), progress=lambda n: progress.update(task, completed=n))
@@ -255,8 +252,7 @@ def backtest(file: Path, labels: Path | None, rule_sets: tuple[str, ...], models
             scores = run_many(file, list(rule_sets), settings, labels,
                               progress=lambda name, n: progress.update(bars[name], completed=n), models=list(models))
     except (RuleSetError, LabelsError, RiskModelError) as exc:
-        console.print(f"[red]churnlight backtest: {exc}[/red]", soft_wrap=True)
-        raise SystemExit(2) from None
+        fail("backtest", exc, 2)
     Console().print(backtest_table(file.name, scores))
     unknown = scores[0].unknown_topics if scores else {}
     if unknown:

@@ -31,7 +31,6 @@ import orjson
 import pytest
 import redis as redis_lib
 from confluent_kafka import Consumer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from streams.embedded import EmbeddedStack, free_port
@@ -39,6 +38,7 @@ from streams.faults import POINTS
 from streams.settings import Settings
 from streams.runtime.changelog import ChangelogWriter
 from streams.runtime.store import partition_of
+from streams.tools.scrape import parse
 from streams.topics import changelog_topic
 from tests.conftest import API_TOKEN, WorkerProc, consume_all, env_of, produce, wait_for
 from tests.streams import scripted, scripted_tasks as st
@@ -144,10 +144,8 @@ def _watermarks(*workers: WorkerProc) -> dict[str, float]:
     out: dict[str, float] = {}
     for w in workers:
         _, text = w.get("/metrics")
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == "churnlight_watermark_seconds":
-                    out[sample.labels["partition"]] = sample.value
+        for labels, value in parse(text).get("churnlight_watermark_seconds", []):
+            out[labels["partition"]] = value
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rich.table import Table
@@ -29,50 +30,12 @@ def render_table(doc: dict[str, Any]) -> Table:
     table.add_column("step")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    _throughput_rows(table, doc)
-    lat = doc["latency"]
-    if lat.get("skipped"):
-        table.add_row("4 latency", "skipped", lat["reason"])
-    else:
-        e2e, hist, est = lat["tasks_end_to_end"], lat["worker_histogram"], lat["usage_lag_estimate"]
-        table.add_row("4 latency", "offered rate (half of b)", _fmt(lat["rate_target_per_s"], " /s"))
-        table.add_row("", f"task end to end p50/p95/p99 ({e2e['tasks_seen']}/{e2e['triggers']} tasks)",
-                      " / ".join(_ms(e2e[k]) for k in ("p50_s", "p95_s", "p99_s")))
-        table.add_row("", f"worker histogram p50/p95/p99 ({int(hist['tasks'])} tasks)",
-                      " / ".join(_ms(hist[k]) for k in ("p50_s", "p95_s", "p99_s")))
-        table.add_row("", "usage backlog/rate ESTIMATE p50/p95/p99",
-                      " / ".join(_ms(est[k]) for k in ("p50_s", "p95_s", "p99_s")))
-    st = doc["state"]
-    if st.get("skipped"):
-        table.add_row("5 state", "skipped", st["reason"])
-    else:
-        table.add_row("5 state per subscriber", "median / p99 bytes",
-                      f"{_fmt(st['median_bytes'])} / {_fmt(st['p99_bytes'])}")
-        table.add_row("", "subscribers / records in changelog",
-                      f"{_fmt(st['subscribers'])} / {_fmt(st['changelog_records'])}")
-    rss = doc["rss"]
-    if rss.get("skipped"):
-        table.add_row("6 worker peak RSS", "skipped", rss["reason"])
-    else:
-        table.add_row("6 worker peak RSS", "VmHWM", "-" if rss.get("peak_bytes") is None
-                      else f"{rss['peak_bytes'] / 2**20:,.0f} MiB")
-    rec = doc["recovery"]
-    if rec.get("skipped"):
-        table.add_row("7 recovery", "skipped", rec["reason"])
-    else:
-        table.add_row("7 recovery", "seconds to healthy + fully loaded", _fmt(rec.get("seconds"), " s", 1))
-        table.add_row("", "of which to /health 200 (state loaded)", _fmt(rec.get("health_s"), " s", 1))
-        table.add_row("", "subscribers loaded (worker's own load time)",
-                      f"{_fmt(rec.get('subscribers_loaded'))} ({_fmt(rec.get('load_s_logged'), ' s', 2)})")
-    sc = doc["scaling"]
-    if sc.get("skipped"):
-        table.add_row("8 scaling", "skipped", sc["reason"])
-    else:
-        table.add_row("8 scaling", "2 workers events / s", _fmt(sc.get("events_per_s")))
-        table.add_row("", "vs 1 worker", _fmt(sc.get("speedup"), "x", 2))
-        _pauses_row(table, sc)
-        _incomplete_row(table, sc)
-    _scoring_rows(table, doc["scoring"])
+    for step, key, rows in _STEPS:
+        part = doc[key]
+        if part.get("skipped"):
+            table.add_row(step, "skipped", part["reason"])
+        else:
+            rows(table, doc)
     if doc.get("status") not in (None, "ok", "running"):
         table.add_row("[red]run[/red]", f"[red]{doc['status']}[/red]", str(doc.get("error", ""))[:200])
     return table
@@ -80,9 +43,6 @@ def render_table(doc: dict[str, Any]) -> Table:
 
 def _throughput_rows(table: Table, doc: dict[str, Any]) -> None:
     wk = doc["worker"]
-    if wk.get("skipped"):
-        table.add_row("1-3 throughput", "skipped", wk["reason"])
-        return
     p = doc["produce"]
     table.add_row("1 produce", "messages (profiles + usage) / s", _fmt(p.get("messages_per_s")))
     raw = doc["raw_baseline"]
@@ -95,10 +55,49 @@ def _throughput_rows(table: Table, doc: dict[str, Any]) -> None:
     _incomplete_row(table, wk)
 
 
-def _scoring_rows(table: Table, sc: dict[str, Any]) -> None:
-    if sc.get("skipped"):
-        table.add_row("9 scoring", "skipped", sc["reason"])
-        return
+def _latency_rows(table: Table, doc: dict[str, Any]) -> None:
+    lat = doc["latency"]
+    e2e, hist, est = lat["tasks_end_to_end"], lat["worker_histogram"], lat["usage_lag_estimate"]
+    table.add_row("4 latency", "offered rate (half of b)", _fmt(lat["rate_target_per_s"], " /s"))
+    table.add_row("", f"task end to end p50/p95/p99 ({e2e['tasks_seen']}/{e2e['triggers']} tasks)",
+                  " / ".join(_ms(e2e[k]) for k in ("p50_s", "p95_s", "p99_s")))
+    table.add_row("", f"worker histogram p50/p95/p99 ({int(hist['tasks'])} tasks)",
+                  " / ".join(_ms(hist[k]) for k in ("p50_s", "p95_s", "p99_s")))
+    table.add_row("", "usage backlog/rate ESTIMATE p50/p95/p99",
+                  " / ".join(_ms(est[k]) for k in ("p50_s", "p95_s", "p99_s")))
+
+
+def _state_rows(table: Table, doc: dict[str, Any]) -> None:
+    st = doc["state"]
+    table.add_row("5 state per subscriber", "median / p99 bytes",
+                  f"{_fmt(st['median_bytes'])} / {_fmt(st['p99_bytes'])}")
+    table.add_row("", "subscribers / records in changelog",
+                  f"{_fmt(st['subscribers'])} / {_fmt(st['changelog_records'])}")
+
+
+def _rss_rows(table: Table, doc: dict[str, Any]) -> None:
+    peak = doc["rss"].get("peak_bytes")
+    table.add_row("6 worker peak RSS", "VmHWM", "-" if peak is None else f"{peak / 2**20:,.0f} MiB")
+
+
+def _recovery_rows(table: Table, doc: dict[str, Any]) -> None:
+    rec = doc["recovery"]
+    table.add_row("7 recovery", "seconds to healthy + fully loaded", _fmt(rec.get("seconds"), " s", 1))
+    table.add_row("", "of which to /health 200 (state loaded)", _fmt(rec.get("health_s"), " s", 1))
+    table.add_row("", "subscribers loaded (worker's own load time)",
+                  f"{_fmt(rec.get('subscribers_loaded'))} ({_fmt(rec.get('load_s_logged'), ' s', 2)})")
+
+
+def _scaling_rows(table: Table, doc: dict[str, Any]) -> None:
+    sc = doc["scaling"]
+    table.add_row("8 scaling", "2 workers events / s", _fmt(sc.get("events_per_s")))
+    table.add_row("", "vs 1 worker", _fmt(sc.get("speedup"), "x", 2))
+    _pauses_row(table, sc)
+    _incomplete_row(table, sc)
+
+
+def _scoring_rows(table: Table, doc: dict[str, Any]) -> None:
+    sc = doc["scoring"]
     h, plain, scored = sc["history"], sc["plain"], sc["scored"]
     table.add_row("9 scoring", "history (simulated)", f"{h['days']} days, {h['subscribers']:,} subscribers, "
                                                        f"{h['events']:,} events")
@@ -112,6 +111,18 @@ def _scoring_rows(table: Table, sc: dict[str, Any]) -> None:
                   f"{_fmt(scored.get('light_changes_with_risk'))} of {_fmt(scored.get('light_changes'))}")
     share = sc.get("added_share")
     table.add_row("", "scoring adds to the worker's time", "-" if share is None else f"{share:+.1%}")
+
+
+# The table's steps: the label of a skipped step's row, its part of the bench document, its rows.
+_STEPS: tuple[tuple[str, str, Callable[[Table, dict[str, Any]], None]], ...] = (
+    ("1-3 throughput", "worker", _throughput_rows),
+    ("4 latency", "latency", _latency_rows),
+    ("5 state", "state", _state_rows),
+    ("6 worker peak RSS", "rss", _rss_rows),
+    ("7 recovery", "recovery", _recovery_rows),
+    ("8 scaling", "scaling", _scaling_rows),
+    ("9 scoring", "scoring", _scoring_rows),
+)
 
 
 def _pauses_row(table: Table, part: dict[str, Any]) -> None:
@@ -128,7 +139,6 @@ def _incomplete_row(table: Table, part: dict[str, Any]) -> None:
     table.add_row("", "[red]INCOMPLETE[/red]",
                   f"[red]counted {_fmt(int(part.get('counted') or 0))} of {_fmt(part.get('expected'))}; "
                   f"worker-reported lag {_fmt(None if lag is None else int(lag))}; {part.get('note') or ''}[/red]")
-
 
 
 def incomplete_steps(doc: dict[str, Any]) -> list[str]:

@@ -291,3 +291,19 @@ def test_effect_shows_completion_outcomes_and_the_hold_out_comparison(
     # Yellow over SMS: contacted 4, 1 churned (25.0 %); hold-out 2, 2 churned (100.0 %).
     row = page.locator("#uplift tbody tr").first
     expect(row.locator("td")).to_have_text(["yellow", "sms", "4", "1", "25.0 %", "2", "2", "100.0 %", "75.0 pp"])
+
+
+def _followers(client: redis_lib.Redis) -> int:
+    """Count the Redis connections of the console's db that wait in XREAD (one per open feed page)."""
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    return sum(1 for c in client.client_list() if int(c["db"]) == db and c["cmd"] == "xread")
+
+
+def test_a_browser_leaving_the_live_feed_logs_no_error(
+        console: ConsoleProc, browser: Any, redis_client: redis_lib.Redis) -> None:
+    page = _sign_in(browser, console, "mgr", "/feed")
+    wait_for(lambda: _followers(redis_client) == 1, what="the page's event stream")
+    page.close()  # the browser leaves while the console waits in XREAD for the next entry
+    wait_for(lambda: _followers(redis_client) == 0, what="the console to let the stream go")
+    text = console.log.read_text()
+    assert "ERROR" not in text and "Traceback" not in text, text
