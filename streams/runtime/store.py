@@ -132,18 +132,25 @@ class Store:
     def dirty_count(self) -> int:
         return sum(len(keys) for keys in self.dirty.values())
 
-    def load(self, owned: set[int], data: dict[bytes, bytes], changelog: str, dead: DeadLetterSink) -> None:
-        """Replace the state with what the changelog holds for partitions `owned` (after a rebalance).
+    def load(self, owned: set[int], data: dict[bytes, bytes], changelog: str, dead: DeadLetterSink, *,
+             kept: set[int] | frozenset[int] = frozenset()) -> None:
+        """Replace the state with what the changelog holds for partitions `owned` (after a rebalance),
+        except partitions `kept`, whose state in memory stays as it is (`data` need not hold them).
 
         A record that cannot be read is skipped, so that the rest of the partition loads (issue
         13): dead-lettered with the next batch, and overwritten in the changelog by the next write.
         A partition whose clock is lost is rebuilt from its input topics, from their first offsets.
         """
         started = time.monotonic()
-        self.clocks.clear()
-        self.states.clear()
-        self.watched = {p: set() for p in owned}
-        self.dated = {p: set() for p in owned}
+        kept = kept & owned
+        if kept:
+            self.drop((set(self.clocks) | set(self.watched)) - kept)
+        else:
+            self.clocks.clear()
+            self.states.clear()
+        self.watched = {p: self.watched[p] if p in kept else set() for p in owned}
+        self.dated = {p: self.dated[p] if p in kept else set() for p in owned}
+        owned = owned - kept  # the partitions read from `data`
         self.dirty.clear()
         self.dirty_clocks.clear()
         corrupt: list[tuple[int, bytes, bytes, str]] = []
@@ -185,9 +192,21 @@ class Store:
                 del self.states[key]
                 dropped.append((p, key))
             self.watched[p], self.dated[p] = set(), set()
-        for p in owned:
+        for p in owned | kept:
             self.clocks.setdefault(p, PartitionClock())
         for p, key in [*((p, key) for p, key, _, _ in corrupt if not key.startswith(META_PREFIX)), *dropped]:
             self.touch(p, key)  # without a state by the next write: a tombstone replaces the record
         self.dirty_clocks.update(lost_clocks)
         log.debug("decoded %d subscribers in %.2f s", len(self.states), time.monotonic() - started)
+
+    def drop(self, partitions: set[int]) -> None:
+        """Forget partitions `partitions` (let go in a rebalance): their clocks, indexes and states."""
+        if not partitions:
+            return
+        for p in partitions:
+            self.clocks.pop(p, None)
+            self.watched.pop(p, None)
+            self.dated.pop(p, None)
+        n = self.partitions
+        for key in [k for k in self.states if partition_of(k, n) in partitions]:
+            del self.states[key]
