@@ -64,6 +64,7 @@ def render_table(doc: dict[str, Any]) -> Table:
         table.add_row("", "of which to /health 200 (state loaded)", _fmt(rec.get("health_s"), " s", 1))
         table.add_row("", "subscribers loaded (worker's own load time)",
                       f"{_fmt(rec.get('subscribers_loaded'))} ({_fmt(rec.get('load_s_logged'), ' s', 2)})")
+    _join_rows(table, doc.get("join") or {"skipped": True, "reason": "not run"})
     sc = doc["scaling"]
     if sc.get("skipped"):
         table.add_row("8 scaling", "skipped", sc["reason"])
@@ -114,6 +115,20 @@ def _scoring_rows(table: Table, sc: dict[str, Any]) -> None:
     table.add_row("", "scoring adds to the worker's time", "-" if share is None else f"{share:+.1%}")
 
 
+def _join_rows(table: Table, jn: dict[str, Any]) -> None:
+    if jn.get("skipped"):
+        table.add_row("8 join", "skipped", jn["reason"])
+        return
+    if jn.get("note"):
+        table.add_row("8 join", "[red]INCOMPLETE[/red]", f"[red]{jn['note']}[/red]")
+        return
+    table.add_row("8 join", "kept partitions' stall (let go to reading again)",
+                  f"{_fmt(jn.get('stall_s'), ' s', 2)} over {len(jn['rebalances'])} rebalance(s)")
+    table.add_row("", "of which the worker's own part (load, outputs, assign)", _fmt(jn.get("reader_ready_s"), " s", 2))
+    table.add_row("", "first keeps / reloads / second takes",
+                  f"{jn['kept']} / {jn['reloaded_by_first']} / {jn['partitions_after']['second']}")
+
+
 def _pauses_row(table: Table, part: dict[str, Any]) -> None:
     if part.get("pauses"):
         table.add_row("", f"[yellow]pauses >= {PAUSE_S:.0f} s without progress (in the rate)[/yellow]",
@@ -147,6 +162,9 @@ def incomplete_steps(doc: dict[str, Any]) -> list[str]:
     recovery = doc.get("recovery") or {}
     if not recovery.get("skipped") and recovery and recovery.get("seconds") is None:
         found.append("recovery")
+    join = doc.get("join") or {}
+    if not join.get("skipped") and join and (join.get("note") or join.get("stall_s") is None):
+        found.append("join")
     scoring = doc.get("scoring") or {}
     for run in ("plain", "scored"):
         if not scoring.get("skipped") and scoring.get(run) and not scoring[run].get("complete"):
