@@ -131,7 +131,7 @@ class Reader:
         self._revoked = True
         self._revocations = 0
         # Per partition whose state was all written at the last revocation, the changelog's end
-        # (high watermark) asked right after that write; taken by the next assignment.
+        # (high watermark) asked right after that write; good until the reader reads again.
         self._marks: dict[int, int] = {}
         self._idle = asyncio.Event()
         self._idle.set()
@@ -224,9 +224,9 @@ class Reader:
         self._revoked = True
         self._revocations += 1
         await self._idle.wait()
-        self._marks = {}
         if self.assigned:
             # The next owner starts from the changelog: it must hold everything applied here.
+            self._marks = {}
             written = await self.processor.write_state()
             self.consumer.unassign()
             log.info("the reader let %d input partitions go", len(self.assigned))
@@ -263,8 +263,9 @@ class Reader:
             return self._revocations != revocations or self._stopping
 
         # Partitions that come back with their state in memory whole and nothing written to their
-        # changelog since this worker wrote it stay as they are; the others are read.
-        marks, self._marks = self._marks, {}
+        # changelog since this worker wrote it stay as they are; the others are read. (A rebalance
+        # before this assignment is done keeps the marks: nothing was read since they were taken.)
+        marks = self._marks
         candidates = {p for p in owned & self.processor.keepable() if p in marks}
         changelog_ends = await loop.run_in_executor(None, self._changelog_ends, candidates) if candidates else {}
         kept = {p for p in candidates if changelog_ends.get(p) == marks[p]}
@@ -321,6 +322,7 @@ class Reader:
         self._backlog = []
         self.generation = generation
         self._revoked = False
+        self._marks = {}
         log.info("the reader reads partitions %s of %d input topics from the state's offsets (ready in %.1f s)",
                  sorted(owned), len(self.topics), time.monotonic() - started)
 
