@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from streams.settings import Settings
-from streams.tools.bench.run import LOADED_RE, POLL_S, STEPS, Run
+from streams.tools.bench.run import LOADED_RE, POLL_S, STEPS, Run, split_between
 from streams.tools.harness import START_TIMEOUT_S, WorkerProcess
 
 _STAMP: Final = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO "
@@ -90,7 +90,7 @@ def step_join(run: Run, settings: Settings, subscribers: int) -> dict[str, Any]:
     split_s: float | None = None
     while time.monotonic() - second.started_at < limit:
         second.check_alive()
-        if _split(pair, run.partitions):
+        if split_between(pair, run.partitions):
             split_s = time.monotonic() - second.started_at
             break
         time.sleep(POLL_S)
@@ -124,12 +124,3 @@ def _lag(w: WorkerProcess) -> float | None:
     except Exception:
         return None
 
-
-def _split(pair: list[WorkerProcess], partitions: int) -> bool:
-    owned: list[set[int]] = []
-    for w in pair:
-        doc = w.health()
-        if doc is None or not doc.get("partitions"):
-            return False
-        owned.append(set(doc["partitions"]))
-    return not owned[0] & owned[1] and len(owned[0] | owned[1]) == partitions
