@@ -136,6 +136,7 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=min(1.0, settings.session_timeout_s / 3),
         broker_rebalance_timeout=settings.rebalance_timeout_s,
+        consumer_group_instance_id=settings.instance_id,
         consumer_auto_offset_reset="earliest",
         # Faust's producer sends light changes, dead letters and tasks (the changelog has its own,
         # streams.runtime.changelog): a task waits for its acknowledgement, so a long linger is its latency.

@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     """consumer-group session timeout, seconds"""
     rebalance_timeout_s: float = Field(3.0, gt=0)
     """consumer-group rebalance timeout, seconds"""
+    # Static group membership (KIP-345): a worker restarted with the same id takes its member back
+    # without waiting for its session timeout. Off by default: through Faust (whose member metadata
+    # carries the last assignment) a restart still rebalances the group, and on the embedded Tansu
+    # that made a restart in a group of two slower, not faster (README, Settings).
+    instance_id: str | None = None
+    """static group membership: this worker's own, stable id (e.g. a StatefulSet pod name); unset: off"""
     batch_max: int = Field(2000, ge=1)
     """records per batch at most"""
     batch_within_s: float = Field(0.05, gt=0)
@@ -135,6 +141,15 @@ class Settings(BaseSettings):
     def _prefix(cls, value: str) -> str:
         if value and not re.match(r"^[A-Za-z0-9._\-]+$", value):
             raise ValueError("expected letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance_id(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not re.match(r"^[A-Za-z0-9._\-]{1,200}$", value):
+            raise ValueError("expected 1-200 letters, digits, '.', '_' or '-'")
         return value
 
     @field_validator("api_token")

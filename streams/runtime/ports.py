@@ -102,11 +102,14 @@ class Batches(Protocol):
     @property
     def output_ends(self) -> dict[str, int]: ...
 
+    def keepable(self) -> set[int]:
+        """The loaded partitions whose state in memory is all written and acknowledged."""
+
     def load(self, owned: set[int], data: dict[bytes, bytes], generation: int | None, *,
-             started: float | None = None, last_write: int = 0,
+             started: float | None = None, last_write: int = 0, kept: set[int] | frozenset[int] = frozenset(),
              ahead: dict[int, dict[bytes, dict[str, int]]] | None = None) -> None:
-        """Replace the state with what the changelog holds for partitions `owned` (`ahead`: the
-        subscribers ahead of their partition's clock)."""
+        """Replace the state with what the changelog holds for partitions `owned`, except `kept`
+        (`ahead`: the subscribers read ahead of their partition's clock)."""
 
     def output_starts(self) -> dict[str, int]:
         """Per output partition, where the outputs of the loaded state may start."""

@@ -168,19 +168,30 @@ class Processor:
     async def write_state(self, *, wait: bool = True) -> bool:
         return await self.checkpoint.write_state(wait=wait)
 
+    def keepable(self) -> set[int]:
+        """The loaded partitions whose state in memory is all written to the changelog and
+        acknowledged (none while a batch's effects or a write are pending): a rebalance that gives
+        one back needs no reload of it when nobody wrote its changelog since (the reader checks)."""
+        store = self.store
+        if self.generation is None or not self.checkpoint.settled or store.dirty or store.dirty_clocks:
+            return set()
+        return set(store.clocks)
+
     def load(self, owned: set[int], data: dict[bytes, bytes], generation: int | None, *,
-             started: float | None = None, last_write: int = 0,
+             started: float | None = None, last_write: int = 0, kept: set[int] | frozenset[int] = frozenset(),
              ahead: dict[int, dict[bytes, dict[str, int]]] | None = None) -> None:
-        """Replace the state with what the changelog holds for partitions `owned` (after a rebalance).
+        """Replace the state with what the changelog holds for partitions `owned` (after a rebalance),
+        except partitions `kept` (of `keepable`), whose state, clock and indexes stay as they are.
 
         `started` is when reading the changelog began (time.monotonic), for the log line; `ahead`:
         the subscribers ahead of their partition's clock (streams.runtime.recovery).
         """
         started = time.monotonic() if started is None else started
+        kept = kept & owned
         self.outbox.queued.clear()
         self._outcomes_due.clear()
         changelog = self.changelog.topic if self.changelog is not None else "state-changelog"
-        self.store.load(owned, data, changelog, self.dead, ahead)
+        self.store.load(owned, data, changelog, self.dead, ahead, kept=kept)
         self.checkpoint.loaded(last_write)
         self.sequencer.rewinds.clear()
         # A day close that waited for its records to age (FRESH_MS) is not in the changelog: every
@@ -191,8 +202,9 @@ class Processor:
         if self.runner is not None:
             self.runner.reset()
         self.generation = generation
-        log.info("loaded %d subscribers of partitions %s in %.2f s", len(self.store.states), sorted(owned),
-                 time.monotonic() - started)
+        how = f"; kept in memory {sorted(kept)}, read from the changelog {sorted(owned - kept)}" if kept else ""
+        log.info("loaded %d subscribers of partitions %s in %.2f s%s", len(self.store.states), sorted(owned),
+                 time.monotonic() - started, how)
 
     # --- the batch -----------------------------------------------------------------------------
 

@@ -11,6 +11,11 @@ write, so no committed offset is needed to resume) and hands the processor batch
 
 Around a rebalance: Faust's revocation waits for the batch in flight, the state is written, and
 the reader lets the partitions go; after the new assignment it loads their state and assigns them.
+Faust's group protocol is eager (every partition is revoked at every rebalance): a partition that
+comes back to this worker keeps its state in memory, with no reload, when that state was all
+written and acknowledged at the revocation and the changelog's end is where it was right after
+that write (no other worker wrote it since); only the partitions new to the worker are read from
+the changelog.
 
 The module is over the size guide (about 530 lines, `Reader` about 430): the Reader is the one
 owner of the confluent-kafka consumer and of what it knows of it (assignment, pauses, ends of
@@ -38,7 +43,7 @@ from streams.runtime.ports import Batches, Group
 from streams.runtime.outputs import read_outputs
 from streams.runtime.recovery import read_changelog
 from streams.settings import Settings
-from streams.topics import TICKS, client_config
+from streams.topics import TICKS, changelog_topic, client_config
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +130,9 @@ class Reader:
         self._backlog: list[Record] = []
         self._revoked = True
         self._revocations = 0
+        # Per partition whose state was all written at the last revocation, the changelog's end
+        # (high watermark) asked right after that write; good until the reader reads again.
+        self._marks: dict[int, int] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
@@ -218,9 +226,18 @@ class Reader:
         await self._idle.wait()
         if self.assigned:
             # The next owner starts from the changelog: it must hold everything applied here.
-            await self.processor.write_state()
+            self._marks = {}
+            written = await self.processor.write_state()
             self.consumer.unassign()
             log.info("the reader let %d input partitions go", len(self.assigned))
+            if written:
+                # Asked after the write and its seal were acknowledged, and before this worker
+                # rejoins (so before any other worker can own these partitions): the same reading
+                # at the next assignment says whether anybody wrote them since. Both readings are
+                # the broker's high watermark, so a broker that reports it short of the end (Tansu)
+                # reports it short the same way twice.
+                loop = asyncio.get_running_loop()
+                self._marks = await loop.run_in_executor(None, self._changelog_ends, self.processor.keepable())
         self.assigned = set()
         self.delivered.clear()
         self.eof.clear()
@@ -245,14 +262,26 @@ class Reader:
         def stale() -> bool:
             return self._revocations != revocations or self._stopping
 
+        # Partitions that come back with their state in memory whole and nothing written to their
+        # changelog since this worker wrote it stay as they are; the others are read. (A rebalance
+        # before this assignment is done keeps the marks: nothing was read since they were taken.)
+        marks = self._marks
+        candidates = {p for p in owned & self.processor.keepable() if p in marks}
+        changelog_ends = await loop.run_in_executor(None, self._changelog_ends, candidates) if candidates else {}
+        kept = {p for p in candidates if changelog_ends.get(p) == marks[p]}
+        if candidates - kept:
+            log.info("partitions %s were written by another worker since this one let them go: read again",
+                     sorted(candidates - kept))
         writes: dict[int, int] = {}
         ahead: dict[int, dict[bytes, dict[str, int]]] = {}
-        data = await loop.run_in_executor(
-            None, lambda: read_changelog(self.settings, owned, cancelled=stale, writes=writes, ahead=ahead))
+        data: dict[bytes, bytes] = {}
+        if owned - kept:
+            data = await loop.run_in_executor(
+                None, lambda: read_changelog(self.settings, owned - kept, cancelled=stale, writes=writes, ahead=ahead))
         if stale() or self.group.generation != generation:
             return  # a rebalance came while reading: the next assignment loads again
         self.processor.load(owned, data, generation, started=started, last_write=max(writes.values(), default=0),
-                            ahead=ahead)
+                            kept=kept, ahead=ahead)
         del data
         # What this state's records produced before a crash is on the output topics already.
         published, ends = await loop.run_in_executor(
@@ -294,8 +323,21 @@ class Reader:
         self._backlog = []
         self.generation = generation
         self._revoked = False
+        self._marks = {}
         log.info("the reader reads partitions %s of %d input topics from the state's offsets (ready in %.1f s)",
                  sorted(owned), len(self.topics), time.monotonic() - started)
+
+    def _changelog_ends(self, partitions: set[int]) -> dict[int, int]:
+        """Ask the broker for the changelog's high watermark of each of `partitions` (absent: no answer)."""
+        topic = changelog_topic(self.settings)
+        ends: dict[int, int] = {}
+        for p in sorted(partitions):
+            try:
+                _, ends[p] = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)
+            except KafkaException as exc:
+                log.warning("the end of %s/%d is unknown (%s): the partition is read again at its next assignment",
+                            topic, p, exc)
+        return ends
 
     async def run(self) -> None:
         """Consume and process batches until the app stops."""

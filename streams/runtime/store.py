@@ -171,8 +171,10 @@ class Store:
         return sum(len(keys) for keys in self.dirty.values())
 
     def load(self, owned: set[int], data: dict[bytes, bytes], changelog: str, dead: DeadLetterSink,
-             ahead: dict[int, dict[bytes, Offsets]] | None = None) -> None:
-        """Replace the state with what the changelog holds for partitions `owned` (after a rebalance);
+             ahead: dict[int, dict[bytes, Offsets]] | None = None, *,
+             kept: set[int] | frozenset[int] = frozenset()) -> None:
+        """Replace the state with what the changelog holds for partitions `owned` (after a rebalance),
+        except partitions `kept`, whose state in memory stays as it is (`data` need not hold them);
         `ahead`: the subscribers found ahead of their partition's clock (streams.runtime.recovery).
 
         A record that cannot be read is skipped, so that the rest of the partition loads (issue
@@ -180,13 +182,19 @@ class Store:
         A partition whose clock is lost is rebuilt from its input topics, from their first offsets.
         """
         started = time.monotonic()
-        self.clocks.clear()
-        self.states.clear()
-        self.watched = {p: set() for p in owned}
-        self.dated = {p: set() for p in owned}
+        kept = kept & owned
+        if kept:
+            self.drop((set(self.clocks) | set(self.watched)) - kept)
+        else:
+            self.clocks.clear()
+            self.states.clear()
+        self.watched = {p: self.watched[p] if p in kept else set() for p in owned}
+        self.dated = {p: self.dated[p] if p in kept else set() for p in owned}
+        owned = owned - kept  # the partitions read from `data`
         self.dirty.clear()
         self.dirty_clocks.clear()
-        self.ahead = {p: dict(keys) for p, keys in (ahead or {}).items() if p in owned and keys}
+        self.ahead = {**{p: keys for p, keys in self.ahead.items() if p in kept},
+                      **{p: dict(keys) for p, keys in (ahead or {}).items() if p in owned and keys}}
         corrupt: list[tuple[int, bytes, bytes, str]] = []
         parked: dict[int, list[Parked]] = {}
         for key, value in data.items():
@@ -250,3 +258,15 @@ class Store:
                         "partition's offsets; their records already applied are not applied again",
                         sum(len(keys) for keys in self.ahead.values()), sorted(self.ahead))
         log.debug("decoded %d subscribers in %.2f s", len(self.states), time.monotonic() - started)
+
+    def drop(self, partitions: set[int]) -> None:
+        """Forget partitions `partitions` (let go in a rebalance): their clocks, indexes and states."""
+        if not partitions:
+            return
+        for p in partitions:
+            self.clocks.pop(p, None)
+            self.watched.pop(p, None)
+            self.dated.pop(p, None)
+        n = self.partitions
+        for key in [k for k in self.states if partition_of(k, n) in partitions]:
+            del self.states[key]

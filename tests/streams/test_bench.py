@@ -120,7 +120,7 @@ def test_quick_bench_runs_every_step_and_writes_the_figures(tmp_path: Path) -> N
     assert doc["status"] == "ok" and doc["incomplete"] == []
     assert doc["work_dir"] is None  # a clean run leaves no directory behind
     assert {"config", "machine", "produce", "raw_baseline", "worker", "latency", "state", "rss", "recovery",
-            "scaling", "scoring"} <= doc.keys()
+            "join", "scaling", "scoring"} <= doc.keys()
     expected = 3000 + 300
     assert doc["produce"]["messages"] == expected
     raw = doc["raw_baseline"]
@@ -148,6 +148,13 @@ def test_quick_bench_runs_every_step_and_writes_the_figures(tmp_path: Path) -> N
     recovery = doc["recovery"]
     assert recovery["subscribers_loaded"] == 300 and recovery["seconds"] > 0
     assert recovery["partitions"] == [0, 1, 2, 3]
+
+    join = doc["join"]
+    # The first worker keeps its partitions when the second joins: none is read again.
+    assert join["reloaded_by_first"] == [] and join["rebalances"], join
+    assert join["kept"] == join["partitions_after"]["first"] and join["kept"], join
+    assert sorted(join["kept"] + join["partitions_after"]["second"]) == [0, 1, 2, 3]
+    assert 0 < join["reader_ready_s"] <= join["stall_s"]
 
     assert doc["scaling"] == {"skipped": True, "reason": doc["scaling"]["reason"]}
     assert "--quick" in doc["scaling"]["reason"]

@@ -13,7 +13,9 @@ stack started for the run:
 5. state bytes per subscriber from the state changelog (latest value per key);
 6. the worker's peak RSS (VmHWM);
 7. recovery: SIGKILL, then a worker with an empty data dir rebuilds the state from the changelog;
-8. scaling: two workers of one group on a fresh copy of the events;
+8. scaling: two workers of one group on a fresh copy of the events; join: a worker loads the bulk
+   state, a second one joins, and the first's log says how long the partitions it keeps were not
+   read (letting go to reading again) and that none of them was read from the changelog again;
 9. scoring: a simulated history longer than the 30-day window, one worker over it with the plain
    rule set and with a risk model, and the share the scoring adds to the worker's time.
 
@@ -43,6 +45,7 @@ from streams.logs import setup_logging
 from streams.tools.bench.kafka import BenchError, delete_topics, raw_baseline
 from streams.tools.bench.report import incomplete_steps, render_table
 from streams.tools.bench.run import STEPS, Run, step_produce, step_recovery, step_scaling, step_state, step_worker
+from streams.tools.bench.join import step_join
 from streams.tools.bench.latency import step_latency
 from streams.tools.bench.scoring import DAYS as SCORING_DAYS, SUBSCRIBERS as SCORING_SUBSCRIBERS
 from streams.tools.bench.scoring import WINDOW_DAYS, ScoringSize, step_scoring
@@ -52,8 +55,8 @@ from streams.tools.harness import WorkerFailed
 console = Console(stderr=True)
 
 # "throughput": steps 1-7, everything measured on the bulk workload (steps 4-7 need its worker).
-SKIPPABLE: Final = ("throughput", "latency", "recovery", "scaling", "scoring")
-ALL: Final = ("latency", "recovery", "scaling", "scoring")  # --skip all: the worker step alone
+SKIPPABLE: Final = ("throughput", "latency", "recovery", "join", "scaling", "scoring")
+ALL: Final = ("latency", "recovery", "join", "scaling", "scoring")  # --skip all: the worker step alone
 QUICK_EVENTS: Final = 3000
 QUICK_SUBSCRIBERS: Final = 300
 
@@ -73,7 +76,7 @@ def _skipped(reason: str) -> dict[str, Any]:
               default=Path("churnlight-bench.json"), show_default=True, help="write the figures here")
 @click.option("--skip", "skip", type=click.Choice([*SKIPPABLE, "all"]), multiple=True,
               help="skip a step (repeatable): throughput (steps 1-7, the bulk workload and its worker), "
-                   "latency, recovery, scaling, scoring; 'all' = latency, recovery, scaling and scoring")
+                   "latency, recovery, join, scaling, scoring; 'all' = all but throughput")
 @click.option("--quick", is_flag=True, help="CI smoke sizes; shorter latency phase; no scaling or scoring step")
 @click.option("--latency-seconds", type=click.FloatRange(1, 300), default=None,
               help="length of the latency phase [default: 20; 5 with --quick]")
@@ -100,7 +103,7 @@ def bench(events: int | None, subscribers: int | None, partitions: int, json_pat
     skipped: dict[str, str] = {part: "--skip " + ("all" if "all" in skip and part in ALL else part)
                                for part in SKIPPABLE if part in skip or ("all" in skip and part in ALL)}
     if "throughput" in skipped:
-        for part in ("latency", "recovery"):
+        for part in ("latency", "recovery", "join"):
             skipped.setdefault(part, "--skip throughput (it measures the bulk workload's worker)")
     if quick:
         skipped.setdefault("scaling", "--quick (two workers on smoke sizes finish before both consume)")
@@ -124,7 +127,7 @@ def bench(events: int | None, subscribers: int | None, partitions: int, json_pat
                     "redis": "external (CHURNLIGHT_REDIS)" if settings.redis else "embedded redis-server"},
         "produce": {}, "raw_baseline": {}, "worker": {}, "latency": _skipped("not reached"),
         "state": _skipped("not reached"), "rss": {}, "recovery": _skipped("not reached"),
-        "scaling": _skipped("not reached"), "scoring": _skipped("not reached"),
+        "join": _skipped("not reached"), "scaling": _skipped("not reached"), "scoring": _skipped("not reached"),
     }
     ok = False
     _sigterm_as_exit()
@@ -186,7 +189,7 @@ def _run_steps(run: Run, doc: dict[str, Any], skipped: dict[str, str], latency_s
     if "throughput" in skipped:
         for part in ("produce", "raw_baseline", "worker", "state", "rss"):
             doc[part] = _skipped(skipped["throughput"])
-        for part in ("latency", "recovery"):
+        for part in ("latency", "recovery", "join"):
             doc[part] = _skipped(skipped[part])
         rate_b = None
     else:
@@ -242,4 +245,8 @@ def _bulk_steps(run: Run, doc: dict[str, Any], skipped: dict[str, str], latency_
         w.kill()
         run.progress.update(task, completed=1)
         doc["recovery"] = step_recovery(run, settings, state_subscribers)
+    if "join" in skipped:
+        doc["join"] = _skipped(skipped["join"])
+    else:
+        doc["join"] = step_join(run, settings, state_subscribers)
     return rate_b

@@ -31,7 +31,7 @@ def render_table(doc: dict[str, Any]) -> Table:
     table.add_column("figure")
     table.add_column("value", justify="right")
     for step, key, rows in _STEPS:
-        part = doc[key]
+        part = doc.get(key) or {"skipped": True, "reason": "not run"}
         if part.get("skipped"):
             table.add_row(step, "skipped", part["reason"])
         else:
@@ -114,12 +114,25 @@ def _scoring_rows(table: Table, doc: dict[str, Any]) -> None:
 
 
 # The table's steps: the label of a skipped step's row, its part of the bench document, its rows.
+def _join_rows(table: Table, doc: dict[str, Any]) -> None:
+    jn = doc["join"]
+    if jn.get("note"):
+        table.add_row("7b join", "[red]INCOMPLETE[/red]", f"[red]{jn['note']}[/red]")
+        return
+    table.add_row("7b join", "kept partitions' stall (let go to reading again)",
+                  f"{_fmt(jn.get('stall_s'), ' s', 2)} over {len(jn['rebalances'])} rebalance(s)")
+    table.add_row("", "of which the worker's own part (load, outputs, assign)", _fmt(jn.get("reader_ready_s"), " s", 2))
+    table.add_row("", "first keeps / reloads / second takes",
+                  f"{jn['kept']} / {jn['reloaded_by_first']} / {jn['partitions_after']['second']}")
+
+
 _STEPS: tuple[tuple[str, str, Callable[[Table, dict[str, Any]], None]], ...] = (
     ("1-3 throughput", "worker", _throughput_rows),
     ("4 latency", "latency", _latency_rows),
     ("5 state", "state", _state_rows),
     ("6 worker peak RSS", "rss", _rss_rows),
     ("7 recovery", "recovery", _recovery_rows),
+    ("7b join", "join", _join_rows),
     ("8 scaling", "scaling", _scaling_rows),
     ("9 scoring", "scoring", _scoring_rows),
 )
@@ -157,6 +170,9 @@ def incomplete_steps(doc: dict[str, Any]) -> list[str]:
     recovery = doc.get("recovery") or {}
     if not recovery.get("skipped") and recovery and recovery.get("seconds") is None:
         found.append("recovery")
+    join = doc.get("join") or {}
+    if not join.get("skipped") and join and (join.get("note") or join.get("stall_s") is None):
+        found.append("join")
     scoring = doc.get("scoring") or {}
     for run in ("plain", "scored"):
         if not scoring.get("skipped") and scoring.get(run) and not scoring[run].get("complete"):

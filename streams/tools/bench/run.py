@@ -179,18 +179,9 @@ def step_scaling(run: Run, rate_one: float | None) -> dict[str, Any]:
     for w in pair:
         w.launch()
 
-    def both_consuming() -> bool:
-        owned: list[list[int]] = []
-        for w in pair:
-            doc = w.health()
-            if doc is None or not doc.get("partitions"):
-                return False
-            owned.append(list(doc["partitions"]))
-        union = set(owned[0]) | set(owned[1])
-        return not set(owned[0]) & set(owned[1]) and len(union) == run.partitions
-
     result = measure_throughput(pair, expected, lambda n: run.progress.update(task, completed=n),
-                                ready=both_consuming, max_s=START_TIMEOUT_S + max(300.0, expected / 200))
+                                ready=lambda: split_between(pair, run.partitions),
+                                max_s=START_TIMEOUT_S + max(300.0, expected / 200))
     rss = [w.peak_rss() for w in pair]
     for w in pair:
         w.stop()
@@ -200,3 +191,12 @@ def step_scaling(run: Run, rate_one: float | None) -> dict[str, Any]:
             "peak_rss_bytes": rss, "cpus": os.cpu_count()}
 
 
+def split_between(workers: list[WorkerProcess], partitions: int) -> bool:
+    """Say whether `workers` are all consuming and own the `partitions` between them, each once."""
+    owned: list[set[int]] = []
+    for w in workers:
+        doc = w.health()
+        if doc is None or not doc.get("partitions"):
+            return False
+        owned.append(set(doc["partitions"]))
+    return sum(map(len, owned)) == partitions and len(set().union(*owned)) == partitions
