@@ -21,7 +21,8 @@ import shutil
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -60,46 +61,58 @@ class StoreError(RuntimeError):
 
 
 def pack(value: bytes, headers: Headers | None) -> bytes:
-    """Serialise a record's value and headers: n, then (name length, name, value length, value) each, then the value."""
-    if not headers:
-        return b"\x00" + value
-    out = [bytes([len(headers)])]
-    for name, data in headers:
+    """Serialise a record: the length of its header block (2 bytes), the block (a count, then each
+    header's name length, name, value length, value), then the record's value."""
+    block = [bytes([len(headers or ())])]
+    for name, data in headers or ():
         encoded = name.encode()
         raw = data.encode() if isinstance(data, str) else data
-        out += [bytes([len(encoded)]), encoded, _U32.pack(_NONE if raw is None else len(raw)), raw or b""]
-    out.append(value)
-    return b"".join(out)
+        block += [bytes([len(encoded)]), encoded, _U32.pack(_NONE if raw is None else len(raw)), raw or b""]
+    head = b"".join(block)
+    return len(head).to_bytes(2, "big") + head + value
 
 
-def unpack(packed: bytes) -> tuple[bytes, Headers]:
-    """Return (value, headers) of a packed record."""
+def _headers(block: bytes) -> Headers:
     headers: Headers = []
     at = 1
-    for _ in range(packed[0]):
-        size = packed[at]
-        name = packed[at + 1:at + 1 + size].decode()
+    for _ in range(block[0]):
+        size = block[at]
+        name = block[at + 1:at + 1 + size].decode()
         at += 1 + size
-        (length,) = _U32.unpack_from(packed, at)
+        (length,) = _U32.unpack_from(block, at)
         at += 4
         if length == _NONE:
             headers.append((name, None))
         else:
-            if at + length > len(packed):
-                raise ValueError("a header runs past the record")
-            headers.append((name, packed[at:at + length]))
+            if at + length > len(block):
+                raise ValueError("a header runs past its block")
+            headers.append((name, block[at:at + length]))
             at += length
-    return packed[at:], headers
+    if at != len(block):
+        raise ValueError("a header block longer than its headers")
+    return headers
+
+
+# Decoded header blocks: those of one state write are all alike (its number), so a load decodes few.
+_BLOCKS: dict[bytes, Headers] = {}
+_BLOCKS_MAX: Final = 4096
+
+
+def headers_of(packed: bytes) -> Headers:
+    """Return the headers of a packed record (a list shared with records of the same headers: do not change it)."""
+    block = packed[2:2 + int.from_bytes(packed[:2], "big")]
+    headers = _BLOCKS.get(block)
+    if headers is None:
+        headers = _headers(block)
+        if len(_BLOCKS) >= _BLOCKS_MAX:
+            _BLOCKS.clear()
+        _BLOCKS[block] = headers
+    return headers
 
 
 def value_of(packed: bytes) -> bytes:
     """Return the value of a packed record."""
-    at = 1
-    for _ in range(packed[0]):
-        at += 1 + packed[at]
-        (length,) = _U32.unpack_from(packed, at)
-        at += 4 + (0 if length == _NONE else length)
-    return packed[at:]
+    return packed[2 + int.from_bytes(packed[:2], "big"):]
 
 
 class Record:
@@ -119,7 +132,7 @@ class Record:
     @property
     def headers(self) -> Headers:
         if self._headers is None:
-            self._headers = [] if self.packed is None else unpack(self.packed)[1]
+            self._headers = [] if self.packed is None else headers_of(self.packed)
         return self._headers
 
 
@@ -157,6 +170,8 @@ class LocalStore:
         self._unusable = False  # another process holds it: this worker goes without
         self._lock = threading.Lock()
         self._watermarks: Consumer | None = None
+        # The store's writes, in the order they are asked for: what a load read, then each state write.
+        self._serial = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-state")
 
     # --- opening --------------------------------------------------------------------------------
 
@@ -210,7 +225,7 @@ class LocalStore:
         log.warning("the local state in %s cannot be used (%s): it is emptied, and the partitions are read from "
                     "the whole changelog at the next load", self.path, exc)
         with self._lock:
-            self.close()
+            self._close_db()
             try:
                 self._db = self._wipe_and_open()
             except Exception as again:
@@ -218,6 +233,12 @@ class LocalStore:
                 self._unusable = True
 
     def close(self) -> None:
+        """Finish the writes asked for, then close the store (it opens again when next used)."""
+        self._serial.shutdown(wait=True)
+        self._serial = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-state")
+        self._close_db()
+
+    def _close_db(self) -> None:
         if self._watermarks is not None:
             watermarks, self._watermarks = self._watermarks, None
             watermarks.close()
@@ -257,45 +278,65 @@ class LocalStore:
             return None
         return offset
 
-    def records(self, p: int) -> list[Record]:
+    def records(self, p: int) -> tuple[int, Iterator[Record]]:
         """Return partition `p`'s records as a compacted changelog would give them: in the order of
-        their state writes, each write's clock record last. Raises StoreError."""
+        their state writes, each write's clock record last: (how many, the records). Raises
+        StoreError, having read them all first."""
         prefix, mark = tag(p), tag(p) + _MARK
-        writes: dict[int, list[Record]] = {}
-        clocks: list[Record] = []
+        # Per write number, its records' (key, packed): plain tuples of bytes, which the garbage
+        # collector stops tracking (a million Record objects held here made it walk them again and again).
+        writes: dict[int, list[tuple[bytes, bytes]]] = {}
+        clocks: list[tuple[bytes, bytes]] = []
         try:
             for key, packed in self._open().items(from_key=prefix):
                 if not key.startswith(prefix):
                     break
                 if key == mark:
                     continue
-                record = Record(p, key[2:], packed)
-                number = write_number(record.headers)
-                (clocks if record.key.startswith(CLOCK_PREFIX) else writes.setdefault(number, [])).append(record)
+                if key.startswith(CLOCK_PREFIX, 2):
+                    clocks.append((key[2:], packed))
+                    continue
+                number = write_number(headers_of(packed))
+                found = writes.get(number)
+                if found is None:
+                    found = writes[number] = []
+                found.append((key[2:], packed))
         except StoreError:
             raise
         except Exception as exc:
             raise StoreError(f"partition {p} cannot be read: {exc}") from exc
-        for clock in clocks:
-            writes.setdefault(write_number(clock.headers), []).append(clock)
-        return [record for number in sorted(writes) for record in writes[number]]
+        try:
+            for key, packed in clocks:
+                writes.setdefault(write_number(headers_of(packed)), []).append((key, packed))
+        except Exception as exc:
+            raise StoreError(f"partition {p} cannot be read: {exc}") from exc
+        count = sum(len(found) for found in writes.values())
+        return count, (Record(p, key, packed) for number in sorted(writes) for key, packed in writes.pop(number))
 
-    def refresh(self, tails: dict[int, dict[bytes, bytes | None]], wholes: dict[int, dict[bytes, bytes | None]],
+    def refresh(self, latest: dict[bytes, bytes | None], tails: dict[int, set[bytes]], wholes: dict[int, set[bytes]],
                 ends: dict[int, int]) -> None:
-        """Bring partitions up to what recovery read, as of changelog offsets `ends`: `tails`, the
-        keys a tail changed (None: deleted); `wholes`, partitions read whole, anew."""
+        """Bring partitions up to what recovery read (`latest`: per key its packed record, None when
+        deleted), as of changelog offsets `ends`: in `tails` the keys a tail changed; `wholes`,
+        partitions read whole, made anew from their keys. Returns at once: the store's writes are
+        done in order behind it (a partition read whole takes about 5 s a million records here)."""
+        self._serial.submit(self._refresh, latest, tails, wholes, ends)
+
+    def _refresh(self, latest: dict[bytes, bytes | None], tails: dict[int, set[bytes]],
+                 wholes: dict[int, set[bytes]], ends: dict[int, int]) -> None:
         now_ms = int(time.time() * 1000)
-        with self._lock:
-            db = self._open()
-            batch = WriteBatch(raw_mode=True)
-            for p, records in tails.items():
-                self._batch(batch, p, records.items())
-                batch.put(tag(p) + _MARK, orjson.dumps({"offset": ends[p], "at_ms": now_ms}))
-            for p, records in wholes.items():
-                batch.delete_range(tag(p), tag(p + 1))
-                self._batch(batch, p, records.items())
-                batch.put(tag(p) + _MARK, orjson.dumps({"offset": ends[p], "at_ms": now_ms}))
-            db.write(batch)
+        try:
+            with self._lock:
+                db = self._open()
+                for p, keys in [*tails.items(), *wholes.items()]:
+                    # One batch a partition: each is atomic, with its mark.
+                    batch = WriteBatch(raw_mode=True)
+                    if p in wholes:
+                        batch.delete_range(tag(p), tag(p + 1))
+                    self._batch(batch, p, ((key, latest.get(key)) for key in keys))
+                    batch.put(tag(p) + _MARK, orjson.dumps({"offset": ends[p], "at_ms": now_ms}))
+                    db.write(batch)
+        except Exception as exc:
+            self.broken(exc)
 
     @staticmethod
     def _batch(batch: Any, p: int, records: Iterable[tuple[bytes, bytes | None]]) -> None:
@@ -314,6 +355,9 @@ class LocalStore:
         end asked now. A partition whose end cannot be asked loses its mark (read whole next time)."""
         if self._unusable or not written:
             return
+        self._serial.submit(self._put, written).result()
+
+    def _put(self, written: list[tuple[int, bytes, bytes | None, Headers | None]]) -> None:
         partitions = {p for p, _, _, _ in written}
         try:
             with self._lock:
@@ -344,6 +388,9 @@ class LocalStore:
         """Drop the marks of `partitions` (a state write of theirs failed): read whole next time."""
         if self._unusable or not partitions:
             return
+        self._serial.submit(self._forget, partitions)
+
+    def _forget(self, partitions: set[int]) -> None:
         try:
             with self._lock:
                 batch = WriteBatch(raw_mode=True)

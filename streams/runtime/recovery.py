@@ -166,7 +166,7 @@ def _records(settings: Settings, topic: str, partitions: set[int], sources: Sour
             offset = None if local is None else local.start(p, low, high)
             if offset is not None and local is not None:
                 try:
-                    stored = local.records(p)
+                    count, stored = local.records(p)
                 except StoreError as exc:
                     log.warning("%s/%d: the local state cannot be read (%s): reading the whole changelog",
                                 topic, p, exc)
@@ -175,9 +175,8 @@ def _records(settings: Settings, topic: str, partitions: set[int], sources: Sour
                     begin = offset
                     sources.local.add(p)
                     sources.tail_keys[p] = set()
-                    sources.stored += len(stored)
+                    sources.stored += count
                     yield from stored
-                    del stored
             if p not in sources.local:
                 sources.whole.add(p)
                 sources.keys[p] = set()
@@ -222,12 +221,7 @@ def _records(settings: Settings, topic: str, partitions: set[int], sources: Sour
 
 def _refresh(local: LocalStore, folded: Folded, sources: Sources) -> None:
     """Bring the local store up to what was read: the tail's keys, or a whole partition anew."""
-    latest = folded.latest
     try:
-        local.refresh({p: {key: latest.get(key) for key in keys} for p, keys in sources.tail_keys.items()},
-                      {p: {key: latest.get(key) for key in keys} for p, keys in sources.keys.items()},
-                      sources.ends)
-    except StoreError:
-        pass  # the store logged it and is not used
+        local.refresh(folded.latest, sources.tail_keys, sources.keys, sources.ends)
     except Exception as exc:
         local.broken(exc)
