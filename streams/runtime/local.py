@@ -63,13 +63,17 @@ class StoreError(RuntimeError):
 def pack(value: bytes, headers: Headers | None) -> bytes:
     """Serialise a record: the length of its header block (2 bytes), the block (a count, then each
     header's name length, name, value length, value), then the record's value."""
+    return _head(headers) + value
+
+
+def _head(headers: Headers | None) -> bytes:
     block = [bytes([len(headers or ())])]
     for name, data in headers or ():
         encoded = name.encode()
         raw = data.encode() if isinstance(data, str) else data
         block += [bytes([len(encoded)]), encoded, _U32.pack(_NONE if raw is None else len(raw)), raw or b""]
     head = b"".join(block)
-    return len(head).to_bytes(2, "big") + head + value
+    return len(head).to_bytes(2, "big") + head
 
 
 def _headers(block: bytes) -> Headers:
@@ -368,13 +372,21 @@ class LocalStore:
                 ends = self._ends(held)
                 now_ms = int(time.time() * 1000)
                 batch = WriteBatch(raw_mode=True)
+                # The records of one write share their headers (its number): each is packed once.
+                heads: dict[object, bytes] = {}
+                tags = {p: tag(p) for p in held}
                 for p, key, value, headers in written:
-                    if p not in held:
+                    prefix = tags.get(p)
+                    if prefix is None:
                         continue
                     if value is None:
-                        batch.delete(tag(p) + key)
-                    else:
-                        batch.put(tag(p) + key, pack(value, headers))
+                        batch.delete(prefix + key)
+                        continue
+                    shared = tuple(headers) if headers else ()
+                    head = heads.get(shared)
+                    if head is None:
+                        head = heads[shared] = _head(headers)
+                    batch.put(prefix + key, head + value)
                 for p in held:
                     if p in ends:
                         batch.put(tag(p) + _MARK, orjson.dumps({"offset": ends[p], "at_ms": now_ms}))

@@ -12,7 +12,8 @@ stack started for the run:
    worker's own end-to-end histogram, and a backlog/rate estimate for plain usage events;
 5. state bytes per subscriber from the state changelog (latest value per key);
 6. the worker's peak RSS (VmHWM);
-7. recovery: SIGKILL, then a worker with an empty data dir rebuilds the state from the changelog;
+7. recovery: SIGKILL, then the worker restarts on its own data dir (local state and the changelog's
+   tail), SIGKILL again, then a worker with an empty data dir rebuilds the state from the changelog;
 8. scaling: two workers of one group on a fresh copy of the events;
 9. scoring: a simulated history longer than the 30-day window, one worker over it with the plain
    rule set and with a risk model, and the share the scoring adds to the worker's time.

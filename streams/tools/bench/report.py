@@ -60,7 +60,14 @@ def render_table(doc: dict[str, Any]) -> Table:
     if rec.get("skipped"):
         table.add_row("7 recovery", "skipped", rec["reason"])
     else:
-        table.add_row("7 recovery", "seconds to healthy + fully loaded", _fmt(rec.get("seconds"), " s", 1))
+        restart = rec.get("restart") or {}
+        table.add_row("7 restart on local state", "seconds to /health 200 / fully loaded",
+                      f"{_fmt(restart.get('health_s'), ' s', 1)} / {_fmt(restart.get('complete_load_seen_s'), ' s', 1)}")
+        table.add_row("", "records: local store / changelog tail / whole changelog",
+                      f"{_fmt(restart.get('local_records'))} / {_fmt(restart.get('tail_records'))} / "
+                      f"{_fmt(restart.get('changelog_records'))}")
+        table.add_row("7 recovery from the changelog", "seconds to healthy + fully loaded",
+                      _fmt(rec.get("seconds"), " s", 1))
         table.add_row("", "of which to /health 200 (state loaded)", _fmt(rec.get("health_s"), " s", 1))
         table.add_row("", "subscribers loaded (worker's own load time)",
                       f"{_fmt(rec.get('subscribers_loaded'))} ({_fmt(rec.get('load_s_logged'), ' s', 2)})")
@@ -145,7 +152,8 @@ def incomplete_steps(doc: dict[str, Any]) -> list[str]:
     if e2e and e2e.get("tasks_seen") != e2e.get("triggers"):
         found.append("latency tasks")
     recovery = doc.get("recovery") or {}
-    if not recovery.get("skipped") and recovery and recovery.get("seconds") is None:
+    if not recovery.get("skipped") and recovery and (recovery.get("seconds") is None
+                                                    or (recovery.get("restart") or {}).get("seconds") is None):
         found.append("recovery")
     scoring = doc.get("scoring") or {}
     for run in ("plain", "scored"):
