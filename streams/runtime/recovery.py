@@ -168,9 +168,9 @@ def _records(settings: Settings, topic: str, partitions: set[int], sources: Sour
                 try:
                     count, stored = local.records(p)
                 except StoreError as exc:
+                    # Its copy is made anew after the read; the other partitions' copies read fine.
                     log.warning("%s/%d: the local state cannot be read (%s): reading the whole changelog",
                                 topic, p, exc)
-                    local.broken(exc)
                 else:
                     begin = offset
                     sources.local.add(p)
@@ -221,7 +221,11 @@ def _records(settings: Settings, topic: str, partitions: set[int], sources: Sour
 
 def _refresh(local: LocalStore, folded: Folded, sources: Sources) -> None:
     """Bring the local store up to what was read: the tail's keys, or a whole partition anew."""
+    latest = folded.latest
+    if not sources.keys:
+        # Only tails: the store's write keeps their few records, not every record read.
+        latest = {key: latest.get(key) for keys in sources.tail_keys.values() for key in keys}
     try:
-        local.refresh(folded.latest, sources.tail_keys, sources.keys, sources.ends)
+        local.refresh(latest, sources.tail_keys, sources.keys, sources.ends)
     except Exception as exc:
         local.broken(exc)
