@@ -3,13 +3,16 @@ tail; a corrupt or stale local copy falls back to the changelog, with the data i
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
 
 import orjson
+import pytest
 from rocksdict import Options, Rdict
 
+from streams.runtime.local import Headers, LocalStore, headers_of, pack, value_of
 from streams.settings import Settings
 from streams.topics import changelog_topic
 from tests.conftest import WorkerProc, consume_all, produce, wait_for
@@ -131,3 +134,29 @@ def test_a_mark_the_changelog_does_not_span_falls_back_to_the_changelog_for_that
     again = _reads(log)[-1]
     assert _partitions(again, "from the whole changelog") == {1}
     assert _partitions(again, "from the local store and the changelog's tail") == set(range(settings.partitions)) - {1}
+
+
+def test_a_store_of_another_deployment_is_emptied_and_not_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    four = Settings(kafka="127.0.0.1:9", data_dir=tmp_path, partitions=4)
+    store = LocalStore(four, "a-state-changelog")
+    store.refresh({b"13900000001": pack(b"state", [("w", b"3")])}, {}, {0: {b"13900000001"}}, {0: 7})
+    store.close()
+    again = LocalStore(four, "a-state-changelog")
+    assert again.start(0, 0, 9) == 7
+    assert [(r.key, value_of(r.packed or b""), r.headers) for r in again.records(0)[1]] == [
+        (b"13900000001", b"state", [("w", b"3")])]
+    again.close()
+    caplog.set_level(logging.INFO, "streams.runtime.local")
+    eight = LocalStore(four.model_copy(update={"partitions": 8}), "a-state-changelog")
+    assert eight.start(0, 0, 9) is None
+    assert "is of another deployment" in caplog.text and "no local state" in caplog.text
+    assert eight.records(0)[0] == 0
+    eight.close()
+
+
+def test_a_packed_record_keeps_every_header() -> None:
+    headers: Headers = [("w", b"12"), ("of", "usage.events/3:17"), ("x", None), ("", b"")]
+    packed = pack(b"\x00value", headers)
+    assert value_of(packed) == b"\x00value"
+    assert headers_of(packed) == [("w", b"12"), ("of", b"usage.events/3:17"), ("x", None), ("", b"")]
+    assert headers_of(pack(b"v", None)) == [] and value_of(pack(b"", [])) == b""
