@@ -287,9 +287,10 @@ class LocalStore:
         their state writes, each write's clock record last: (how many, the records). Raises
         StoreError, having read them all first."""
         prefix, mark = tag(p), tag(p) + _MARK
-        # Per write number, its records' (key, packed): plain tuples of bytes, which the garbage
-        # collector stops tracking (a million Record objects held here made it walk them again and again).
-        writes: dict[int, list[tuple[bytes, bytes]]] = {}
+        # Per header block, its records' (key, packed): plain tuples of bytes, which the garbage
+        # collector stops tracking (a million Record objects held here made it walk them again and
+        # again); the records of one state write share their block, decoded once.
+        blocks: dict[bytes, list[tuple[bytes, bytes]]] = {}
         clocks: list[tuple[bytes, bytes]] = []
         try:
             for key, packed in self._open().items(from_key=prefix):
@@ -300,22 +301,27 @@ class LocalStore:
                 if key.startswith(CLOCK_PREFIX, 2):
                     clocks.append((key[2:], packed))
                     continue
-                number = write_number(headers_of(packed))
-                found = writes.get(number)
+                block = packed[:2 + int.from_bytes(packed[:2], "big")]
+                found = blocks.get(block)
                 if found is None:
-                    found = writes[number] = []
+                    found = blocks[block] = []
                 found.append((key[2:], packed))
+            # Per write number, its blocks' headers and records; the clocks after them.
+            writes: dict[int, list[tuple[Headers, list[tuple[bytes, bytes]]]]] = {}
+            for block, found in blocks.items():
+                headers = _headers(block[2:])
+                writes.setdefault(write_number(headers), []).append((headers, found))
+            for key, packed in clocks:
+                headers = headers_of(packed)
+                writes.setdefault(write_number(headers), []).append((headers, [(key, packed)]))
         except StoreError:
             raise
         except Exception as exc:
             raise StoreError(f"partition {p} cannot be read: {exc}") from exc
-        try:
-            for key, packed in clocks:
-                writes.setdefault(write_number(headers_of(packed)), []).append((key, packed))
-        except Exception as exc:
-            raise StoreError(f"partition {p} cannot be read: {exc}") from exc
-        count = sum(len(found) for found in writes.values())
-        return count, (Record(p, key, packed) for number in sorted(writes) for key, packed in writes.pop(number))
+        count = len(clocks) + sum(len(found) for found in blocks.values())
+        del blocks
+        return count, (Record(p, key, packed, headers) for number in sorted(writes)
+                       for headers, found in writes.pop(number) for key, packed in found)
 
     def refresh(self, latest: dict[bytes, bytes | None], tails: dict[int, set[bytes]], wholes: dict[int, set[bytes]],
                 ends: dict[int, int]) -> None:
