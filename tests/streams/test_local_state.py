@@ -136,7 +136,8 @@ def test_a_mark_the_changelog_does_not_span_falls_back_to_the_changelog_for_that
     assert _partitions(again, "from the local store and the changelog's tail") == set(range(settings.partitions)) - {1}
 
 
-def test_a_store_of_another_deployment_is_emptied_and_not_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_store_of_another_deployment_is_emptied_and_not_read(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
     four = Settings(kafka="127.0.0.1:9", data_dir=tmp_path, partitions=4)
     store = LocalStore(four, "a-state-changelog")
     store.refresh({b"13900000001": pack(b"state", [("w", b"3")])}, {}, {0: {b"13900000001"}}, {0: 7})

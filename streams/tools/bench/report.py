@@ -61,8 +61,9 @@ def render_table(doc: dict[str, Any]) -> Table:
         table.add_row("7 recovery", "skipped", rec["reason"])
     else:
         restart = rec.get("restart") or {}
+        health, full = restart.get("health_s"), restart.get("complete_load_seen_s")
         table.add_row("7 restart on local state", "seconds to /health 200 / fully loaded",
-                      f"{_fmt(restart.get('health_s'), ' s', 1)} / {_fmt(restart.get('complete_load_seen_s'), ' s', 1)}")
+                      f"{_fmt(health, ' s', 1)} / {_fmt(full, ' s', 1)}")
         table.add_row("", "records: local store / changelog tail / whole changelog",
                       f"{_fmt(restart.get('local_records'))} / {_fmt(restart.get('tail_records'))} / "
                       f"{_fmt(restart.get('changelog_records'))}")
