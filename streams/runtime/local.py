@@ -134,6 +134,10 @@ class Record:
         self._headers = headers
 
     @property
+    def value(self) -> bytes | None:
+        return None if self.packed is None else value_of(self.packed)
+
+    @property
     def headers(self) -> Headers:
         if self._headers is None:
             self._headers = [] if self.packed is None else headers_of(self.packed)
