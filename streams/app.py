@@ -18,6 +18,7 @@ from rules.events import MSISDN_RE
 from rules.ruleset import RuleSet
 from streams.auth import Authenticator
 from streams.runtime.changelog import ChangelogWriter
+from streams.runtime.local import LocalStore
 from streams.faults import Faults
 from streams.metrics import Metrics
 from streams.runtime.processor import Processor
@@ -154,10 +155,13 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
     if store is not None:
         outcomes = OutcomeStore(store.client, tz=settings.zone)
     changelog = ChangelogWriter(settings, changelog_topic(settings))
+    # The owned partitions' changelog records on local disk: a restart reads only the changelog's tail.
+    local = changelog.local = LocalStore(settings, changelog.topic)
     metrics.use_labels(rules.label_regions, rules.label_brands)
     faults = Faults(settings.fault)
     group = FaustGroup(app, settings.topic(TICKS))
     reader = Reader(settings, group)
+    reader.local = local
     processor = Processor(settings, metrics, rules, group=group, source=reader, send=sender.enqueue,
                          changelog=changelog, outcomes=outcomes, output_ends=sender.ends, faults=faults)
     reader.attach(processor)
@@ -190,6 +194,7 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
     @app.on_before_shutdown.connect
     async def on_shutdown(_app: faust.App, **_: object) -> None:
         await reader.stop(give_up=tasks.stop if tasks is not None else None)
+        local.close()
 
     @app.timer(interval=3.0)
     async def broker() -> None:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, Producer
 
 from streams.settings import Settings
 from streams.topics import client_config
+
+if TYPE_CHECKING:
+    from streams.runtime.local import LocalStore
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +67,17 @@ class ChangelogWriter:
         # the partition's records that failed, so that it stays the partition's last.
         self._clocks: dict[int, tuple[bytes, bytes | None, Headers | None]] = {}
         self._fatal = False
+        # The worker's local store (streams.runtime.local): it takes each write once the broker has it.
+        self.local: LocalStore | None = None
+        self._written: list[tuple[int, bytes, bytes | None, Headers | None]] = []
 
     def write(self, partition: int, key: bytes, value: bytes | None, headers: Headers | None = None) -> None:
         """Queue one changelog record (None = tombstone) with `headers` (module constants)."""
         self._touched.add(partition)
         if key.startswith(CLOCK_PREFIX):
             self._clocks[partition] = (key, value, headers)
+        if self.local is not None and key != SEAL_KEY:
+            self._written.append((partition, key, value, headers))
         while True:
             try:
                 self.producer.produce(self.topic, key=key, value=value, partition=partition, headers=headers)
@@ -86,17 +94,27 @@ class ChangelogWriter:
         """Return once the broker acknowledged every queued record, then seal the partitions."""
         if not self._touched and not self._failed and len(self.producer) == 0:
             return
-        await self._flush()
-        # Tansu reports a partition's high watermark as the base offset of its last record
-        # batch, so whatever reads "up to the high watermark" (Faust's table recovery) misses
-        # that whole batch. A lone tombstone after each flush is the last batch instead: only
-        # it goes unseen, and it deletes a key nobody has. Harmless on a real Kafka.
-        touched, self._touched = self._touched, set()
-        self._clocks.clear()
-        for partition in touched:
-            self.write(partition, SEAL_KEY, None)
-        self._touched.clear()
-        await self._flush()
+        try:
+            await self._flush()
+            # Tansu reports a partition's high watermark as the base offset of its last record
+            # batch, so whatever reads "up to the high watermark" (Faust's table recovery) misses
+            # that whole batch. A lone tombstone after each flush is the last batch instead: only
+            # it goes unseen, and it deletes a key nobody has. Harmless on a real Kafka.
+            touched, self._touched = self._touched, set()
+            self._clocks.clear()
+            for partition in touched:
+                self.write(partition, SEAL_KEY, None)
+            self._touched.clear()
+            await self._flush()
+        except BaseException:
+            written, self._written = self._written, []
+            if self.local is not None:  # the store must never go past records the changelog may hold
+                self.local.forget({p for p, _, _, _ in written})
+            raise
+        # The records of this write (re-sent ones too): the local store takes them now the broker has them all.
+        written, self._written = self._written, []
+        if self.local is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.local.put, written)
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()

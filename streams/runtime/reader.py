@@ -41,6 +41,7 @@ from rules.events import INPUT_TOPICS, PROFILES
 from streams import collector
 from streams.runtime.ports import Batches, Group
 from streams.runtime.outputs import read_outputs
+from streams.runtime.local import LocalStore
 from streams.runtime.recovery import read_changelog
 from streams.settings import Settings
 from streams.topics import TICKS, changelog_topic, client_config
@@ -88,6 +89,8 @@ class Reader:
         self.topics = [settings.topic(t) for t in INPUT_TOPICS]
         self.ticks_topic = settings.topic(TICKS)
         self.profiles_topic = settings.topic(PROFILES)
+        # The worker's local store (streams.runtime.local), which a load reads before the changelog's tail.
+        self.local: LocalStore | None = None
         conf = client_config(settings)
         conf.update({
             # Assigned by hand, never subscribed: the group id only names the client to the broker.
@@ -277,7 +280,8 @@ class Reader:
         data: dict[bytes, bytes] = {}
         if owned - kept:
             data = await loop.run_in_executor(
-                None, lambda: read_changelog(self.settings, owned - kept, cancelled=stale, writes=writes, ahead=ahead))
+                None, lambda: read_changelog(self.settings, owned - kept, cancelled=stale, writes=writes, ahead=ahead,
+                                             local=self.local))
         if stale() or self.group.generation != generation:
             return  # a rebalance came while reading: the next assignment loads again
         self.processor.load(owned, data, generation, started=started, last_write=max(writes.values(), default=0),

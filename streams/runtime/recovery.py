@@ -1,10 +1,13 @@
-"""Rebuild a worker's state from the state changelog, with confluent-kafka, in bulk.
+"""Rebuild a worker's state from its local store and the state changelog, with confluent-kafka, in bulk.
 
 The state of the partitions a worker owns lives in memory; the changelog (compacted, one
 partition per input partition) holds every subscriber's latest serialised state and each
-partition's clock. After every assignment the worker reads its partitions of the changelog from
-the beginning to the end and keeps the latest value per key. Faust's table recovery read the
-same records one by one through its own stream machinery, at about 7,000 records/s here.
+partition's clock; the local store (streams.runtime.local) holds the same records as of a
+changelog offset per partition. After every assignment the worker folds, per partition, the
+local store's records (where it has a copy the changelog still spans) and then the changelog
+from that offset, or else the whole changelog, to its end, through one fold (`fold`) that keeps
+the latest record per key. Faust's table recovery read the same records one by one through its
+own stream machinery, at about 7,000 records/s here.
 
 Each record carries the input offsets its state reflects (streams.runtime.changelog: the
 partition's, or a subscriber's own when they differ). A write cut short by a crash leaves records
@@ -17,12 +20,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import cast
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from streams.runtime.changelog import CLOCK_PREFIX, HELD, OFFSETS_HEADER, OWN_OFFSETS_HEADER, WRITE_HEADER, write_of
+from streams.runtime.changelog import (
+    CLOCK_PREFIX, HELD, OFFSETS_HEADER, OWN_OFFSETS_HEADER, WRITE_HEADER, Headers, write_of,
+)
+from streams.runtime.local import LocalStore, Record, StoreError, pack, value_of
 from streams.settings import Settings
 from streams.topics import changelog_topic, client_config
 
@@ -36,21 +44,144 @@ class RecoveryError(RuntimeError):
     """The changelog could not be read to its end."""
 
 
+@dataclass
+class Folded:
+    """What the fold keeps: the latest record per key (packed; None: deleted); per partition, the
+    newest state write seen, and the keys whose latest record reflects input offsets past the
+    clock's (with those offsets)."""
+
+    latest: dict[bytes, bytes | None] = field(default_factory=dict)
+    writes: dict[int, int] = field(default_factory=dict)
+    ahead: dict[int, dict[bytes, dict[str, int]]] = field(default_factory=dict)
+
+
+@dataclass
+class Sources:
+    """Where a recovery's records came from, per partition, and how many."""
+
+    ends: dict[int, int] = field(default_factory=dict)  # the changelog's high watermark as the read began
+    local: set[int] = field(default_factory=set)  # the local store's records, then the changelog's tail
+    whole: set[int] = field(default_factory=set)  # the whole changelog
+    stored: int = 0  # records from the local store
+    tail: int = 0  # changelog records of the partitions read from the local store
+    changelog: int = 0  # changelog records of the partitions read whole
+    # Per partition read from the local store, the keys its tail wrote (the store takes them after).
+    tail_keys: dict[int, set[bytes]] = field(default_factory=dict)
+    # Per partition read whole, its keys (the store is made anew from them after).
+    keys: dict[int, set[bytes]] = field(default_factory=dict)
+
+
 def read_changelog(settings: Settings, partitions: set[int], *, cancelled: Callable[[], bool] = lambda: False,
-                   writes: dict[int, int] | None = None,
+                   writes: dict[int, int] | None = None, local: LocalStore | None = None,
                    ahead: dict[int, dict[bytes, dict[str, int]]] | None = None) -> dict[bytes, bytes]:
     """Return the latest value of every key in `partitions` of the changelog (tombstones removed).
 
     `writes`, when given, receives per partition the number of the newest state write seen;
-    `ahead`, per partition, the keys whose latest record reflects input offsets past the clock's
-    (with those offsets).
+    `ahead`, per partition, the keys whose latest record reflects input offsets past the clock's.
+    `local`, when given, is the worker's local store: a partition it holds a usable copy of is
+    read from it and the changelog's tail only; afterwards the store is brought up to what was read.
 
-    Reads each partition from its low watermark until librdkafka reports its end (the high
-    watermark the broker gives with the fetched records; the changelog writer seals each flush
-    with a lone tombstone, so that a broker which reports the first offset of the last record
-    batch as the end loses nothing). Returns early, with what it has, when `cancelled()` says so.
+    Reads each partition until librdkafka reports its end (the high watermark the broker gives
+    with the fetched records; the changelog writer seals each flush with a lone tombstone, so that
+    a broker which reports the first offset of the last record batch as the end loses nothing).
+    Returns early, with what it has, when `cancelled()` says so.
     """
+    started = time.monotonic()
     topic = changelog_topic(settings)
+    sources = Sources()
+    folded = fold(_records(settings, topic, partitions, sources, local, cancelled))
+    if cancelled():
+        return {}
+    log.info("read partitions %s of %s in %.2f s: %s", sorted(partitions), topic, time.monotonic() - started,
+             describe(sources))
+    if local is not None:
+        _refresh(local, folded, sources)
+    if writes is not None:
+        writes.update(folded.writes)
+    if ahead is not None:
+        ahead.update(folded.ahead)  # the store's load says how many
+    return {key: value_of(packed) for key, packed in folded.latest.items() if packed is not None}
+
+
+def describe(sources: Sources) -> str:
+    """Say where the records of a recovery came from (the worker's log line)."""
+    parts = []
+    if sources.local:
+        parts.append(f"from the local store and the changelog's tail: {sorted(sources.local)} "
+                     f"({sources.stored} local records, {sources.tail} tail records)")
+    if sources.whole:
+        parts.append(f"from the whole changelog: {sorted(sources.whole)} ({sources.changelog} records)")
+    return "; ".join(parts) or "nothing to read"
+
+
+def fold(records: Iterable[Record]) -> Folded:
+    """Keep the latest record of every key, a partition's records in changelog order; find the
+    keys a state write cut short left ahead of their partition's clock."""
+    out = Folded()
+    latest = out.latest
+    newest = out.writes
+    # Per partition: the offsets of the latest record of each key written since its last clock
+    # record; of the keys whose latest record has offsets of its own; the last clock record.
+    tail: dict[int, dict[bytes, bytes]] = {}
+    own: dict[int, dict[bytes, bytes]] = {}
+    clocks: dict[int, bytes | None] = {}
+    interned: dict[bytes, bytes] = {}  # one bytes object per distinct offsets (a write's records share one)
+    for m in records:
+        key, p = m.key, m.partition
+        latest[key] = m.packed
+        if key.startswith(b"~"):
+            if key.startswith(CLOCK_PREFIX):
+                clocks[p] = m.value
+                tail.pop(p, None)
+                write = write_of(m.headers)
+                if write > newest.get(p, 0):
+                    newest[p] = write
+            continue
+        offsets: bytes | None = None
+        mine = False
+        for name, raw in m.headers:
+            if name == OFFSETS_HEADER or name == OWN_OFFSETS_HEADER:
+                assert isinstance(raw, bytes)
+                offsets = interned.setdefault(raw, raw)
+                mine = name == OWN_OFFSETS_HEADER
+            elif name == WRITE_HEADER and raw:
+                write = int(raw)
+                if write > newest.get(p, 0):
+                    newest[p] = write
+        if offsets is None:
+            continue  # written before records said their offsets: never ahead
+        tail.setdefault(p, {})[key] = offsets
+        if mine:
+            own.setdefault(p, {})[key] = offsets
+        elif p in own:
+            own[p].pop(key, None)
+    parsed: dict[bytes, dict[str, int]] = {}
+    for p in set(tail) | set(own):
+        clock = clocks.get(p)
+        try:
+            done = {str(t): int(v) for t, v in orjson.loads(clock).get("of", {}).items()} if clock else {}
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            continue  # an unreadable clock: the store rebuilds the partition from its inputs
+        verdicts: dict[bytes, bool] = {}
+        keys: dict[bytes, dict[str, int]] = {}
+        for key, raw in (*tail.get(p, {}).items(), *own.get(p, {}).items()):
+            reflects = parsed.get(raw)
+            if reflects is None:
+                reflects = parsed[raw] = {str(t): int(v) for t, v in orjson.loads(raw).items()}
+            past = verdicts.get(raw)
+            if past is None:
+                past = verdicts[raw] = any(v > done.get(t, -1) for t, v in reflects.items() if t != HELD)
+            if past:
+                keys[key] = reflects
+        if keys:
+            out.ahead[p] = keys
+    return out
+
+
+def _records(settings: Settings, topic: str, partitions: set[int], sources: Sources, local: LocalStore | None,
+             cancelled: Callable[[], bool]) -> Iterator[Record]:
+    """Yield the records to fold: per partition the local store's (where usable), then the changelog
+    from the local copy's offset, or from its beginning."""
     conf = client_config(settings)
     conf.update({
         "group.id": f"{settings.topic_prefix}{settings.app_id}-recovery",
@@ -63,8 +194,6 @@ def read_changelog(settings: Settings, partitions: set[int], *, cancelled: Calla
         "max.partition.fetch.bytes": 10485760,
     })
     consumer = Consumer(conf)
-    latest: dict[bytes, bytes | None] = {}
-    fold = _Fold()
     try:
         pending: set[int] = set()
         start: list[TopicPartition] = []
@@ -73,14 +202,33 @@ def read_changelog(settings: Settings, partitions: set[int], *, cancelled: Calla
                 low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)
             except KafkaException as exc:
                 raise RecoveryError(f"cannot read the end of {topic}/{p}: {exc}") from exc
-            if high > low:
+            begin, sources.ends[p] = low, high
+            offset = None if local is None else local.start(p, low, high)
+            if offset is not None and local is not None:
+                try:
+                    count, stored = local.records(p)
+                except StoreError as exc:
+                    # Its copy is made anew after the read; the other partitions' copies read fine.
+                    log.warning("%s/%d: the local state cannot be read (%s): reading the whole changelog",
+                                topic, p, exc)
+                else:
+                    begin = offset
+                    sources.local.add(p)
+                    sources.tail_keys[p] = set()
+                    sources.stored += count
+                    yield from stored
+            if p not in sources.local:
+                sources.whole.add(p)
+                sources.keys[p] = set()
+            if high > begin:
                 pending.add(p)
-                start.append(TopicPartition(topic, p, low))
+                start.append(TopicPartition(topic, p, begin))
+            if cancelled():
+                return
         if not start:
-            return {}
+            return
         consumer.assign(start)
         last_progress = time.monotonic()
-        records = 0
         while pending and not cancelled():
             messages = consumer.consume(20000, 0.5)
             if messages:
@@ -91,94 +239,33 @@ def read_changelog(settings: Settings, partitions: set[int], *, cancelled: Calla
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(m.partition())
+                        pending.discard(m.partition() or 0)
                     else:
                         log.warning("reading %s: %s", topic, err)
                     continue
                 key = m.key()
                 assert key is not None  # the changelog's records all have keys
-                value = m.value()
-                fold.record(m.partition() or 0, key, value, m.headers())
-                latest[key] = value
-                records += 1
-        log.debug("read %d records of %s", records, topic)
+                p = m.partition() or 0  # always set on a record
+                value, headers = m.value(), cast(Headers, m.headers() or [])
+                tail = sources.tail_keys.get(p)
+                if tail is not None:
+                    tail.add(key)
+                    sources.tail += 1
+                else:
+                    sources.keys[p].add(key)
+                    sources.changelog += 1
+                yield Record(p, key, None if value is None else pack(value, headers), headers)
     finally:
         consumer.close()
-    found = fold.ahead()  # the store's load says how many
-    if ahead is not None:
-        ahead.update(found)
-    if writes is not None:
-        writes.update(fold.newest)
-    return {k: v for k, v in latest.items() if v is not None}
 
 
-class _Fold:
-    """What the records read say beyond their values: the newest write per partition, and which
-    keys may be ahead of their partition's clock (the records after its last clock record, and
-    those with offsets of their own)."""
-
-    def __init__(self) -> None:
-        self.newest: dict[int, int] = {}
-        # Per partition: the latest record's offsets of each key written since its last clock
-        # record; keys whose latest record has offsets of its own; the last clock record's value.
-        self.tail: dict[int, dict[bytes, bytes]] = {}
-        self.own: dict[int, dict[bytes, bytes]] = {}
-        self.clock: dict[int, bytes | None] = {}
-        # One bytes object per distinct offsets value (a write's records all share one).
-        self._interned: dict[bytes, bytes] = {}
-
-    def record(self, p: int, key: bytes, value: bytes | None, headers: object) -> None:
-        if key.startswith(CLOCK_PREFIX):
-            self.clock[p] = value
-            self.tail.pop(p, None)
-            write = write_of(headers)
-            if write > self.newest.get(p, 0):
-                self.newest[p] = write
-            return
-        if key.startswith(b"~"):
-            return
-        offsets: bytes | None = None
-        own = False
-        pairs = headers if isinstance(headers, list) else ()
-        for name, raw in pairs:
-            if name == OFFSETS_HEADER or name == OWN_OFFSETS_HEADER:
-                offsets = self._interned.setdefault(raw, raw)
-                own = name == OWN_OFFSETS_HEADER
-            elif name == WRITE_HEADER and raw:
-                write = int(raw)
-                if write > self.newest.get(p, 0):
-                    self.newest[p] = write
-        if offsets is None:
-            return  # written before input offsets were recorded: never ahead
-        self.tail.setdefault(p, {})[key] = offsets
-        mine = self.own.get(p)
-        if own:
-            self.own.setdefault(p, {})[key] = offsets
-        elif mine:
-            mine.pop(key, None)
-
-    def ahead(self) -> dict[int, dict[bytes, dict[str, int]]]:
-        """Per partition, the keys whose latest record reflects offsets past the clock's."""
-        found: dict[int, dict[bytes, dict[str, int]]] = {}
-        parsed: dict[bytes, dict[str, int]] = {}
-        for p in set(self.tail) | set(self.own):
-            clock_value = self.clock.get(p)
-            try:
-                done = {str(t): int(v) for t, v in orjson.loads(clock_value).get("of", {}).items()} \
-                    if clock_value else {}
-            except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-                continue  # an unreadable clock: the store rebuilds the partition from its inputs
-            verdicts: dict[bytes, bool] = {}
-            keys = found.setdefault(p, {})
-            for key, raw in (*self.tail.get(p, {}).items(), *self.own.get(p, {}).items()):
-                offsets = parsed.get(raw)
-                if offsets is None:
-                    offsets = parsed[raw] = {str(t): int(v) for t, v in orjson.loads(raw).items()}
-                past = verdicts.get(raw)
-                if past is None:
-                    past = verdicts[raw] = any(v > done.get(t, -1) for t, v in offsets.items() if t != HELD)
-                if past:
-                    keys[key] = offsets
-            if not keys:
-                del found[p]
-        return found
+def _refresh(local: LocalStore, folded: Folded, sources: Sources) -> None:
+    """Bring the local store up to what was read: the tail's keys, or a whole partition anew."""
+    latest = folded.latest
+    if not sources.keys:
+        # Only tails: the store's write keeps their few records, not every record read.
+        latest = {key: latest.get(key) for keys in sources.tail_keys.values() for key in keys}
+    try:
+        local.refresh(latest, sources.tail_keys, sources.keys, sources.ends)
+    except Exception as exc:
+        local.broken(exc)

@@ -115,6 +115,7 @@ def test_quick_bench_runs_every_step_and_writes_the_figures(tmp_path: Path) -> N
     assert done.returncode == 0, stderr[-4000:]
     assert "churnlight bench" in stdout and "raw consumer (a)" in stdout and "b / a" in stdout
     assert "7/9 recovery" in stderr  # the progress lines
+    assert "7 restart on local state" in stdout
 
     doc = orjson.loads(out.read_bytes())
     assert doc["status"] == "ok" and doc["incomplete"] == []
@@ -148,6 +149,12 @@ def test_quick_bench_runs_every_step_and_writes_the_figures(tmp_path: Path) -> N
     recovery = doc["recovery"]
     assert recovery["subscribers_loaded"] == 300 and recovery["seconds"] > 0
     assert recovery["partitions"] == [0, 1, 2, 3]
+    assert recovery["partitions_whole"] == [0, 1, 2, 3] and recovery["changelog_records"] > 300
+    # The killed worker restarted on its own disk: every partition from its local store, a tail at most.
+    restart = recovery["restart"]
+    assert restart["subscribers_loaded"] == 300 and restart["seconds"] > 0
+    assert restart["partitions_local"] == [0, 1, 2, 3] and restart["partitions_whole"] == []
+    assert restart["local_records"] >= 300 and restart["tail_records"] < recovery["changelog_records"]
 
     join = doc["join"]
     # The first worker keeps its partitions when the second joins: none is read again.

@@ -12,7 +12,8 @@ stack started for the run:
    worker's own end-to-end histogram, and a backlog/rate estimate for plain usage events;
 5. state bytes per subscriber from the state changelog (latest value per key);
 6. the worker's peak RSS (VmHWM);
-7. recovery: SIGKILL, then a worker with an empty data dir rebuilds the state from the changelog;
+7. recovery: SIGKILL, then the worker restarts on its own data dir (local state and the changelog's
+   tail), SIGKILL again, then a worker with an empty data dir rebuilds the state from the changelog;
 8. scaling: two workers of one group on a fresh copy of the events; join: a worker loads the bulk
    state, a second one joins, and the first's log says how long the partitions it keeps were not
    read (letting go to reading again) and that none of them was read from the changelog again;

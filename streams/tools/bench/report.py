@@ -82,11 +82,17 @@ def _rss_rows(table: Table, doc: dict[str, Any]) -> None:
 
 def _recovery_rows(table: Table, doc: dict[str, Any]) -> None:
     rec = doc["recovery"]
-    table.add_row("7 recovery", "seconds to healthy + fully loaded", _fmt(rec.get("seconds"), " s", 1))
+    restart = rec.get("restart") or {}
+    health, full = restart.get("health_s"), restart.get("complete_load_seen_s")
+    table.add_row("7 restart on local state", "seconds to /health 200 / fully loaded",
+                  f"{_fmt(health, ' s', 1)} / {_fmt(full, ' s', 1)}")
+    table.add_row("", "records: local store / changelog tail / whole changelog",
+                  f"{_fmt(restart.get('local_records'))} / {_fmt(restart.get('tail_records'))} / "
+                  f"{_fmt(restart.get('changelog_records'))}")
+    table.add_row("7 recovery from the changelog", "seconds to healthy + fully loaded", _fmt(rec.get("seconds"), " s", 1))
     table.add_row("", "of which to /health 200 (state loaded)", _fmt(rec.get("health_s"), " s", 1))
     table.add_row("", "subscribers loaded (worker's own load time)",
                   f"{_fmt(rec.get('subscribers_loaded'))} ({_fmt(rec.get('load_s_logged'), ' s', 2)})")
-
 
 def _scaling_rows(table: Table, doc: dict[str, Any]) -> None:
     sc = doc["scaling"]
@@ -168,7 +174,8 @@ def incomplete_steps(doc: dict[str, Any]) -> list[str]:
     if e2e and e2e.get("tasks_seen") != e2e.get("triggers"):
         found.append("latency tasks")
     recovery = doc.get("recovery") or {}
-    if not recovery.get("skipped") and recovery and recovery.get("seconds") is None:
+    if not recovery.get("skipped") and recovery and (recovery.get("seconds") is None
+                                                    or (recovery.get("restart") or {}).get("seconds") is None):
         found.append("recovery")
     join = doc.get("join") or {}
     if not join.get("skipped") and join and (join.get("note") or join.get("stall_s") is None):

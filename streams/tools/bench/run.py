@@ -7,6 +7,7 @@ import random
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -25,6 +26,8 @@ from streams.tools.topic_reader import iter_topic
 POLL_S: Final = 0.2
 STEPS: Final = 9  # the "n/9" of the progress lines
 LOADED_RE: Final = re.compile(r"loaded (\d+) subscribers of partitions \[([0-9, ]*)\] in ([0-9.]+) s")
+# streams.runtime.recovery's line: where a load's records came from.
+READ_RE: Final = re.compile(r"read partitions \[[0-9, ]*\] of \S+ in [0-9.]+ s: (.*)")
 
 
 @dataclass
@@ -118,22 +121,36 @@ def step_state(run: Run, settings: Settings) -> dict[str, Any]:
 
 
 def step_recovery(run: Run, settings: Settings, subscribers: int) -> dict[str, Any]:
-    """Start a worker with an empty data dir after the crash; time health and the complete load.
+    """Restart the killed worker on its own data dir (its local state and the changelog's tail) and
+    SIGKILL it again; then start a worker with an empty data dir (the whole changelog). Time each to
+    /health 200 and to its complete load.
 
-    The worker reads its partitions of the changelog after its assignment and answers /health 200
-    once the state is loaded; its log says how many subscribers it loaded and in how long (reading
-    the changelog included). Once /health answers the bench sends one valid usage event, as the
-    next event of traffic would be.
+    A worker answers /health 200 once its state is loaded; its log says where the records came from
+    (local store, tail, whole changelog: how many each) and how many subscribers it loaded in how
+    long. Once /health answers the bench sends one valid usage event, as the next event of traffic
+    would be. The cold figures stay at the top level of the step's JSON, the restart's under `restart`.
     """
+    task = run.step(f"7/{STEPS} recovery: restart on local state, then from the changelog", 2 * subscribers)
+    restart = _recover(run, settings, "worker-1", subscribers, lambda n: run.progress.update(task, completed=n))
+    cold = _recover(run, settings, "worker-recovered", subscribers,
+                    lambda n: run.progress.update(task, completed=subscribers + n))
+    return {**cold, "restart": restart}
+
+
+def _recover(run: Run, settings: Settings, name: str, subscribers: int,
+             progress: Callable[[int], None]) -> dict[str, Any]:
+    """Start worker `name` (its data dir as a worker of that name left it) and time its recovery."""
     from streams.tools.replay import make_producer
 
-    task = run.step(f"7/{STEPS} recovery from the changelog", subscribers)
-    w = run.worker(settings, "worker-recovered", log_level="info").launch()
+    w = run.worker(settings, name, log_level="info")
+    since = len(w.log())  # the log of an earlier run on this data dir is appended to
+    w.launch()
     limit = START_TIMEOUT_S + (run.workload.events + subscribers) / 1000
     wl = run.workload
     health_s: float | None = None
     loaded: tuple[int, list[int], float] | None = None
     loaded_s: float | None = None
+    sources: dict[str, Any] = {}
     while time.monotonic() - w.started_at < limit:
         w.check_alive()
         now = time.monotonic() - w.started_at
@@ -144,28 +161,53 @@ def step_recovery(run: Run, settings: Settings, subscribers: int) -> dict[str, A
             nudge.produce(settings.topic(USAGE), key=doc["msisdn"].encode(), value=orjson.dumps(doc))
             nudge.flush(10)
         try:
-            found = LOADED_RE.findall(w.log())
+            text = w.log()[since:]
         except OSError:
-            found = []
+            text = ""
+        found = LOADED_RE.findall(text)
         if found:
             n, parts, secs = found[-1]
             owned = [int(p) for p in parts.replace(" ", "").split(",") if p]
             loaded = (int(n), owned, float(secs))
-            run.progress.update(task, completed=int(n))
+            progress(int(n))
             if loaded_s is None and int(n) >= subscribers and len(owned) == run.partitions:
                 loaded_s = now
+                sources = _sources(text)
         if health_s is not None and loaded_s is not None:
             break
         time.sleep(POLL_S)
-    w.stop()
+    if name == "worker-1":
+        w.kill()  # as the crash before it: the cold recovery that follows has the machine to itself
+    else:
+        w.stop()
     out: dict[str, Any] = {
         "seconds": max(health_s, loaded_s) if health_s is not None and loaded_s is not None else None,
         "health_s": health_s, "complete_load_seen_s": loaded_s,
         "subscribers_loaded": loaded[0] if loaded else None, "subscribers_expected": subscribers,
         "partitions": loaded[1] if loaded else None, "load_s_logged": loaded[2] if loaded else None,
+        **sources,
     }
     if out["seconds"] is None:
         out["note"] = f"not complete within {limit:.0f} s"
+    return out
+
+
+def _sources(log: str) -> dict[str, Any]:
+    """Where the last recovery in `log` read its records: local store, changelog tail, whole changelog."""
+    out: dict[str, Any] = {"local_records": 0, "tail_records": 0, "changelog_records": 0,
+                           "partitions_local": [], "partitions_whole": []}
+    found = READ_RE.findall(log)
+    if not found:
+        return out
+    how = found[-1]
+    local = re.search(r"the changelog's tail: \[([0-9, ]*)\] \((\d+) local records, (\d+) tail records\)", how)
+    if local:
+        out["partitions_local"] = [int(p) for p in local.group(1).replace(" ", "").split(",") if p]
+        out["local_records"], out["tail_records"] = int(local.group(2)), int(local.group(3))
+    whole = re.search(r"from the whole changelog: \[([0-9, ]*)\] \((\d+) records\)", how)
+    if whole:
+        out["partitions_whole"] = [int(p) for p in whole.group(1).replace(" ", "").split(",") if p]
+        out["changelog_records"] = int(whole.group(2))
     return out
 
 

@@ -1,0 +1,164 @@
+"""The worker's local state (streams.runtime.local): a restart on the same disk reads only the changelog's
+tail; a corrupt or stale local copy falls back to the changelog, with the data intact and a log line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import orjson
+import pytest
+from rocksdict import Options, Rdict
+
+from streams.runtime.changelog import Headers
+from streams.runtime.local import LocalStore, headers_of, pack, value_of
+from streams.settings import Settings
+from streams.topics import changelog_topic
+from tests.conftest import WorkerProc, consume_all, produce, wait_for
+from tests.streams import scripted
+
+READ = re.compile(r"read partitions \[[\d, ]*\] of \S+ in [\d.]+ s: (.*)")
+
+
+def _reads(log: Path) -> list[str]:
+    """What each recovery of a worker's log read, oldest first."""
+    return READ.findall(log.read_text(errors="replace"))
+
+
+def _partitions(how: str, what: str) -> set[int]:
+    found = re.search(re.escape(what) + r": \[([\d, ]*)\]", how)
+    return {int(p) for p in found.group(1).split(",")} if found and found.group(1) else set()
+
+
+def _local_records(how: str) -> tuple[int, int]:
+    found = re.search(r"\((\d+) local records, (\d+) tail records\)", how)
+    assert found, how
+    return int(found.group(1)), int(found.group(2))
+
+
+def _run_once(settings: Settings, log: Path, items: list[tuple[str, dict[str, object]]] | None = None) -> None:
+    """Process `items` (the scripted history by default) with one worker on `settings`' data dir, then stop it."""
+    items = scripted.history(settings.partitions) if items is None else items
+    produce(settings, [(t, str(v["msisdn"]).encode(), orjson.dumps(v)) for t, v in items])
+    worker = WorkerProc(settings, log).start()
+    try:
+        wait_for(lambda: worker.metric("churnlight_events_total") >= len(items), timeout_s=90,
+                 what="every event processed")
+    finally:
+        worker.stop()
+
+
+def _intact(worker: WorkerProc) -> None:
+    for sub in scripted.SUBS:
+        status, body = worker.get(f"/subscribers/{sub.msisdn}")
+        assert status == 200, body
+        assert (body["arpu"], body["mou"]) == scripted.final_window(sub), sub.msisdn
+    assert worker.get("/lights/summary")[1]["totals"] == {"green": 4, "yellow": 3, "red": 2, "black": 1}
+
+
+def test_a_restart_on_the_same_disk_reads_only_the_changelogs_tail(settings: Settings, tmp_path: Path) -> None:
+    log = tmp_path / "worker.log"
+    _run_once(settings, log)
+    worker = WorkerProc(settings, log).start()
+    try:
+        _intact(worker)
+    finally:
+        worker.stop()
+    first, again = _reads(log)[:2]
+    everything = set(range(settings.partitions))
+    assert _partitions(first, "from the whole changelog") == everything
+    assert _partitions(again, "from the local store and the changelog's tail") == everything
+    assert "from the whole changelog" not in again
+    stored, tail = _local_records(again)
+    assert stored >= len(scripted.SUBS) + settings.partitions  # every subscriber and clock, from the disk
+    # The changelog's end as a broker reports it may lie one record (the seal) short: at most that is read.
+    assert tail <= settings.partitions
+
+
+def test_a_tail_written_by_another_worker_is_folded_onto_the_local_copy(settings: Settings, tmp_path: Path) -> None:
+    items = scripted.history(settings.partitions)
+    half = len(items) // 2
+    log = tmp_path / "worker.log"
+    _run_once(settings, log, items[:half])
+    # The rest goes through a worker on another disk: the changelog moves on past the first one's copy.
+    other = settings.model_copy(update={"data_dir": tmp_path / "other"})
+    _run_once(other, tmp_path / "other.log", items[half:])
+    worker = WorkerProc(settings, log).start()
+    try:
+        _intact(worker)
+    finally:
+        worker.stop()
+    again = _reads(log)[-1]
+    assert _partitions(again, "from the local store and the changelog's tail") == set(range(settings.partitions))
+    stored, tail = _local_records(again)
+    assert stored > 0 and tail > settings.partitions
+
+
+def test_a_corrupt_local_store_falls_back_to_the_changelog_with_the_data_intact(settings: Settings,
+                                                                                tmp_path: Path) -> None:
+    log = tmp_path / "worker.log"
+    _run_once(settings, log)
+    # Every file of the store overwritten with noise, as a bad disk leaves it.
+    store = settings.data_dir / "state" / changelog_topic(settings)
+    files = [f for f in store.rglob("*") if f.is_file()]
+    assert files
+    for f in files:
+        f.write_bytes(os.urandom(max(f.stat().st_size, 64)))
+    worker = WorkerProc(settings, log).start()
+    try:
+        _intact(worker)
+    finally:
+        worker.stop()
+    text = log.read_text(errors="replace")
+    assert re.search(r"the local state in \S+ cannot be (opened|read) \(.+\): it is emptied", text), text[-3000:]
+    assert _partitions(_reads(log)[-1], "from the whole changelog") == set(range(settings.partitions))
+
+
+def test_a_mark_the_changelog_does_not_span_falls_back_to_the_changelog_for_that_partition(
+        settings: Settings, tmp_path: Path) -> None:
+    log = tmp_path / "worker.log"
+    _run_once(settings, log)
+    # Partition 1's copy claims to cover the changelog further than it goes (a changelog written anew,
+    # a store copied from elsewhere).
+    db = Rdict(str(settings.data_dir / "state" / changelog_topic(settings)), Options(raw_mode=True))
+    db[(1).to_bytes(2, "big") + b"\x00"] = orjson.dumps({"offset": 10**9, "at_ms": 0})
+    db.close()
+    worker = WorkerProc(settings, log).start()
+    try:
+        _intact(worker)
+    finally:
+        worker.stop()
+    text = log.read_text(errors="replace")
+    assert re.search(r"/1: the local state is stale: it covers the changelog up to offset 1000000000", text)
+    again = _reads(log)[-1]
+    assert _partitions(again, "from the whole changelog") == {1}
+    assert _partitions(again, "from the local store and the changelog's tail") == set(range(settings.partitions)) - {1}
+
+
+def test_a_store_of_another_deployment_is_emptied_and_not_read(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    four = Settings(kafka="127.0.0.1:9", data_dir=tmp_path, partitions=4)
+    store = LocalStore(four, "a-state-changelog")
+    store.refresh({b"13900000001": pack(b"state", [("w", b"3")])}, {}, {0: {b"13900000001"}}, {0: 7})
+    store.close()
+    again = LocalStore(four, "a-state-changelog")
+    assert again.start(0, 0, 9) == 7
+    assert [(r.key, value_of(r.packed or b""), r.headers) for r in again.records(0)[1]] == [
+        (b"13900000001", b"state", [("w", b"3")])]
+    again.close()
+    caplog.set_level(logging.INFO, "streams.runtime.local")
+    eight = LocalStore(four.model_copy(update={"partitions": 8}), "a-state-changelog")
+    assert eight.start(0, 0, 9) is None
+    assert "is of another deployment" in caplog.text and "no local state" in caplog.text
+    assert eight.records(0)[0] == 0
+    eight.close()
+
+
+def test_a_packed_record_keeps_every_header() -> None:
+    headers: Headers = [("w", b"12"), ("of", "usage.events/3:17"), ("x", None), ("", b"")]
+    packed = pack(b"\x00value", headers)
+    assert value_of(packed) == b"\x00value"
+    assert headers_of(packed) == [("w", b"12"), ("of", b"usage.events/3:17"), ("x", None), ("", b"")]
+    assert headers_of(pack(b"v", None)) == [] and value_of(pack(b"", [])) == b""
