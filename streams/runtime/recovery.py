@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streams.runtime.changelog import (
     CLOCK_PREFIX, HELD, OFFSETS_HEADER, OWN_OFFSETS_HEADER, WRITE_HEADER, Headers, write_of,
 )
 from streams.runtime.local import LocalStore, Record, StoreError, pack, value_of
+from streams.runtime.topic_end import TopicEndError, read_messages
 from streams.settings import Settings
 from streams.topics import changelog_topic, client_config
 
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 # No record for this long while partitions are still short of their end: the broker is away.
 STALL_S = 60.0
+# Larger fetches than a consumer's defaults: a load reads a whole changelog.
+READ_CONFIG = {"queued.max.messages.kbytes": 262144, "fetch.max.bytes": 52428800,
+               "max.partition.fetch.bytes": 10485760}
 
 
 class RecoveryError(RuntimeError):
@@ -181,28 +185,17 @@ def fold(records: Iterable[Record]) -> Folded:
 def _records(settings: Settings, topic: str, partitions: set[int], sources: Sources, local: LocalStore | None,
              cancelled: Callable[[], bool]) -> Iterator[Record]:
     """Yield the records to fold: per partition the local store's (where usable), then the changelog
-    from the local copy's offset, or from its beginning."""
-    conf = client_config(settings)
-    conf.update({
-        "group.id": f"{settings.topic_prefix}{settings.app_id}-recovery",
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "enable.partition.eof": True,
-        "auto.offset.reset": "earliest",
-        "queued.max.messages.kbytes": 262144,
-        "fetch.max.bytes": 52428800,
-        "max.partition.fetch.bytes": 10485760,
-    })
-    consumer = Consumer(conf)
+    from the local copy's offset, or from its beginning (streams.runtime.topic_end)."""
+    starts: dict[tuple[str, int], int] = {}
+    group = f"{settings.topic_prefix}{settings.app_id}-recovery"
+    consumer = Consumer({**client_config(settings), "group.id": group})  # for the watermarks only
     try:
-        pending: set[int] = set()
-        start: list[TopicPartition] = []
         for p in sorted(partitions):
             try:
                 low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)
             except KafkaException as exc:
                 raise RecoveryError(f"cannot read the end of {topic}/{p}: {exc}") from exc
-            begin, sources.ends[p] = low, high
+            sources.ends[p] = high
             offset = None if local is None else local.start(p, low, high)
             if offset is not None and local is not None:
                 try:
@@ -212,7 +205,7 @@ def _records(settings: Settings, topic: str, partitions: set[int], sources: Sour
                     log.warning("%s/%d: the local state cannot be read (%s): reading the whole changelog",
                                 topic, p, exc)
                 else:
-                    begin = offset
+                    starts[(topic, p)] = offset
                     sources.local.add(p)
                     sources.tail_keys[p] = set()
                     sources.stored += count
@@ -220,43 +213,28 @@ def _records(settings: Settings, topic: str, partitions: set[int], sources: Sour
             if p not in sources.local:
                 sources.whole.add(p)
                 sources.keys[p] = set()
-            if high > begin:
-                pending.add(p)
-                start.append(TopicPartition(topic, p, begin))
             if cancelled():
                 return
-        if not start:
-            return
-        consumer.assign(start)
-        last_progress = time.monotonic()
-        while pending and not cancelled():
-            messages = consumer.consume(20000, 0.5)
-            if messages:
-                last_progress = time.monotonic()
-            elif time.monotonic() - last_progress > STALL_S:
-                raise RecoveryError(f"no record of {topic} partitions {sorted(pending)} in {STALL_S:.0f} s")
-            for m in messages:
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(m.partition() or 0)
-                    else:
-                        log.warning("reading %s: %s", topic, err)
-                    continue
-                key = m.key()
-                assert key is not None  # the changelog's records all have keys
-                p = m.partition() or 0  # always set on a record
-                value, headers = m.value(), cast(Headers, m.headers() or [])
-                tail = sources.tail_keys.get(p)
-                if tail is not None:
-                    tail.add(key)
-                    sources.tail += 1
-                else:
-                    sources.keys[p].add(key)
-                    sources.changelog += 1
-                yield Record(p, key, None if value is None else pack(value, headers), headers)
     finally:
         consumer.close()
+    messages = read_messages(settings, {topic: partitions}, group_id=group, starts=starts, cancelled=cancelled,
+                             stall_s=STALL_S, batch=20000, config=READ_CONFIG)
+    try:
+        for m in messages:
+            key = m.key()
+            assert key is not None  # the changelog's records all have keys
+            p = m.partition() or 0  # always set on a record
+            value, headers = m.value(), cast(Headers, m.headers() or [])
+            tail = sources.tail_keys.get(p)
+            if tail is not None:
+                tail.add(key)
+                sources.tail += 1
+            else:
+                sources.keys[p].add(key)
+                sources.changelog += 1
+            yield Record(p, key, None if value is None else pack(value, headers), headers)
+    except TopicEndError as exc:
+        raise RecoveryError(f"{topic}: {exc}") from exc
 
 
 def _refresh(local: LocalStore, folded: Folded, sources: Sources) -> None:
