@@ -50,6 +50,15 @@ def _run_once(settings: Settings, log: Path, items: list[tuple[str, dict[str, ob
         worker.stop()
 
 
+def _restart_intact(settings: Settings, log: Path) -> None:
+    """Start the worker again on its data dir; every subscriber's state is there."""
+    worker = WorkerProc(settings, log).start()
+    try:
+        _intact(worker)
+    finally:
+        worker.stop()
+
+
 def _intact(worker: WorkerProc) -> None:
     for sub in scripted.SUBS:
         status, body = worker.get(f"/subscribers/{sub.msisdn}")
@@ -61,11 +70,7 @@ def _intact(worker: WorkerProc) -> None:
 def test_a_restart_on_the_same_disk_reads_only_the_changelogs_tail(settings: Settings, tmp_path: Path) -> None:
     log = tmp_path / "worker.log"
     _run_once(settings, log)
-    worker = WorkerProc(settings, log).start()
-    try:
-        _intact(worker)
-    finally:
-        worker.stop()
+    _restart_intact(settings, log)
     first, again = _reads(log)[:2]
     everything = set(range(settings.partitions))
     assert _partitions(first, "from the whole changelog") == everything
@@ -85,11 +90,7 @@ def test_a_tail_written_by_another_worker_is_folded_onto_the_local_copy(settings
     # The rest goes through a worker on another disk: the changelog moves on past the first one's copy.
     other = settings.model_copy(update={"data_dir": tmp_path / "other"})
     _run_once(other, tmp_path / "other.log", items[half:])
-    worker = WorkerProc(settings, log).start()
-    try:
-        _intact(worker)
-    finally:
-        worker.stop()
+    _restart_intact(settings, log)
     again = _reads(log)[-1]
     assert _partitions(again, "from the local store and the changelog's tail") == set(range(settings.partitions))
     stored, tail = _local_records(again)
@@ -106,11 +107,7 @@ def test_a_corrupt_local_store_falls_back_to_the_changelog_with_the_data_intact(
     assert files
     for f in files:
         f.write_bytes(os.urandom(max(f.stat().st_size, 64)))
-    worker = WorkerProc(settings, log).start()
-    try:
-        _intact(worker)
-    finally:
-        worker.stop()
+    _restart_intact(settings, log)
     text = log.read_text(errors="replace")
     assert re.search(r"the local state in \S+ cannot be (opened|read) \(.+\): it is emptied", text), text[-3000:]
     assert _partitions(_reads(log)[-1], "from the whole changelog") == set(range(settings.partitions))
@@ -125,11 +122,7 @@ def test_a_mark_the_changelog_does_not_span_falls_back_to_the_changelog_for_that
     db = Rdict(str(settings.data_dir / "state" / changelog_topic(settings)), Options(raw_mode=True))
     db[(1).to_bytes(2, "big") + b"\x00"] = orjson.dumps({"offset": 10**9, "at_ms": 0})
     db.close()
-    worker = WorkerProc(settings, log).start()
-    try:
-        _intact(worker)
-    finally:
-        worker.stop()
+    _restart_intact(settings, log)
     text = log.read_text(errors="replace")
     assert re.search(r"/1: the local state is stale: it covers the changelog up to offset 1000000000", text)
     again = _reads(log)[-1]
