@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from streams.faults import Faults
 from streams.runtime.changelog import ChangelogWriter
-from streams.runtime.store import Store, clock_key, encode_clock, encode_state
+from streams.runtime.store import Store, clock_key, encode_clock
 from sinks.outbox import Outbox
 
 # Touched subscribers that make the state go to the changelog before its interval is up: each
@@ -110,10 +110,7 @@ class Checkpoint:
         states = store.states
         for p in set(store.dirty) | store.dirty_clocks:
             for key in store.dirty.get(p, ()):
-                state = states.get(key)
-                value = None if state is None or state.is_empty() else encode_state(state)
-                if value is None:
-                    states.pop(key, None)
+                value = states.encoded(key)  # None: a tombstone
                 if changelog is not None:
                     changelog.write(p, key, value, number)
                     written += 1

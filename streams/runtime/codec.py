@@ -36,6 +36,7 @@ _OFFSET_CODES: Final = ("B", "H", "I")
 # The array item sizes the format assumes (those of every mainstream platform).
 assert [array(code).itemsize for code in ("B", "H", "I", "h", "i", "q", "Q")] == [1, 2, 4, 2, 4, 8, 8]
 _LITTLE: Final = sys.byteorder == "little"
+_intern: Final = sys.intern
 _LIGHT_CODE: Final[dict[Light | None, int]] = {None: 0, "green": 1, "yellow": 2, "red": 3, "black": 4}
 _LIGHT_OF: Final = {v: k for k, v in _LIGHT_CODE.items()}
 _CHURN_CODE: Final[dict[Churn | None, int]] = {None: 0, "deactivated": 1, "ported_out": 2}
@@ -106,6 +107,14 @@ def _decode(r: _Reader) -> SubscriberState:
     (flags, s.region, s.brand, s.segment, s.birthday, activated, photo, contract, s.contract_spent_fen,
      s.balance_fen, s.balance_ms, s.churned_ms, s.port_out_request_ms, s.light_since_ms, reasons,
      used) = items
+    # One string object per distinct region, brand and segment, rather than one per decoded state.
+    region, brand, segment = s.region, s.brand, s.segment
+    if region is not None:
+        s.region = _intern(region)
+    if brand is not None:
+        s.brand = _intern(brand)
+    if segment is not None:
+        s.segment = _intern(segment)
     s.has_profile = bool(flags & 1)
     s.prepaid = bool(flags >> 1 & 1)
     s.light = _LIGHT_OF[flags >> 2 & 7]
@@ -245,6 +254,10 @@ class _Reader:
         self.pos = 0
 
     def uint(self) -> int:
+        data, pos = self.data, self.pos
+        if pos < len(data) and data[pos] < 0x80:  # one byte: most varints of a state
+            self.pos = pos + 1
+            return data[pos]
         n = shift = 0
         while True:
             if self.pos >= len(self.data):

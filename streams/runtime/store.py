@@ -2,13 +2,14 @@
 
 Loaded from the state changelog after each rebalance (streams.runtime.recovery reads it); written
 back by the checkpoint (streams.runtime.checkpoint). The storage codec of a subscriber's state is
-used here only (`encode_state`, `decode_state`).
+used here and by the states' container (streams.runtime.states), which holds them serialised.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from datetime import date
 from typing import Any
 
@@ -19,8 +20,9 @@ from rules.events import BILLING, LIFECYCLE, USAGE, mask
 from rules.schedule import Parked, PartitionClock
 from rules.state import SubscriberState
 from sinks.deadletters import DeadLetterSink
-# The storage codec of a subscriber's state: its one use in the runtime.
+# The storage codec of a subscriber's state (and streams.runtime.states').
 from streams.runtime.codec import decode_state as decode_state, encode_state as encode_state
+from streams.runtime.states import States
 
 log = logging.getLogger(__name__)
 
@@ -86,44 +88,81 @@ def _parked(item: list[Any], topic: str) -> Parked:
 class Store:
     """Subscriber states and partition clocks of the owned partitions, and what changed since the last write."""
 
-    def __init__(self, partitions: int) -> None:
+    def __init__(self, partitions: int, hot_states: int = 1 << 62) -> None:
+        # `hot_states`: the worker's setting; unbounded when not given (a test's store).
         self.partitions = partitions
         self.clocks: dict[int, PartitionClock] = {}
-        self.states: dict[bytes, SubscriberState] = {}
+        # Held serialised, at most `hot_states` decoded (streams.runtime.states).
+        self.states = States(hot_states)
         # Per partition, the photographed subscribers (their lights are judged at each close) and
-        # the profiled ones a day opening can be due to (a contract stage, a birthday).
-        self.watched: dict[int, set[bytes]] = {}
+        # the profiled ones a day opening can be due to (a contract stage, a birthday). The watched
+        # map to a code of their (light, region, brand), kept with every change of those, so that
+        # the gauges' summary decodes no state.
+        self.watched: dict[int, dict[bytes, int]] = {}
         self.dated: dict[int, set[bytes]] = {}
+        self._facets: dict[tuple[str | None, str | None, str | None], int] = {}
+        self._facet_of: list[tuple[str | None, str | None, str | None]] = []
         # Subscribers touched since the last write, per partition; partitions whose clock changed.
         self.dirty: dict[int, set[bytes]] = {}
         self.dirty_clocks: set[int] = set()
 
     def adopt(self, p: int) -> PartitionClock:
         """Start partition `p` empty: a record of a partition no load covered (the backtest's)."""
-        self.watched.setdefault(p, set())
+        self.watched.setdefault(p, {})
         self.dated.setdefault(p, set())
         clock = self.clocks[p] = PartitionClock()
         return clock
 
     def state(self, key: bytes) -> SubscriberState:
-        """Return the state of `key`, created empty if there is none."""
-        state = self.states.get(key)
-        if state is None:
-            state = self.states[key] = SubscriberState()
-        return state
+        """Return the state of `key` to change (then `touch`), created empty if there is none."""
+        return self.states.fetch(key)
 
     def index(self, p: int, key: bytes, state: SubscriberState) -> None:
-        """Note whether `key` is watched (photographed) and dated (a profile with a contract or birthday)."""
-        (self.watched[p].add if state.photo is not None else self.watched[p].discard)(key)
+        """Note whether `key` is watched (photographed), with its light, region and brand, and dated
+        (a profile with a contract or birthday)."""
+        if state.photo is not None:
+            facet = (state.light, state.region, state.brand)
+            code = self._facets.get(facet)
+            if code is None:
+                code = self._facets[facet] = len(self._facet_of)
+                self._facet_of.append(facet)
+            self.watched[p][key] = code
+        else:
+            self.watched[p].pop(key, None)
         dated = state.has_profile and (state.contract is not None or state.birthday is not None)
         (self.dated[p].add if dated else self.dated[p].discard)(key)
 
+    def watched_facets(self, partitions: set[int]) -> dict[tuple[str | None, str | None, str | None], int]:
+        """Count the watched subscribers of `partitions` by (light, region, brand)."""
+        by_code: dict[int, int] = {}
+        for p, codes in self.watched.items():
+            if p in partitions:
+                for code in codes.values():
+                    by_code[code] = by_code.get(code, 0) + 1
+        return {self._facet_of[code]: n for code, n in by_code.items()}
+
     def touch(self, p: int, key: bytes) -> None:
-        """Mark `key` of partition `p` for the next write."""
+        """Mark `key` of partition `p` for the next write: its state (from `state`) changed."""
         keys = self.dirty.get(p)
         if keys is None:
             keys = self.dirty[p] = set()
         keys.add(key)
+        # States.touch, inline: every applied event comes here.
+        states = self.states
+        if key in states.hot:
+            states.cold.pop(key, None)
+
+    def keep(self, p: int, key: bytes, state: SubscriberState) -> None:
+        """Mark `key` of partition `p` for the next write: `state`, read with `read`, changed (its
+        light, say: indexed again)."""
+        self.states.keep(key, state)
+        self.touch(p, key)
+        self.index(p, key, state)
+
+    def read(self, keys: Iterable[bytes]) -> Iterator[tuple[bytes, SubscriberState]]:
+        """Yield (key, state) for `keys`, decoded without entering the cache (a day close reads every
+        watched subscriber); one that is changed goes back with `keep`."""
+        return self.states.items(keys)
 
     def has_profile(self, key: bytes) -> bool:
         state = self.states.get(key)
@@ -142,7 +181,7 @@ class Store:
         started = time.monotonic()
         self.clocks.clear()
         self.states.clear()
-        self.watched = {p: set() for p in owned}
+        self.watched = {p: {} for p in owned}
         self.dated = {p: set() for p in owned}
         self.dirty.clear()
         self.dirty_clocks.clear()
@@ -166,7 +205,7 @@ class Store:
             except Exception as exc:
                 corrupt.append((p, key, value, type(exc).__name__))
                 continue
-            self.states[key] = state
+            self.states.put(key, value, state)
             self.index(p, key, state)
         lost_clocks: set[int] = set()
         for p, key, value, error in corrupt:
@@ -184,7 +223,7 @@ class Store:
             for key in [k for k in self.states if partition_of(k, self.partitions) == p]:
                 del self.states[key]
                 dropped.append((p, key))
-            self.watched[p], self.dated[p] = set(), set()
+            self.watched[p], self.dated[p] = {}, set()
         for p in owned:
             self.clocks.setdefault(p, PartitionClock())
         for p, key in [*((p, key) for p, key, _, _ in corrupt if not key.startswith(META_PREFIX)), *dropped]:
