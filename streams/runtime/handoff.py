@@ -59,7 +59,8 @@ class Handoff:
         # With a model, the whole close is judged first and scored after (the model learned the
         # lights of the close), then its changes go out with their scores.
         scorer = self.scorer if step.whole else None
-        watched = store.read(sorted(store.watched.get(p, ())))
+        # Before the window is whole only the subscribers not sure to stay green are judged.
+        watched = store.read(sorted(store.watched.get(p, ()) if step.whole else store.unsteady(p)))
         subscribers: list[tuple[bytes, SubscriberState]] = []
         if scorer is not None:
             # Judged, then scored: the same objects both times (a state read twice may be two copies).

@@ -17,6 +17,7 @@ import orjson
 from aiokafka.partitioner import murmur2
 
 from rules.events import BILLING, LIFECYCLE, USAGE, mask
+from rules.lights import steady_before_window
 from rules.schedule import Parked, PartitionClock
 from rules.state import SubscriberState
 from sinks.deadletters import DeadLetterSink
@@ -85,6 +86,11 @@ def _parked(item: list[Any], topic: str) -> Parked:
     return (int(ts), int(kafka_ts), str(key), str(value), str(base), str(source), int(waited))
 
 
+# What the watched index keeps of a subscriber: light, region, brand, and whether a close before
+# the window is whole would leave it as it is.
+Facet = tuple[str | None, str | None, str | None, bool]
+
+
 class Store:
     """Subscriber states and partition clocks of the owned partitions, and what changed since the last write."""
 
@@ -96,12 +102,12 @@ class Store:
         self.states = States(hot_states)
         # Per partition, the photographed subscribers (their lights are judged at each close) and
         # the profiled ones a day opening can be due to (a contract stage, a birthday). The watched
-        # map to a code of their (light, region, brand), kept with every change of those, so that
-        # the gauges' summary decodes no state.
+        # map to a code of their `Facet`, kept with every change of it, so that neither the gauges'
+        # summary nor a close before the window is whole decodes a state for it.
         self.watched: dict[int, dict[bytes, int]] = {}
         self.dated: dict[int, set[bytes]] = {}
-        self._facets: dict[tuple[str | None, str | None, str | None], int] = {}
-        self._facet_of: list[tuple[str | None, str | None, str | None]] = []
+        self._facets: dict[Facet, int] = {}
+        self._facet_of: list[Facet] = []
         # Subscribers touched since the last write, per partition; partitions whose clock changed.
         self.dirty: dict[int, set[bytes]] = {}
         self.dirty_clocks: set[int] = set()
@@ -121,7 +127,7 @@ class Store:
         """Note whether `key` is watched (photographed), with its light, region and brand, and dated
         (a profile with a contract or birthday)."""
         if state.photo is not None:
-            facet = (state.light, state.region, state.brand)
+            facet = (state.light, state.region, state.brand, steady_before_window(state))
             code = self._facets.get(facet)
             if code is None:
                 code = self._facets[facet] = len(self._facet_of)
@@ -139,7 +145,17 @@ class Store:
             if p in partitions:
                 for code in codes.values():
                     by_code[code] = by_code.get(code, 0) + 1
-        return {self._facet_of[code]: n for code, n in by_code.items()}
+        counts: dict[tuple[str | None, str | None, str | None], int] = {}
+        for code, n in by_code.items():
+            light, region, brand, _ = self._facet_of[code]
+            counts[light, region, brand] = counts.get((light, region, brand), 0) + n
+        return counts
+
+    def unsteady(self, p: int) -> list[bytes]:
+        """The watched subscribers of partition `p` a close before the window is whole judges
+        (rules.lights.steady_before_window: the others stay as they are)."""
+        facet_of = self._facet_of
+        return [key for key, code in self.watched.get(p, {}).items() if not facet_of[code][3]]
 
     def touch(self, p: int, key: bytes) -> None:
         """Mark `key` of partition `p` for the next write: its state (from `state`) changed."""

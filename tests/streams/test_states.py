@@ -36,6 +36,8 @@ def test_every_state_reads_back_as_last_changed_whatever_the_cache_evicts(
     model: dict[bytes, SubscriberState] = {}  # the state each key should have
     for what, key, loaded, n in script:
         if what in ("load", "load_decoded"):
+            if loaded.is_empty():
+                continue  # never in the changelog: the write of an empty state is a tombstone
             data = encode_state(loaded)
             held.put(key, data, decode_state(data) if what == "load_decoded" else None)
             model[key] = decode_state(data)
