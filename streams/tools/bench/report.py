@@ -73,6 +73,7 @@ def render_table(doc: dict[str, Any]) -> Table:
         _pauses_row(table, sc)
         _incomplete_row(table, sc)
     _scoring_rows(table, doc["scoring"])
+    _memory_rows(table, doc.get("memory") or {"skipped": True, "reason": "not run"})
     if doc.get("status") not in (None, "ok", "running"):
         table.add_row("[red]run[/red]", f"[red]{doc['status']}[/red]", str(doc.get("error", ""))[:200])
     return table
@@ -112,6 +113,18 @@ def _scoring_rows(table: Table, sc: dict[str, Any]) -> None:
                   f"{_fmt(scored.get('light_changes_with_risk'))} of {_fmt(scored.get('light_changes'))}")
     share = sc.get("added_share")
     table.add_row("", "scoring adds to the worker's time", "-" if share is None else f"{share:+.1%}")
+
+
+def _memory_rows(table: Table, mem: dict[str, Any]) -> None:
+    if mem.get("skipped"):
+        table.add_row("10 memory", "skipped", mem["reason"])
+        return
+    table.add_row("10 memory", f"RSS per subscriber at {_fmt(mem['subscribers'])} (no broker)",
+                  _fmt(mem.get("rss_per_subscriber_bytes"), " bytes"))
+    table.add_row("", "the same once the decoded cache turned over",
+                  _fmt(mem.get("rss_per_subscriber_cycled_bytes"), " bytes"))
+    table.add_row("", "decoded (hot_states) / serialised median",
+                  f"{_fmt(mem.get('decoded'))} / {_fmt(mem.get('state_bytes_median'), ' bytes')}")
 
 
 def _pauses_row(table: Table, part: dict[str, Any]) -> None:
