@@ -44,6 +44,8 @@ _CHURN_OF: Final = {v: k for k, v in _CHURN_CODE.items()}
 # Each item of the risk memory's list (`_extras`) and the values it is left out for at the end.
 _EXTRA_DEFAULTS: Final[tuple[tuple[object, ...], ...]] = ((0,), (0,), (None,), (0,), (0,), (None,), (None,), (0,),
                                                           (0,), ([],), (0,), ([],))
+# The defaults of the items left out after the first n, by n (read only: the lists are never changed).
+_EXTRA_TAILS: Final = tuple([d[0] for d in _EXTRA_DEFAULTS[n:]] for n in range(len(_EXTRA_DEFAULTS) + 1))
 
 
 def encode_state(s: SubscriberState) -> bytes:
@@ -177,17 +179,20 @@ def _set_extras(s: SubscriberState, items: list[Any]) -> None:
     given = len(items)
     if not 1 <= given <= len(_EXTRA_DEFAULTS):
         raise ValueError("corrupt risk memory in subscriber state")
-    full: list[Any] = [*items, *(d[0] for d in _EXTRA_DEFAULTS[given:])]
+    full: list[Any] = items + _EXTRA_TAILS[given]
     (base, in_sec, in_ord, prev_fen, prev_sec, prev_ord, topup_ord, topup_fen, topup_avg, complaints, ports,
      ahead) = full
     if not isinstance(base, int) or not isinstance(complaints, list) or not isinstance(ahead, list) or len(
             ahead) % 2:
         raise ValueError("corrupt risk memory in subscriber state")
-    s.use_ahead = tuple((ahead[i] + base, ahead[i + 1]) for i in range(0, len(ahead), 2))
+    if ahead:  # else the empty tuple a new state holds (a generator per decode was a tenth of it)
+        s.use_ahead = tuple((ahead[i] + base, ahead[i + 1]) for i in range(0, len(ahead), 2))
     s.last_use_ord, s.in_sec, s.prev_fen, s.prev_sec = base, in_sec, prev_fen, prev_sec
     s.in_ord, s.prev_ord = _abs(in_ord, base), _abs(prev_ord, base)
     s.topup_ord, s.topup_fen, s.topup_avg_fen = _abs(topup_ord, base), topup_fen, topup_avg
-    s.complaint_ords, s.port_requests = tuple(d + base for d in complaints), ports
+    if complaints:
+        s.complaint_ords = tuple(d + base for d in complaints)
+    s.port_requests = ports
 
 
 def _rel(day: int, base: int) -> int | None:
