@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     # Streams every 30 s): a sixth fewer changelog records than 2 s in the benchmark.
     commit_interval_s: float = Field(3.0, ge=0)
     """seconds between writes of the touched state to the changelog"""
+    # The others are held serialised (about 200 bytes each) and decoded when an event touches
+    # them (streams.runtime.states). A decoded one costs about 1 KiB more: the default (~120 MiB)
+    # keeps the benchmark's default base (100k) decoded, and 1M subscribers under 0.5 KiB each.
+    hot_states: int = Field(125_000, ge=1)
+    """subscriber states a worker keeps decoded (the rest stay serialised, decoded when touched)"""
     log_level: Literal["debug", "info", "warn", "error"] = "info"
     """debug, info, warn or error"""
     log_format: Literal["text", "json"] = "text"

@@ -23,7 +23,7 @@ import orjson
 from rules.schedule import Parked, PartitionClock
 from streams.faults import Faults
 from streams.runtime.changelog import HELD, OFFSETS_HEADER, OWN_OFFSETS_HEADER, WRITE_HEADER, ChangelogWriter, Headers
-from streams.runtime.store import Offsets, Store, clock_key, encode_clock, encode_record, encode_state
+from streams.runtime.store import Offsets, Store, clock_key, encode_clock, encode_record
 from sinks.outbox import Outbox
 
 # Touched subscribers that make the state go to the changelog before its interval is up: each
@@ -121,10 +121,7 @@ class Checkpoint:
             parked = _by_key(clock.parked) if clock is not None and clock.parked else None
             own = _own(store.ahead.get(p), clock, number)
             for key in store.dirty.get(p, ()):
-                state = states.get(key)
-                value = None if state is None or state.is_empty() else encode_state(state)
-                if value is None:
-                    states.pop(key, None)
+                value = states.encoded(key)  # None: a tombstone, unless parked records stay
                 if parked:
                     value = encode_record(value, parked.get(key, ()))
                 if changelog is not None:

@@ -43,6 +43,7 @@ _OFFSET_CODES: Final = ("B", "H", "I")
 # The array item sizes the format assumes (those of every mainstream platform).
 assert [array(code).itemsize for code in ("B", "H", "I", "h", "i", "q", "Q")] == [1, 2, 4, 2, 4, 8, 8]
 _LITTLE: Final = sys.byteorder == "little"
+_intern: Final = sys.intern
 _LIGHT_CODE: Final[dict[Light | None, int]] = {None: 0, "green": 1, "yellow": 2, "red": 3, "black": 4}
 _LIGHT_OF: Final = {v: k for k, v in _LIGHT_CODE.items()}
 _CHURN_CODE: Final[dict[Churn | None, int]] = {None: 0, "deactivated": 1, "ported_out": 2}
@@ -50,6 +51,8 @@ _CHURN_OF: Final = {v: k for k, v in _CHURN_CODE.items()}
 # Each item of the risk memory's list (`_extras`) and the values it is left out for at the end.
 _EXTRA_DEFAULTS: Final[tuple[tuple[object, ...], ...]] = ((0,), (0,), (None,), (0,), (0,), (None,), (None,), (0,),
                                                           (0,), ([],), (0,), ([],))
+# The defaults of the items left out after the first n, by n (read only: the lists are never changed).
+_EXTRA_TAILS: Final = tuple([d[0] for d in _EXTRA_DEFAULTS[n:]] for n in range(len(_EXTRA_DEFAULTS) + 1))
 
 
 def encode_state(s: SubscriberState) -> bytes:
@@ -109,10 +112,11 @@ def encode_record(state: bytes | None, parked: Sequence[Parked]) -> bytes | None
     return b"".join((_PARKED_BYTES, _varint(len(items)), items, state or b""))
 
 
-def decode_record(key: bytes, data: bytes) -> tuple[SubscriberState | None, list[Parked]]:
-    """Read a changelog value written by `encode_record`; raise ValueError on anything else."""
+def decode_record(key: bytes, data: bytes) -> tuple[SubscriberState | None, bytes, list[Parked]]:
+    """Read a changelog value written by `encode_record`: the state (None: none), its own encoding
+    (what `encode_state` gave) and the parked records; raise ValueError on anything else."""
     if not data or data[0] != _PARKED:
-        return decode_state(data), []
+        return decode_state(data), data, []
     r = _Reader(data)
     r.pos = 1
     try:
@@ -122,7 +126,7 @@ def decode_record(key: bytes, data: bytes) -> tuple[SubscriberState | None, list
     except (TypeError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
         raise ValueError(f"corrupt parked records: {exc!r}") from None
     rest = data[r.pos:]
-    return (decode_state(rest) if rest else None), parked
+    return (decode_state(rest) if rest else None), rest, parked
 
 
 def decode_state(data: bytes) -> SubscriberState:
@@ -144,6 +148,14 @@ def _decode(r: _Reader) -> SubscriberState:
     (flags, s.region, s.brand, s.segment, s.birthday, activated, photo, contract, s.contract_spent_fen,
      s.balance_fen, s.balance_ms, s.churned_ms, s.port_out_request_ms, s.light_since_ms, reasons,
      used) = items
+    # One string object per distinct region, brand and segment, rather than one per decoded state.
+    region, brand, segment = s.region, s.brand, s.segment
+    if region is not None:
+        s.region = _intern(region)
+    if brand is not None:
+        s.brand = _intern(brand)
+    if segment is not None:
+        s.segment = _intern(segment)
     s.has_profile = bool(flags & 1)
     s.prepaid = bool(flags >> 1 & 1)
     s.light = _LIGHT_OF[flags >> 2 & 7]
@@ -206,17 +218,20 @@ def _set_extras(s: SubscriberState, items: list[Any]) -> None:
     given = len(items)
     if not 1 <= given <= len(_EXTRA_DEFAULTS):
         raise ValueError("corrupt risk memory in subscriber state")
-    full: list[Any] = [*items, *(d[0] for d in _EXTRA_DEFAULTS[given:])]
+    full: list[Any] = items + _EXTRA_TAILS[given]
     (base, in_sec, in_ord, prev_fen, prev_sec, prev_ord, topup_ord, topup_fen, topup_avg, complaints, ports,
      ahead) = full
     if not isinstance(base, int) or not isinstance(complaints, list) or not isinstance(ahead, list) or len(
             ahead) % 2:
         raise ValueError("corrupt risk memory in subscriber state")
-    s.use_ahead = tuple((ahead[i] + base, ahead[i + 1]) for i in range(0, len(ahead), 2))
+    if ahead:  # else the empty tuple a new state holds (a generator per decode was a tenth of it)
+        s.use_ahead = tuple((ahead[i] + base, ahead[i + 1]) for i in range(0, len(ahead), 2))
     s.last_use_ord, s.in_sec, s.prev_fen, s.prev_sec = base, in_sec, prev_fen, prev_sec
     s.in_ord, s.prev_ord = _abs(in_ord, base), _abs(prev_ord, base)
     s.topup_ord, s.topup_fen, s.topup_avg_fen = _abs(topup_ord, base), topup_fen, topup_avg
-    s.complaint_ords, s.port_requests = tuple(d + base for d in complaints), ports
+    if complaints:
+        s.complaint_ords = tuple(d + base for d in complaints)
+    s.port_requests = ports
 
 
 def _rel(day: int, base: int) -> int | None:
@@ -283,6 +298,10 @@ class _Reader:
         self.pos = 0
 
     def uint(self) -> int:
+        data, pos = self.data, self.pos
+        if pos < len(data) and data[pos] < 0x80:  # one byte: most varints of a state
+            self.pos = pos + 1
+            return data[pos]
         n = shift = 0
         while True:
             if self.pos >= len(self.data):

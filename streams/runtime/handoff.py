@@ -61,16 +61,21 @@ class Handoff:
     async def close(self, p: int, clock: PartitionClock, step: CloseDay) -> None:
         """Close the day before `step.day`: the light evaluations, then the opening day's triggers."""
         store = self.store
-        states = store.states
         # With a model, the whole close is judged first and scored after (the model learned the
         # lights of the close), then its changes go out with their scores.
         scorer = self.scorer if step.whole else None
-        watched = sorted(store.watched.get(p, ()))
+        # Before the window is whole only the subscribers not sure to stay green are judged.
+        watched = store.read(sorted(store.watched.get(p, ()) if step.whole else store.unsteady(p)))
+        subscribers: list[tuple[bytes, SubscriberState]] = []
+        if scorer is not None:
+            # Judged, then scored: the same objects both times (a state read twice may be two copies).
+            subscribers = list(watched)
+            watched = iter(subscribers)
         changes: list[tuple[bytes, SubscriberState, LightChange]] = []
-        for key, state, change, moved in rules_day.judge_close(((key, states[key]) for key in watched), step.at_ms,
+        for key, state, change, moved in rules_day.judge_close(watched, step.at_ms,
                                                                step.day, clock.first_day, step.whole, self.rules):
             if moved:
-                store.touch(p, key)
+                store.keep(p, key, state)
             if change is None:
                 continue
             if scorer is None:
@@ -79,14 +84,13 @@ class Handoff:
                 changes.append((key, state, change))
         try:
             if scorer is not None:
-                await self._score(p, step.day, watched, changes)
+                await self._score(p, step.day, subscribers, changes)
             if self.runner is not None:
-                for key in sorted(store.dated.get(p, ())):
-                    state = states[key]
+                for key, state in store.read(sorted(store.dated.get(p, ()))):
                     decided = rules_day.day_open(key.decode(), state, step.day, self.rules, self.tz)
                     if decided:
                         self.queue(state, decided)
-                        store.touch(p, key)
+                        store.keep(p, key, state)
         finally:
             if scorer is not None:
                 scorer.forget()  # what is shown from now on is computed from the features then
@@ -97,18 +101,17 @@ class Handoff:
         if self.runner is not None:
             self.queue(state, rules_day.light_tasks(msisdn, state, change, self.rules, self.tz, None))
 
-    async def _score(self, p: int, day: date, watched: list[bytes],
+    async def _score(self, p: int, day: date, watched: list[tuple[bytes, SubscriberState]],
                      changes: list[tuple[bytes, SubscriberState, LightChange]]) -> None:
-        """Score the partition's watched subscribers at the close before `day` (streams.scoring), then
+        """Score the partition's `watched` subscribers at the close before `day` (streams.scoring), then
         send the close's light changes and decide its `risk` tasks, with their scores."""
         assert self.scorer is not None
-        states = self.store.states
-        scored = self.scorer.close([(key, states[key]) for key in watched], day)
+        scored = self.scorer.close(watched, day)
         threshold = None if self.runner is None else self.rules.risk_task_threshold
         crossed = []
         for key, state, previous in scored:
             if state.risk_bp != previous:
-                self.store.touch(p, key)
+                self.store.keep(p, key, state)
             if triggers.risk_crossed(previous, state.risk_bp or 0, threshold, state.light):
                 crossed.append((key, state, previous))
         # The reasons of what is shown, in one batch: a millisecond a row, so never for all.

@@ -31,7 +31,7 @@ from rules.schedule import (
     DUE, FRESH_MS, HELD, MOVED, OUTLIER_MS, PROFILE_WAIT_MS, CloseDay, Morning, Mornings, Parked, PartitionClock,
     Release, due, is_ahead, start_days,
 )
-from rules.state import SubscriberState, apply, apply_usage, local_day
+from rules.state import apply, apply_usage, local_day
 from rules.localtime import HOUR_MS
 from rules.tasks import Task
 from sinks.deadletters import DeadLetterSink
@@ -70,7 +70,7 @@ class Processor:
         self.group = group
         self.outcomes = outcomes
         self.changelog = changelog
-        self.store = Store(settings.partitions)
+        self.store = Store(settings.partitions, settings.hot_states)
         self.outbox = Outbox(send)
         self.lights = LightSink(self.outbox, LIGHTS, rules.name, self.tz, metrics.light_change)
         self.dead = DeadLetterSink(self.outbox, DEADLETTER)
@@ -457,9 +457,9 @@ class Processor:
 
     def _apply_usage(self, p: int, event: Usage, key: bytes, clock: PartitionClock) -> None:
         states = self.store.states
-        state = states.get(key)
+        state = states.hot.get(key)  # decoded already: no call
         if state is None:
-            state = states[key] = SubscriberState()
+            state = states.fetch(key)
         outcome = apply_usage(state, event, open_day=clock.open_day, tz=self.tz, window_days=self.rules.window_days)
         counted = (USAGE, outcome)
         self._counts[counted] = self._counts.get(counted, 0) + 1
@@ -486,13 +486,12 @@ class Processor:
             return
         msisdn = key.decode()
         if isinstance(event, Lifecycle):
-            if event.type == "contract_signed":
-                store.index(p, key, state)
             changed = (state.churned, state.churned_ms, state.port_out_request_ms, state.contract) != lifecycle_before
             effects = rules_day.on_lifecycle(msisdn, state, event, changed, clock.open_day, clock.first_day,
                                              self.rules, self.tz, kafka_ts)
             if effects.touched:
                 store.touch(p, key)
+            store.index(p, key, state)  # a contract signed, a light moved
             for change in effects.changes:
                 self.handoff.light(msisdn, state, change)
             self.handoff.queue(state, effects.decide)

@@ -77,18 +77,13 @@ class Queries:
     def summary(self) -> dict[tuple[str, str, str], int]:
         """Count watched subscribers by (light, region, brand) over the partitions owned now."""
         proc = self.processor
-        owned = proc.owned()
-        states = proc.store.states
         counts: dict[tuple[str, str, str], int] = {}
-        for p, keys in proc.store.watched.items():
-            if p not in owned:
-                continue  # revoked, until the next load
-            for key in keys:
-                s = states[key]
-                if s.light is None:
-                    continue
-                k = (s.light, s.region or "unknown", s.brand or "unknown")
-                counts[k] = counts.get(k, 0) + 1
+        # Revoked partitions are left out (their state stays until the next load).
+        for (light, region, brand), n in proc.store.watched_facets(proc.owned()).items():
+            if light is None:
+                continue
+            k = (light, region or "unknown", brand or "unknown")
+            counts[k] = counts.get(k, 0) + n
         return counts
 
     def subscriber(self, msisdn: str) -> Answer | None:
@@ -96,9 +91,10 @@ class Queries:
         proc = self.processor
         rules, tz = proc.rules, proc.tz
         p = partition_of(msisdn.encode(), proc.settings.partitions)
-        state = proc.store.states.get(msisdn.encode())
-        if state is None or p not in proc.owned():
+        key = msisdn.encode()
+        if key not in proc.store.states or p not in proc.owned():
             return None
+        state = proc.store.states.peek(key)
         clock = proc.store.clocks.get(p)
         open_day = clock.open_day if clock and clock.open_day else None
         arpu, mou = state.window(open_day, rules.window_days) if open_day else (0, 0)

@@ -9,12 +9,15 @@ partition's offsets at the write); a partition's clock record, written last, say
 inputs are read from again. A crash between two records of a write leaves some subscribers ahead
 of their clock: they are loaded as they are, `ahead` remembers their offsets, and the records they
 reflect already are not applied again (`reflected`) while the partition reads them a second time.
+The states themselves are held serialised by their container (streams.runtime.states), a
+bounded number decoded.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from datetime import date
 from typing import Any
 
@@ -22,13 +25,15 @@ import orjson
 from aiokafka.partitioner import murmur2
 
 from rules.events import BILLING, LIFECYCLE, USAGE, mask
+from rules.lights import steady_before_window
 from rules.schedule import Parked, PartitionClock
 from rules.state import SubscriberState
 from sinks.deadletters import DeadLetterSink
 from streams.runtime.changelog import CLOCK_PREFIX, HELD
-# The storage codec of a subscriber's state: its one use in the runtime.
+# The storage codec of a subscriber's record (and streams.runtime.states' of its state).
 from streams.runtime.codec import decode_record, decode_state as decode_state, encode_record as encode_record
 from streams.runtime.codec import encode_state as encode_state
+from streams.runtime.states import States
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +100,28 @@ def _parked(item: list[Any], topic: str) -> Parked:
     return (int(ts), int(kafka_ts), str(key), str(value), str(base), str(source), int(waited))
 
 
+# What the watched index keeps of a subscriber: light, region, brand, and whether a close before
+# the window is whole would leave it as it is.
+Facet = tuple[str | None, str | None, str | None, bool]
+
+
 class Store:
     """Subscriber states and partition clocks of the owned partitions, and what changed since the last write."""
 
-    def __init__(self, partitions: int) -> None:
+    def __init__(self, partitions: int, hot_states: int = 1 << 62) -> None:
+        # `hot_states`: the worker's setting; unbounded when not given (a test's store).
         self.partitions = partitions
         self.clocks: dict[int, PartitionClock] = {}
-        self.states: dict[bytes, SubscriberState] = {}
+        # Held serialised, at most `hot_states` decoded (streams.runtime.states).
+        self.states = States(hot_states)
         # Per partition, the photographed subscribers (their lights are judged at each close) and
-        # the profiled ones a day opening can be due to (a contract stage, a birthday).
-        self.watched: dict[int, set[bytes]] = {}
+        # the profiled ones a day opening can be due to (a contract stage, a birthday). The watched
+        # map to a code of their `Facet`, kept with every change of it, so that neither the gauges'
+        # summary nor a close before the window is whole decodes a state for it.
+        self.watched: dict[int, dict[bytes, int]] = {}
         self.dated: dict[int, set[bytes]] = {}
+        self._facets: dict[Facet, int] = {}
+        self._facet_of: list[Facet] = []
         # Subscribers touched since the last write, per partition; partitions whose clock changed.
         self.dirty: dict[int, set[bytes]] = {}
         self.dirty_clocks: set[int] = set()
@@ -115,30 +131,71 @@ class Store:
 
     def adopt(self, p: int) -> PartitionClock:
         """Start partition `p` empty: a record of a partition no load covered (the backtest's)."""
-        self.watched.setdefault(p, set())
+        self.watched.setdefault(p, {})
         self.dated.setdefault(p, set())
         clock = self.clocks[p] = PartitionClock()
         return clock
 
     def state(self, key: bytes) -> SubscriberState:
-        """Return the state of `key`, created empty if there is none."""
-        state = self.states.get(key)
-        if state is None:
-            state = self.states[key] = SubscriberState()
-        return state
+        """Return the state of `key` to change (then `touch`), created empty if there is none."""
+        return self.states.fetch(key)
 
     def index(self, p: int, key: bytes, state: SubscriberState) -> None:
-        """Note whether `key` is watched (photographed) and dated (a profile with a contract or birthday)."""
-        (self.watched[p].add if state.photo is not None else self.watched[p].discard)(key)
+        """Note whether `key` is watched (photographed), with its light, region and brand, and dated
+        (a profile with a contract or birthday)."""
+        if state.photo is not None:
+            facet = (state.light, state.region, state.brand, steady_before_window(state))
+            code = self._facets.get(facet)
+            if code is None:
+                code = self._facets[facet] = len(self._facet_of)
+                self._facet_of.append(facet)
+            self.watched[p][key] = code
+        else:
+            self.watched[p].pop(key, None)
         dated = state.has_profile and (state.contract is not None or state.birthday is not None)
         (self.dated[p].add if dated else self.dated[p].discard)(key)
 
+    def watched_facets(self, partitions: set[int]) -> dict[tuple[str | None, str | None, str | None], int]:
+        """Count the watched subscribers of `partitions` by (light, region, brand)."""
+        by_code: dict[int, int] = {}
+        for p, codes in self.watched.items():
+            if p in partitions:
+                for code in codes.values():
+                    by_code[code] = by_code.get(code, 0) + 1
+        counts: dict[tuple[str | None, str | None, str | None], int] = {}
+        for code, n in by_code.items():
+            light, region, brand, _ = self._facet_of[code]
+            counts[light, region, brand] = counts.get((light, region, brand), 0) + n
+        return counts
+
+    def unsteady(self, p: int) -> list[bytes]:
+        """The watched subscribers of partition `p` a close before the window is whole judges
+        (rules.lights.steady_before_window: the others stay as they are)."""
+        facet_of = self._facet_of
+        return [key for key, code in self.watched.get(p, {}).items() if not facet_of[code][3]]
+
     def touch(self, p: int, key: bytes) -> None:
-        """Mark `key` of partition `p` for the next write."""
+        """Mark `key` of partition `p` for the next write: its state (from `state`) changed."""
         keys = self.dirty.get(p)
         if keys is None:
             keys = self.dirty[p] = set()
         keys.add(key)
+        # States.touch, inline: every applied event comes here.
+        states = self.states
+        if key in states.hot:
+            states.cold.pop(key, None)
+
+    def keep(self, p: int, key: bytes, state: SubscriberState) -> None:
+        """Mark `key` of partition `p` for the next write: `state`, read with `read`, changed (its
+        light, say: indexed again)."""
+        self.states.keep(key, state)
+        self.touch(p, key)
+        self.index(p, key, state)
+
+    def read(self, keys: Iterable[bytes]) -> Iterator[tuple[bytes, SubscriberState]]:
+        """Yield (key, state) for `keys`, decoded without entering the cache (a day close reads every
+        watched subscriber); one that is changed goes back with `keep`."""
+        return self.states.items(keys)
 
     def has_profile(self, key: bytes) -> bool:
         state = self.states.get(key)
@@ -188,7 +245,7 @@ class Store:
         else:
             self.clocks.clear()
             self.states.clear()
-        self.watched = {p: self.watched[p] if p in kept else set() for p in owned}
+        self.watched = {p: self.watched[p] if p in kept else {} for p in owned}
         self.dated = {p: self.dated[p] if p in kept else set() for p in owned}
         owned = owned - kept  # the partitions read from `data`
         self.dirty.clear()
@@ -212,14 +269,14 @@ class Store:
             if p not in owned:
                 continue
             try:
-                state, held = decode_record(key, value)
+                state, own, held = decode_record(key, value)
             except Exception as exc:
                 corrupt.append((p, key, value, type(exc).__name__))
                 continue
             if held:
                 parked.setdefault(p, []).extend(held)
             if state is not None:
-                self.states[key] = state
+                self.states.put(key, own, state)
                 self.index(p, key, state)
         lost_clocks: set[int] = set()
         for p, key, value, error in corrupt:
@@ -239,7 +296,7 @@ class Store:
                 dropped.append((p, key))
             parked.pop(p, None)
             self.ahead.pop(p, None)
-            self.watched[p], self.dated[p] = set(), set()
+            self.watched[p], self.dated[p] = {}, set()
         for p in owned:
             clock = self.clocks.setdefault(p, PartitionClock())
             if clock.parked:

@@ -121,7 +121,7 @@ def test_quick_bench_runs_every_step_and_writes_the_figures(tmp_path: Path) -> N
     assert doc["status"] == "ok" and doc["incomplete"] == []
     assert doc["work_dir"] is None  # a clean run leaves no directory behind
     assert {"config", "machine", "produce", "raw_baseline", "worker", "latency", "state", "rss", "recovery",
-            "join", "scaling", "scoring"} <= doc.keys()
+            "join", "scaling", "scoring", "memory"} <= doc.keys()
     expected = 3000 + 300
     assert doc["produce"]["messages"] == expected
     raw = doc["raw_baseline"]
@@ -166,3 +166,7 @@ def test_quick_bench_runs_every_step_and_writes_the_figures(tmp_path: Path) -> N
     assert doc["scaling"] == {"skipped": True, "reason": doc["scaling"]["reason"]}
     assert "--quick" in doc["scaling"]["reason"]
     assert doc["scoring"]["skipped"] and "--quick" in doc["scoring"]["reason"]
+
+    memory = doc["memory"]  # step 10: 20k subscribers loaded into a store in a child process
+    assert memory["subscribers"] == 20_000 and memory["decoded"] == 20_000  # under the default cache
+    assert memory["watched"] > 0 and memory["rss_per_subscriber_bytes"] > 0

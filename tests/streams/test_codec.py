@@ -83,8 +83,9 @@ def test_a_record_holds_a_state_and_its_parked_records_and_reads_back_the_same(
         assert data is None  # nothing: a tombstone
         return
     assert data is not None
-    state, back = decode_record(KEY.encode(), data)
+    state, own, back = decode_record(KEY.encode(), data)
     assert (state, back) == (s, parked)
+    assert own == (b"" if s is None else encode_state(s))
     if not parked:  # a subscriber with nothing parked is written as its state alone
         assert data == encode_state(s)  # type: ignore[arg-type]
 

@@ -18,7 +18,9 @@ stack started for the run:
    state, a second one joins, and the first's log says how long the partitions it keeps were not
    read (letting go to reading again) and that none of them was read from the changelog again;
 9. scoring: a simulated history longer than the 30-day window, one worker over it with the plain
-   rule set and with a risk model, and the share the scoring adds to the worker's time.
+   rule set and with a risk model, and the share the scoring adds to the worker's time;
+10. memory: the resident bytes a subscriber costs a worker's store at 1M subscribers, in a child
+   process without a broker (streams.tools.bench.memory).
 
 No figure is invented: a step that did not run or could not measure says so in the table and the
 JSON (`skipped` with a reason, or null values with a note).
@@ -48,6 +50,7 @@ from streams.tools.bench.report import incomplete_steps, render_table
 from streams.tools.bench.run import STEPS, Run, step_produce, step_recovery, step_scaling, step_state, step_worker
 from streams.tools.bench.join import step_join
 from streams.tools.bench.latency import step_latency
+from streams.tools.bench.memory import SUBSCRIBERS as MEMORY_SUBSCRIBERS, step_memory
 from streams.tools.bench.scoring import DAYS as SCORING_DAYS, SUBSCRIBERS as SCORING_SUBSCRIBERS
 from streams.tools.bench.scoring import WINDOW_DAYS, ScoringSize, step_scoring
 from streams.tools.bench.workload import START_DAYS_AGO, Workload
@@ -56,10 +59,11 @@ from streams.tools.harness import WorkerFailed
 console = Console(stderr=True)
 
 # "throughput": steps 1-7, everything measured on the bulk workload (steps 4-7 need its worker).
-SKIPPABLE: Final = ("throughput", "latency", "recovery", "join", "scaling", "scoring")
-ALL: Final = ("latency", "recovery", "join", "scaling", "scoring")  # --skip all: the worker step alone
+SKIPPABLE: Final = ("throughput", "latency", "recovery", "join", "scaling", "scoring", "memory")
+ALL: Final = ("latency", "recovery", "join", "scaling", "scoring", "memory")  # --skip all: the worker step alone
 QUICK_EVENTS: Final = 3000
 QUICK_SUBSCRIBERS: Final = 300
+QUICK_MEMORY_SUBSCRIBERS: Final = 20_000
 
 
 def _skipped(reason: str) -> dict[str, Any]:
@@ -89,11 +93,14 @@ def _skipped(reason: str) -> dict[str, Any]:
               show_default=True, help="scoring step: simulated subscribers (activity 1.0)")
 @click.option("--scoring-days", type=click.IntRange(WINDOW_DAYS + 5, 365), default=SCORING_DAYS, show_default=True,
               help="scoring step: days of history (the model scores at the day closes after the first 30)")
+@click.option("--memory-subscribers", type=click.IntRange(1000, 50_000_000), default=None,
+              help=f"memory step: subscribers loaded [default: {MEMORY_SUBSCRIBERS}; "
+                   f"{QUICK_MEMORY_SUBSCRIBERS} with --quick]")
 @click.option("--scoring-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="scoring step: this model file (churnlight train) instead of one trained on another seed")
 def bench(events: int | None, subscribers: int | None, partitions: int, json_path: Path, skip: tuple[str, ...],
           quick: bool, latency_seconds: float | None, worker_log_level: str, keep: bool, scoring_subscribers: int,
-          scoring_days: int, scoring_model: Path | None) -> None:
+          scoring_days: int, scoring_model: Path | None, memory_subscribers: int | None) -> None:
     """Measure throughput (raw consumer vs one worker), latency, state size, memory, recovery, scaling, and
     what the risk score adds to the worker's time."""
 
@@ -129,6 +136,7 @@ def bench(events: int | None, subscribers: int | None, partitions: int, json_pat
         "produce": {}, "raw_baseline": {}, "worker": {}, "latency": _skipped("not reached"),
         "state": _skipped("not reached"), "rss": {}, "recovery": _skipped("not reached"),
         "join": _skipped("not reached"), "scaling": _skipped("not reached"), "scoring": _skipped("not reached"),
+        "memory": _skipped("not reached"),
     }
     ok = False
     _sigterm_as_exit()
@@ -141,6 +149,12 @@ def bench(events: int | None, subscribers: int | None, partitions: int, json_pat
                       worker_log_level)
             try:
                 _run_steps(run, doc, skipped, latency_s, scoring)
+                if "memory" in skipped:
+                    doc["memory"] = _skipped(skipped["memory"])
+                else:
+                    n = memory_subscribers or (QUICK_MEMORY_SUBSCRIBERS if quick else MEMORY_SUBSCRIBERS)
+                    run.step(f"10 memory: {n:,} subscribers in a worker's store", None)
+                    doc["memory"] = step_memory(run.base.model_copy(update={"partitions": partitions}), n)
                 ok = True
             finally:
                 run.stop_all(graceful=ok)

@@ -120,7 +120,6 @@ def _scoring_rows(table: Table, doc: dict[str, Any]) -> None:
     table.add_row("", "scoring adds to the worker's time", "-" if share is None else f"{share:+.1%}")
 
 
-# The table's steps: the label of a skipped step's row, its part of the bench document, its rows.
 def _join_rows(table: Table, doc: dict[str, Any]) -> None:
     jn = doc["join"]
     if jn.get("note"):
@@ -133,6 +132,17 @@ def _join_rows(table: Table, doc: dict[str, Any]) -> None:
                   f"{jn['kept']} / {jn['reloaded_by_first']} / {jn['partitions_after']['second']}")
 
 
+def _memory_rows(table: Table, doc: dict[str, Any]) -> None:
+    mem = doc["memory"]
+    table.add_row("10 memory", f"RSS per subscriber at {_fmt(mem['subscribers'])} (no broker)",
+                  _fmt(mem.get("rss_per_subscriber_bytes"), " bytes"))
+    table.add_row("", "the same once the decoded cache turned over",
+                  _fmt(mem.get("rss_per_subscriber_cycled_bytes"), " bytes"))
+    table.add_row("", "decoded (hot_states) / serialised median",
+                  f"{_fmt(mem.get('decoded'))} / {_fmt(mem.get('state_bytes_median'), ' bytes')}")
+
+
+# The table's steps: the label of a skipped step's row, its part of the bench document, its rows.
 _STEPS: tuple[tuple[str, str, Callable[[Table, dict[str, Any]], None]], ...] = (
     ("1-3 throughput", "worker", _throughput_rows),
     ("4 latency", "latency", _latency_rows),
@@ -142,6 +152,7 @@ _STEPS: tuple[tuple[str, str, Callable[[Table, dict[str, Any]], None]], ...] = (
     ("7b join", "join", _join_rows),
     ("8 scaling", "scaling", _scaling_rows),
     ("9 scoring", "scoring", _scoring_rows),
+    ("10 memory", "memory", _memory_rows),
 )
 
 
