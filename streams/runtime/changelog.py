@@ -29,11 +29,23 @@ CLOCK_PREFIX = b"~p:"
 # Every record of a state write carries the write's number, and each subscriber's the input
 # offsets its state reflects (JSON: input topic -> last offset applied): its partition's at the
 # write, or (OWN_OFFSETS_HEADER) its own where they differ: ahead of the partition after a crash,
-# or holding the partition's suspect usage record, whose offset is under HELD (not applied).
+# or holding the partition's suspect usage record, whose offset is under HELD (not applied). Under
+# OPENED, the local day (ordinal) the partition had opened: the closes before it are in the state.
 WRITE_HEADER = "w"
 OFFSETS_HEADER = "o"
 OWN_OFFSETS_HEADER = "k"
 HELD = "!"
+OPENED = "~d"
+
+
+def reflects(offsets: dict[str, int], open_day: int | None) -> dict[str, int]:
+    """A state's input offsets with the day its partition had opened (the record header's JSON)."""
+    return offsets if open_day is None else {**offsets, OPENED: open_day}
+
+
+def passes(mine: dict[str, int], done: dict[str, int]) -> bool:
+    """Say whether offsets `mine` (of a subscriber's record) pass `done` (its partition clock's)."""
+    return any(v > done.get(t, -1) for t, v in mine.items() if t != HELD)
 
 Headers = list[tuple[str, str | bytes | None]]
 

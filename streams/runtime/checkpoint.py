@@ -17,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import date
 
 import orjson
 
 from rules.schedule import Parked, PartitionClock
 from streams.faults import Faults
-from streams.runtime.changelog import HELD, OFFSETS_HEADER, OWN_OFFSETS_HEADER, WRITE_HEADER, ChangelogWriter, Headers
+from streams.runtime.changelog import (
+    HELD, OFFSETS_HEADER, OWN_OFFSETS_HEADER, WRITE_HEADER, ChangelogWriter, Headers, reflects,
+)
 from streams.runtime.store import Offsets, Store, clock_key, encode_clock, encode_record
 from sinks.outbox import Outbox
 
@@ -117,9 +120,10 @@ class Checkpoint:
         crash = faults.point if faults.point in ("state_half_written", "state_record", "state_before_clock") else None
         for p in set(store.dirty) | store.dirty_clocks:
             clock = store.clocks.get(p)
-            header: Headers = [(WRITE_HEADER, number), (OFFSETS_HEADER, orjson.dumps(clock.offsets if clock else {}))]
+            done = {} if clock is None else reflects(clock.offsets, _ordinal(clock.open_day))
+            header: Headers = [(WRITE_HEADER, number), (OFFSETS_HEADER, orjson.dumps(done))]
             parked = _by_key(clock.parked) if clock is not None and clock.parked else None
-            own = _own(store.ahead.get(p), clock, number)
+            own = _own(store.ahead.get(p), clock, done, number)
             for key in store.dirty.get(p, ()):
                 value = states.encoded(key)  # None: a tombstone, unless parked records stay
                 if parked:
@@ -170,14 +174,13 @@ def _by_key(parked: list[Parked]) -> dict[bytes, list[Parked]]:
     return out
 
 
-def _own(ahead: dict[bytes, Offsets] | None, clock: PartitionClock | None,
+def _own(ahead: dict[bytes, Offsets] | None, clock: PartitionClock | None, done: Offsets,
          number: bytes) -> Callable[[bytes], Headers] | None:
     """The headers of the subscribers whose offsets are not their partition's: ahead of it (after
     a crash) or holding its suspect usage record; None when there are none."""
     suspect = clock.suspect if clock is not None else None
     if not ahead and suspect is None:
         return None
-    done = clock.offsets if clock is not None else {}
     held = None if suspect is None else suspect[2].encode()
     plain: Headers = [(WRITE_HEADER, number), (OFFSETS_HEADER, orjson.dumps(done))]
 
@@ -194,3 +197,7 @@ def _own(ahead: dict[bytes, Offsets] | None, clock: PartitionClock | None,
         return [(WRITE_HEADER, number), (OWN_OFFSETS_HEADER, orjson.dumps(offsets))]
 
     return headers
+
+
+def _ordinal(day: date | None) -> int | None:
+    return None if day is None else day.toordinal()

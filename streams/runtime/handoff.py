@@ -64,8 +64,11 @@ class Handoff:
         # With a model, the whole close is judged first and scored after (the model learned the
         # lights of the close), then its changes go out with their scores.
         scorer = self.scorer if step.whole else None
-        # Before the window is whole only the subscribers not sure to stay green are judged.
-        watched = store.read(sorted(store.watched.get(p, ()) if step.whole else store.unsteady(p)))
+        # Before the window is whole only the subscribers not sure to stay green are judged; a
+        # subscriber loaded ahead of its clock (a crash) is not judged again at a close it has seen.
+        judged = store.judged(p, step.day)
+        watched = store.read(sorted(k for k in (store.watched.get(p, ()) if step.whole else store.unsteady(p))
+                                    if k not in judged))
         subscribers: list[tuple[bytes, SubscriberState]] = []
         if scorer is not None:
             # Judged, then scored: the same objects both times (a state read twice may be two copies).
@@ -86,7 +89,7 @@ class Handoff:
             if scorer is not None:
                 await self._score(p, step.day, subscribers, changes)
             if self.runner is not None:
-                for key, state in store.read(sorted(store.dated.get(p, ()))):
+                for key, state in store.read(sorted(k for k in store.dated.get(p, ()) if k not in judged)):
                     decided = rules_day.day_open(key.decode(), state, step.day, self.rules, self.tz)
                     if decided:
                         self.queue(state, decided)

@@ -28,7 +28,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streams.runtime.changelog import (
-    CLOCK_PREFIX, HELD, OFFSETS_HEADER, OWN_OFFSETS_HEADER, WRITE_HEADER, Headers, write_of,
+    CLOCK_PREFIX, OFFSETS_HEADER, OWN_OFFSETS_HEADER, WRITE_HEADER, Headers, passes, reflects, write_of,
 )
 from streams.runtime.local import LocalStore, Record, StoreError, pack, value_of
 from streams.runtime.topic_end import TopicEndError, read_messages
@@ -163,20 +163,21 @@ def fold(records: Iterable[Record]) -> Folded:
     for p in set(tail) | set(own):
         clock = clocks.get(p)
         try:
-            done = {str(t): int(v) for t, v in orjson.loads(clock).get("of", {}).items()} if clock else {}
+            doc = orjson.loads(clock) if clock else {}
+            done = reflects({str(t): int(v) for t, v in doc.get("of", {}).items()}, doc.get("od"))
         except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
             continue  # an unreadable clock: the store rebuilds the partition from its inputs
         verdicts: dict[bytes, bool] = {}
         keys: dict[bytes, dict[str, int]] = {}
         for key, raw in (*tail.get(p, {}).items(), *own.get(p, {}).items()):
-            reflects = parsed.get(raw)
-            if reflects is None:
-                reflects = parsed[raw] = {str(t): int(v) for t, v in orjson.loads(raw).items()}
+            reflected = parsed.get(raw)
+            if reflected is None:
+                reflected = parsed[raw] = {str(t): int(v) for t, v in orjson.loads(raw).items()}
             past = verdicts.get(raw)
             if past is None:
-                past = verdicts[raw] = any(v > done.get(t, -1) for t, v in reflects.items() if t != HELD)
+                past = verdicts[raw] = passes(reflected, done)
             if past:
-                keys[key] = reflects
+                keys[key] = reflected
         if keys:
             out.ahead[p] = keys
     return out

@@ -29,7 +29,7 @@ from rules.lights import steady_before_window
 from rules.schedule import Parked, PartitionClock
 from rules.state import SubscriberState
 from sinks.deadletters import DeadLetterSink
-from streams.runtime.changelog import CLOCK_PREFIX, HELD
+from streams.runtime.changelog import CLOCK_PREFIX, HELD, OPENED, passes, reflects
 # The storage codec of a subscriber's record (and streams.runtime.states' of its state).
 from streams.runtime.codec import decode_record, decode_state as decode_state, encode_record as encode_record
 from streams.runtime.codec import encode_state as encode_state
@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 META_PREFIX = CLOCK_PREFIX
 # The dead-letter metric's topic label of unreadable state records.
 STATE = "state"
-# Per subscriber ahead of its partition's clock: the last offset applied per input topic (and HELD).
+# Per subscriber ahead of its partition's clock: the last offset applied per input topic (and HELD,
+# OPENED: streams.runtime.changelog).
 Offsets = dict[str, int]
 
 
@@ -217,12 +218,21 @@ class Store:
         clock = self.clocks.get(p)
         if not ahead or clock is None:
             return
-        done = clock.offsets
-        for key in [k for k, offsets in ahead.items()
-                    if all(v <= done.get(t, -1) for t, v in offsets.items() if t != HELD)]:
+        done = reflects(clock.offsets, None if clock.open_day is None else clock.open_day.toordinal())
+        for key in [k for k, offsets in ahead.items() if not passes(offsets, done)]:
             del ahead[key]
         if not ahead:
             del self.ahead[p]
+
+    def judged(self, p: int, day: date) -> set[bytes]:
+        """The subscribers of `p` loaded ahead of their clock whose state has been through the close
+        before `day` already (its day buckets and dedup memory pruned for a later day): a close
+        read again does not judge them again."""
+        ahead = self.ahead.get(p)
+        if not ahead:
+            return set()
+        n = day.toordinal()
+        return {key for key, offsets in ahead.items() if offsets.get(OPENED, 0) >= n}
 
     def dirty_count(self) -> int:
         return sum(len(keys) for keys in self.dirty.values())

@@ -16,7 +16,7 @@ from rules.vocabulary import Reason
 from rules.events import BILLING, USAGE
 from rules.schedule import Parked, PartitionClock
 from streams.runtime.codec import decode_record, decode_state, encode_record, encode_state
-from streams.runtime.changelog import HELD
+from streams.runtime.changelog import HELD, OPENED
 from streams.runtime.store import Store
 from tests.rules.test_state import MSISDN, OPEN, at, call, fee, life, profile, run, usage_events
 
@@ -90,6 +90,15 @@ def test_a_record_holds_a_state_and_its_parked_records_and_reads_back_the_same(
         assert data == encode_state(s)  # type: ignore[arg-type]
 
 
+def test_a_subscriber_ahead_of_its_clock_is_not_judged_again_at_a_close_it_has_seen() -> None:
+    store = Store(4)
+    store.clocks[2] = PartitionClock()
+    store.ahead = {2: {b"a": {USAGE: 5, OPENED: date(2026, 7, 10).toordinal()}, b"b": {USAGE: 5}}}
+    assert store.judged(2, date(2026, 7, 10)) == {b"a"}  # the close before 07-10: in its state
+    assert store.judged(2, date(2026, 7, 11)) == set()  # the next one: judged like everybody's
+    assert store.judged(0, date(2026, 7, 10)) == set()
+
+
 def test_a_subscriber_ahead_of_its_clock_skips_what_it_reflects_until_the_clock_passes_it() -> None:
     store = Store(4)
     clock = store.clocks[1] = PartitionClock()
@@ -103,6 +112,7 @@ def test_a_subscriber_ahead_of_its_clock_skips_what_it_reflects_until_the_clock_
     store.caught_up(1)
     assert store.reflected(1, b"k", BILLING, 3)  # billing not read that far yet
     clock.offsets[BILLING] = 3
+    assert store.judged(1, date(2026, 7, 9)) == set()  # no day it had opened
     store.caught_up(1)
     assert store.ahead == {} and not store.reflected(1, b"k", USAGE, 20)
 
