@@ -12,6 +12,10 @@ log line saying why, and the partition is read from the whole changelog.
 Layout: every key behind two bytes of its partition (a partition is one prefix scan); per
 partition a mark `<p>\\x00` = JSON {"offset", "at_ms"}; one header `\\xff\\xff` naming the changelog
 topic, its partition count and the format, so that another deployment's store is never read.
+
+The module is over the size guide (about 420 lines, `LocalStore` about 270): the store is the one
+owner of its RocksDB handle and of the thread that writes it in order; its checks of a copy
+(stale, another deployment, unreadable) and its reads and writes share that handle's state.
 """
 
 from __future__ import annotations

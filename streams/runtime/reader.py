@@ -17,7 +17,7 @@ written and acknowledged at the revocation and the changelog's end is where it w
 that write (no other worker wrote it since); only the partitions new to the worker are read from
 the changelog.
 
-The module is over the size guide (about 530 lines, `Reader` about 430): the Reader is the one
+The module is over the size guide (about 590 lines, `Reader` about 480): the Reader is the one
 owner of the confluent-kafka consumer and of what it knows of it (assignment, pauses, ends of
 partitions, what was delivered), which the holding back of unstarted partitions and the
 throttling both change; split, they would share that state through a second object.
