@@ -6,9 +6,10 @@ Pure functions of (state, rule set, time): `evaluate` says what the light should
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Final
+from typing import Final, Protocol
 
 from rules.ruleset import RuleSet
 from rules.localtime import DAY_MS
@@ -51,7 +52,21 @@ def judged(open_day: date, first_day: date | None, window_days: int) -> bool:
     return first_day is not None and open_day - timedelta(days=window_days) >= first_day
 
 
-def steady_before_window(state: SubscriberState) -> bool:
+class LightFacts(Protocol):
+    """What `steady_before_window` reads: a state, or what its record says of it unread
+    (streams.runtime.codec.Head)."""
+
+    @property
+    def light(self) -> Light | None: ...
+    @property
+    def reasons(self) -> Sized: ...
+    @property
+    def churned(self) -> str | None: ...
+    @property
+    def port_out_request_ms(self) -> int | None: ...
+
+
+def steady_before_window(state: LightFacts) -> bool:
     """Tell whether judging `state` while its window is not yet whole (`judged` is False) is sure
     to change nothing: it is green for no reason, and has no churn and no port-out request, so
     `evaluate` finds it green again without a threshold to judge."""

@@ -26,7 +26,7 @@ import sys
 from array import array
 from collections.abc import Callable, Sequence
 from datetime import date
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -117,6 +117,12 @@ def decode_record(key: bytes, data: bytes) -> tuple[SubscriberState | None, byte
     (what `encode_state` gave) and the parked records; raise ValueError on anything else."""
     if not data or data[0] != _PARKED:
         return decode_state(data), data, []
+    rest, parked = _parked_of(key, data)
+    return (decode_state(rest) if rest else None), rest, parked
+
+
+def _parked_of(key: bytes, data: bytes) -> tuple[bytes, list[Parked]]:
+    """Split a record with parked records (its first byte 0x7F): the state's bytes and the records."""
     r = _Reader(data)
     r.pos = 1
     try:
@@ -125,8 +131,94 @@ def decode_record(key: bytes, data: bytes) -> tuple[SubscriberState | None, byte
                                 for ts, kafka_ts, value, base, source, waited in orjson.loads(r.raw(r.uint()))]
     except (TypeError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
         raise ValueError(f"corrupt parked records: {exc!r}") from None
-    rest = data[r.pos:]
-    return (decode_state(rest) if rest else None), rest, parked
+    return data[r.pos:], parked
+
+
+class Head(NamedTuple):
+    """What a state's record says without decoding its arrays: what the store indexes a subscriber
+    by at a load (streams.runtime.store), so that a load decodes no state (issue 15)."""
+
+    has_profile: bool
+    light: Light | None
+    churned: Churn | None
+    region: str | None
+    brand: str | None
+    watched: bool  # a photo: in the photographed base
+    dated: bool  # a contract or a birthday
+    port_out_request_ms: int | None
+    reasons: list[Any]
+
+
+def scan_record(key: bytes, data: bytes) -> tuple[Head | None, bytes, list[Parked]]:
+    """Read a changelog value as `decode_record` does, but its state's head only (None: no state):
+    the state's own encoding and the parked records come back whole. Checks the record's structure
+    (head, array lengths, its end), so that a record `decode_state` would refuse is refused here in
+    all but its arrays' values; raises ValueError."""
+    parked: list[Parked] = []
+    own = data
+    if data and data[0] == _PARKED:
+        own, parked = _parked_of(key, data)
+        if not own:
+            return None, own, parked
+    try:
+        return _head(own), own, parked
+    except (KeyError, IndexError, OverflowError, TypeError, orjson.JSONDecodeError) as exc:
+        raise ValueError(f"corrupt subscriber state: {exc!r}") from None
+
+
+def _head(data: bytes) -> Head:
+    version, pos = _uv(data, 0)
+    if version not in (2, VERSION):
+        raise ValueError(f"unknown subscriber state version {version}")
+    size, pos = _uv(data, pos)
+    if pos + size > len(data):
+        raise ValueError("truncated subscriber state")
+    items = orjson.loads(data[pos:pos + size])
+    pos += size
+    if len(items) != (17 if version == VERSION else 16):
+        raise ValueError("corrupt subscriber state: its head has the wrong length")
+    if version == VERSION and not (isinstance(items[16], list) and 1 <= len(items[16]) <= len(_EXTRA_DEFAULTS)):
+        raise ValueError("corrupt risk memory in subscriber state")
+    flags, region, brand, birthday, photo, contract = items[0], items[1], items[2], items[4], items[6], items[7]
+    if photo is not None and len(photo) != 3 or contract is not None and len(contract) not in (4, 5):
+        raise ValueError("corrupt subscriber state: a photo or contract of the wrong length")
+    head = Head(bool(flags & 1), _LIGHT_OF[flags >> 2 & 7], _CHURN_OF[flags >> 5 & 3],
+                None if region is None else _intern(region), None if brand is None else _intern(brand),
+                photo is not None, contract is not None or birthday is not None, items[12], items[14])
+    # The arrays' lengths, as `_decode` reads them, without reading them.
+    n, pos = _uv(data, pos)
+    if n:
+        flags, pos = _uv(data, pos)
+        _, pos = _uv(data, pos)
+        span = flags >> 1 & 3
+        if span >= len(_OFFSET_CODES):
+            raise ValueError("corrupt subscriber state: unknown day offsets")
+        pos += (1 << span) * n + 2 * (2 if flags & 8 else 8 if flags & 1 else 4) * n
+    m, pos = _uv(data, pos)
+    if m:
+        far, pos = _uv(data, pos)
+        _, pos = _uv(data, pos)
+        pos += (4 if far else 2) * m + 8 * m
+    if pos != len(data):
+        raise ValueError("truncated subscriber state" if pos > len(data) else "trailing bytes after subscriber state")
+    return head
+
+
+def _uv(data: bytes, pos: int) -> tuple[int, int]:
+    """The unsigned varint at `pos` and the position after it (IndexError past the end)."""
+    byte = data[pos]
+    if byte < 0x80:
+        return byte, pos + 1
+    n, shift = byte & 0x7F, 7
+    while True:
+        pos += 1
+        byte = data[pos]
+        n |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return n, pos + 1
+        shift += 7
+        if shift > 70:
+            raise ValueError("varint too long")
 
 
 def decode_state(data: bytes) -> SubscriberState:

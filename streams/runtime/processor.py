@@ -177,7 +177,7 @@ class Processor:
             return set()
         return set(store.clocks)
 
-    def load(self, owned: set[int], data: dict[bytes, bytes], generation: int | None, *,
+    def load(self, owned: set[int], data: dict[int, dict[bytes, bytes]], generation: int | None, *,
              started: float | None = None, last_write: int = 0, kept: set[int] | frozenset[int] = frozenset(),
              ahead: dict[int, dict[bytes, dict[str, int]]] | None = None) -> None:
         """Replace the state with what the changelog holds for partitions `owned` (after a rebalance),

@@ -277,7 +277,7 @@ class Reader:
                      sorted(candidates - kept))
         writes: dict[int, int] = {}
         ahead: dict[int, dict[bytes, dict[str, int]]] = {}
-        data: dict[bytes, bytes] = {}
+        data: dict[int, dict[bytes, bytes]] = {}
         if owned - kept:
             data = await loop.run_in_executor(
                 None, lambda: read_changelog(self.settings, owned - kept, cancelled=stale, writes=writes, ahead=ahead,

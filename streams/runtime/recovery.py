@@ -50,11 +50,11 @@ class RecoveryError(RuntimeError):
 
 @dataclass
 class Folded:
-    """What the fold keeps: the latest record per key (packed; None: deleted); per partition, the
+    """What the fold keeps: per partition, the latest record per key (packed; None: deleted), the
     newest state write seen, and the keys whose latest record reflects input offsets past the
     clock's (with those offsets)."""
 
-    latest: dict[bytes, bytes | None] = field(default_factory=dict)
+    latest: dict[int, dict[bytes, bytes | None]] = field(default_factory=dict)
     writes: dict[int, int] = field(default_factory=dict)
     ahead: dict[int, dict[bytes, dict[str, int]]] = field(default_factory=dict)
 
@@ -77,8 +77,8 @@ class Sources:
 
 def read_changelog(settings: Settings, partitions: set[int], *, cancelled: Callable[[], bool] = lambda: False,
                    writes: dict[int, int] | None = None, local: LocalStore | None = None,
-                   ahead: dict[int, dict[bytes, dict[str, int]]] | None = None) -> dict[bytes, bytes]:
-    """Return the latest value of every key in `partitions` of the changelog (tombstones removed).
+                   ahead: dict[int, dict[bytes, dict[str, int]]] | None = None) -> dict[int, dict[bytes, bytes]]:
+    """Return per partition of `partitions` the latest value of each key of the changelog (tombstones removed).
 
     `writes`, when given, receives per partition the number of the newest state write seen;
     `ahead`, per partition, the keys whose latest record reflects input offsets past the clock's.
@@ -104,7 +104,8 @@ def read_changelog(settings: Settings, partitions: set[int], *, cancelled: Calla
         writes.update(folded.writes)
     if ahead is not None:
         ahead.update(folded.ahead)  # the store's load says how many
-    return {key: value_of(packed) for key, packed in folded.latest.items() if packed is not None}
+    return {p: {key: value_of(packed) for key, packed in records.items() if packed is not None}
+            for p, records in folded.latest.items()}
 
 
 def describe(sources: Sources) -> str:
@@ -130,9 +131,13 @@ def fold(records: Iterable[Record]) -> Folded:
     own: dict[int, dict[bytes, bytes]] = {}
     clocks: dict[int, bytes | None] = {}
     interned: dict[bytes, bytes] = {}  # one bytes object per distinct offsets (a write's records share one)
+    # The partition of the record before, and its keys' latest records.
+    last_p, of_partition = -1, cast(dict[bytes, bytes | None], {})
     for m in records:
         key, p = m.key, m.partition
-        latest[key] = m.packed
+        if p != last_p:
+            last_p, of_partition = p, latest.setdefault(p, {})
+        of_partition[key] = m.packed
         if key.startswith(b"~"):
             if key.startswith(CLOCK_PREFIX):
                 clocks[p] = m.value
@@ -240,10 +245,12 @@ def _records(settings: Settings, topic: str, partitions: set[int], sources: Sour
 
 def _refresh(local: LocalStore, folded: Folded, sources: Sources) -> None:
     """Bring the local store up to what was read: the tail's keys, or a whole partition anew."""
-    latest = folded.latest
-    if not sources.keys:
+    by_partition = folded.latest
+    if sources.keys:
+        latest = {key: packed for records in by_partition.values() for key, packed in records.items()}
+    else:
         # Only tails: the store's write keeps their few records, not every record read.
-        latest = {key: latest.get(key) for keys in sources.tail_keys.values() for key in keys}
+        latest = {key: by_partition[p].get(key) for p, keys in sources.tail_keys.items() for key in keys}
     try:
         local.refresh(latest, sources.tail_keys, sources.keys, sources.ends)
     except Exception as exc:

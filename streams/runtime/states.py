@@ -6,6 +6,11 @@ at most `hot_max` decoded states; the one decoded longest ago goes back to bytes
 decoded (first in, first out: a hit costs no bookkeeping, and under uniform traffic the order
 would not matter).
 
+A load indexes the states from their records' heads and decodes none (streams.runtime.codec
+`scan_record`): each is decoded when first read. One that cannot be decoded then is reported to
+`corrupt` (the store dead-letters it, as a load does one whose head is unreadable) and read as
+none: the subscriber starts empty.
+
 Whoever changes a decoded state says so (`touch`, or `keep` for one read with `peek`): its bytes
 are then out of date and dropped, and it is encoded again when it leaves the cache or when the
 state is written (`encoded`), whichever comes first.
@@ -14,7 +19,7 @@ state is written (`encoded`), whichever comes first.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from rules.state import SubscriberState
 from streams.runtime.codec import decode_state, encode_state
@@ -23,9 +28,9 @@ from streams.runtime.codec import decode_state, encode_state
 class States:
     """A mapping of msisdn (bytes) to `SubscriberState`, resident as bytes, with a cache of decoded ones."""
 
-    __slots__ = ("cold", "hot", "hot_max")
+    __slots__ = ("cold", "corrupt", "hot", "hot_max")
 
-    def __init__(self, hot_max: int) -> None:
+    def __init__(self, hot_max: int, corrupt: Callable[[bytes, bytes, ValueError], None] | None = None) -> None:
         # Serialised states. A key's bytes, when present, are its current state: a touched decoded
         # state loses them until it is encoded again. Every key is here, in `hot`, or in both.
         self.cold: dict[bytes, bytes] = {}
@@ -33,6 +38,8 @@ class States:
         # (streams.runtime.processor): a hit is one dictionary lookup, as before this cache.
         self.hot: OrderedDict[bytes, SubscriberState] = OrderedDict()
         self.hot_max = max(1, hot_max)
+        # Told of a state that cannot be decoded (key, bytes, the error) after it is forgotten.
+        self.corrupt = corrupt
 
     def __len__(self) -> int:
         cold = self.cold
@@ -54,8 +61,9 @@ class States:
         data = self.cold.get(key)
         if data is None:
             return None
-        state = decode_state(data)
-        self._keep(key, state)
+        state = self._decode(key, data)
+        if state is not None:
+            self._keep(key, state)
         return state
 
     def fetch(self, key: bytes) -> SubscriberState:
@@ -72,7 +80,7 @@ class States:
         state = self.hot.get(key)
         if state is not None:
             return state
-        return decode_state(self.cold[key])
+        return self._decode(key, self.cold[key]) or SubscriberState()
 
     def touch(self, key: bytes) -> None:
         """Note that the decoded state of `key` (from `get` or `fetch`) changed."""
@@ -131,6 +139,16 @@ class States:
         """Yield (key, state) for `keys` (default: every key) as `peek` reads them."""
         for key in self if keys is None else keys:
             yield key, self.peek(key)
+
+    def _decode(self, key: bytes, data: bytes) -> SubscriberState | None:
+        try:
+            return decode_state(data)
+        except ValueError as exc:
+            del self.cold[key]
+            if self.corrupt is None:
+                raise
+            self.corrupt(key, data, exc)
+            return None
 
     def _keep(self, key: bytes, state: SubscriberState) -> None:
         hot = self.hot

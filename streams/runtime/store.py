@@ -2,7 +2,7 @@
 
 Loaded from the state changelog after each rebalance (streams.runtime.recovery reads it); written
 back by the checkpoint (streams.runtime.checkpoint). The storage codec of a subscriber's record is
-used here only (`encode_state`, `encode_record`, `decode_record`).
+used here only (`encode_state`, `encode_record`, `scan_record`).
 
 Every changelog record says which input offsets its subscriber's state reflects (a header, the
 partition's offsets at the write); a partition's clock record, written last, says where its
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import date
 from typing import Any
 
@@ -31,7 +31,7 @@ from rules.state import SubscriberState
 from sinks.deadletters import DeadLetterSink
 from streams.runtime.changelog import CLOCK_PREFIX, HELD, OPENED, passes, reflects
 # The storage codec of a subscriber's record (and streams.runtime.states' of its state).
-from streams.runtime.codec import decode_record, decode_state as decode_state, encode_record as encode_record
+from streams.runtime.codec import Head, decode_state as decode_state, encode_record as encode_record, scan_record
 from streams.runtime.codec import encode_state as encode_state
 from streams.runtime.states import States
 
@@ -114,7 +114,10 @@ class Store:
         self.partitions = partitions
         self.clocks: dict[int, PartitionClock] = {}
         # Held serialised, at most `hot_states` decoded (streams.runtime.states).
-        self.states = States(hot_states)
+        self.states = States(hot_states, self._corrupt)
+        # Where a state that fails to decode is reported (the last load's).
+        self._dead: DeadLetterSink | None = None
+        self._changelog = "state-changelog"
         # Per partition, the photographed subscribers (their lights are judged at each close) and
         # the profiled ones a day opening can be due to (a contract stage, a birthday). The watched
         # map to a code of their `Facet`, kept with every change of it, so that neither the gauges'
@@ -144,8 +147,12 @@ class Store:
     def index(self, p: int, key: bytes, state: SubscriberState) -> None:
         """Note whether `key` is watched (photographed), with its light, region and brand, and dated
         (a profile with a contract or birthday)."""
-        if state.photo is not None:
-            facet = (state.light, state.region, state.brand, steady_before_window(state))
+        self._index(p, key, state, state.photo is not None,
+                    state.has_profile and (state.contract is not None or state.birthday is not None))
+
+    def _index(self, p: int, key: bytes, facts: SubscriberState | Head, watched: bool, dated: bool) -> None:
+        if watched:
+            facet = (facts.light, facts.region, facts.brand, steady_before_window(facts))
             code = self._facets.get(facet)
             if code is None:
                 code = self._facets[facet] = len(self._facet_of)
@@ -153,7 +160,6 @@ class Store:
             self.watched[p][key] = code
         else:
             self.watched[p].pop(key, None)
-        dated = state.has_profile and (state.contract is not None or state.birthday is not None)
         (self.dated[p].add if dated else self.dated[p].discard)(key)
 
     def watched_facets(self, partitions: set[int]) -> dict[tuple[str | None, str | None, str | None], int]:
@@ -237,18 +243,22 @@ class Store:
     def dirty_count(self) -> int:
         return sum(len(keys) for keys in self.dirty.values())
 
-    def load(self, owned: set[int], data: dict[bytes, bytes], changelog: str, dead: DeadLetterSink,
+    def load(self, owned: set[int], data: Mapping[int, Mapping[bytes, bytes]], changelog: str, dead: DeadLetterSink,
              ahead: dict[int, dict[bytes, Offsets]] | None = None, *,
              kept: set[int] | frozenset[int] = frozenset()) -> None:
         """Replace the state with what the changelog holds for partitions `owned` (after a rebalance),
-        except partitions `kept`, whose state in memory stays as it is (`data` need not hold them);
-        `ahead`: the subscribers found ahead of their partition's clock (streams.runtime.recovery).
+        except partitions `kept`, whose state in memory stays as it is (`data`, per partition the
+        latest value of each key, need not hold them); `ahead`: the subscribers found ahead of
+        their partition's clock (streams.runtime.recovery).
 
-        A record that cannot be read is skipped, so that the rest of the partition loads (issue
-        13): dead-lettered with the next batch, and overwritten in the changelog by the next write.
+        The states are indexed from their records' heads and decoded when first read
+        (streams.runtime.states). A record that cannot be read is skipped, so that the rest of the
+        partition loads (issue 13): dead-lettered with the next batch, and overwritten in the
+        changelog by the next write; so is one whose arrays fail to decode when it is first read.
         A partition whose clock is lost is rebuilt from its input topics, from their first offsets.
         """
         started = time.monotonic()
+        self._dead, self._changelog = dead, changelog
         kept = kept & owned
         if kept:
             self.drop((set(self.clocks) | set(self.watched)) - kept)
@@ -264,30 +274,29 @@ class Store:
                       **{p: dict(keys) for p, keys in (ahead or {}).items() if p in owned and keys}}
         corrupt: list[tuple[int, bytes, bytes, str]] = []
         parked: dict[int, list[Parked]] = {}
-        for key, value in data.items():
-            if key.startswith(META_PREFIX):
-                p = int(key[len(META_PREFIX):])
-                if p in owned:
-                    try:
-                        self.clocks[p] = decode_clock(value)
-                    except Exception as exc:
-                        corrupt.append((p, key, value, type(exc).__name__))
-                continue
-            if key.startswith(b"~"):
-                continue  # the changelog's own markers, never a subscriber
-            p = partition_of(key, self.partitions)
+        cold = self.states.cold
+        for p, records in data.items():
             if p not in owned:
                 continue
-            try:
-                state, own, held = decode_record(key, value)
-            except Exception as exc:
-                corrupt.append((p, key, value, type(exc).__name__))
-                continue
-            if held:
-                parked.setdefault(p, []).extend(held)
-            if state is not None:
-                self.states.put(key, own, state)
-                self.index(p, key, state)
+            for key, value in records.items():
+                if key.startswith(b"~"):
+                    if key.startswith(META_PREFIX):
+                        try:
+                            if int(key[len(META_PREFIX):]) == p:
+                                self.clocks[p] = decode_clock(value)
+                        except Exception as exc:
+                            corrupt.append((p, key, value, type(exc).__name__))
+                    continue  # else the changelog's own markers, never a subscriber
+                try:
+                    head, own, held = scan_record(key, value)
+                except Exception as exc:
+                    corrupt.append((p, key, value, type(exc).__name__))
+                    continue
+                if held:
+                    parked.setdefault(p, []).extend(held)
+                if head is not None:
+                    cold[key] = own  # decoded when first read (streams.runtime.states)
+                    self._index(p, key, head, head.watched, head.has_profile and head.dated)
         lost_clocks: set[int] = set()
         for p, key, value, error in corrupt:
             dead.put(STATE, key, value, [], f"{changelog}/{p}", "corrupt_state", exception=error, identity_key=key)
@@ -324,7 +333,20 @@ class Store:
             log.warning("a state write was cut short (a crash): %d subscribers of partitions %s are ahead of their "
                         "partition's offsets; their records already applied are not applied again",
                         sum(len(keys) for keys in self.ahead.values()), sorted(self.ahead))
-        log.debug("decoded %d subscribers in %.2f s", len(self.states), time.monotonic() - started)
+        log.debug("indexed %d subscribers in %.2f s", len(self.states), time.monotonic() - started)
+
+    def _corrupt(self, key: bytes, data: bytes, exc: ValueError) -> None:
+        """A state loaded unread turned out not to decode (streams.runtime.states has forgotten it): as
+        a load does with an unreadable record, dead-letter it, log it and start the subscriber empty."""
+        p = partition_of(key, self.partitions)
+        self.watched.get(p, {}).pop(key, None)
+        self.dated.get(p, set()).discard(key)
+        self.touch(p, key)  # without a state by the next write: a tombstone replaces the record
+        if self._dead is not None:
+            self._dead.put(STATE, key, data, [], f"{self._changelog}/{p}", "corrupt_state",
+                           exception=type(exc).__name__, identity_key=key)
+        log.error("the state of subscriber %s in %s/%d cannot be read (%s): it starts empty",
+                  mask(key.decode("utf-8", "replace")), self._changelog, p, type(exc).__name__)
 
     def drop(self, partitions: set[int]) -> None:
         """Forget partitions `partitions` (let go in a rebalance): their clocks, indexes and states."""

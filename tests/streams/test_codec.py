@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from datetime import date, timedelta
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,7 +16,7 @@ from rules.subscriber import SubscriberState
 from rules.vocabulary import Reason
 from rules.events import BILLING, USAGE
 from rules.schedule import Parked, PartitionClock
-from streams.runtime.codec import decode_record, decode_state, encode_record, encode_state
+from streams.runtime.codec import decode_record, decode_state, encode_record, encode_state, scan_record
 from streams.runtime.changelog import HELD, OPENED
 from streams.runtime.store import Store
 from tests.rules.test_state import MSISDN, OPEN, at, call, fee, life, profile, run, usage_events
@@ -121,6 +122,44 @@ def test_a_subscriber_ahead_of_its_clock_skips_what_it_reflects_until_the_clock_
 def test_garbage_is_not_a_state(data: bytes) -> None:
     with pytest.raises(ValueError):
         decode_state(data)
+    with pytest.raises(ValueError):
+        scan_record(KEY.encode(), data)
+
+
+@given(st.one_of(st.none(), states()), parked_entries)
+def test_a_load_reads_of_a_record_what_decoding_it_gives(s: SubscriberState | None, parked: list[Parked]) -> None:
+    """A load indexes a subscriber from its record's head (its light, region, brand, photo, dates)
+    without decoding the state: the same facts as the decoded state, the same bytes and parked records."""
+    data = encode_record(None if s is None else encode_state(s), parked)
+    if data is None:
+        return
+    head, own, back = scan_record(KEY.encode(), data)
+    state, own_decoded, back_decoded = decode_record(KEY.encode(), data)
+    assert (own, back) == (own_decoded, back_decoded)
+    if state is None:
+        assert head is None
+        return
+    assert head is not None
+    assert (head.has_profile, head.light, head.churned, head.region, head.brand, head.port_out_request_ms) == (
+        state.has_profile, state.light, state.churned, state.region, state.brand, state.port_out_request_ms)
+    assert head.watched == (state.photo is not None)
+    assert head.dated == (state.contract is not None or state.birthday is not None)
+    assert bool(head.reasons) == bool(state.reasons)
+
+
+@settings(max_examples=30)
+@given(states(), st.data())
+def test_a_cut_or_lengthened_state_is_refused_by_the_load_as_by_decoding(s: SubscriberState,
+                                                                        data: st.DataObject) -> None:
+    """Whatever a load takes unread (scan_record) decodes when first read: a state cut short or
+    with bytes after it is refused at the load already, as decoding refuses it."""
+    whole = encode_state(s)
+    cut = whole[:data.draw(st.integers(0, len(whole) - 1))]
+    for bad in (cut, whole + b"\x00"):
+        with pytest.raises(ValueError):
+            decode_state(bad)
+        with pytest.raises(ValueError):
+            scan_record(KEY.encode(), bad)
 
 
 def test_trailing_bytes_are_rejected() -> None:
@@ -232,3 +271,41 @@ def test_day_figures_take_16_bits_until_a_day_needs_more_and_then_32_or_64() -> 
     assert decode_state(encode_state(s)) == s
     run(s, fee(day, 3 * 10**9, eid="huge"), open_day=day)  # 30M CNY: past 32 bits
     assert s.day_fen.typecode == "q" and decode_state(encode_state(s)) == s
+
+
+def test_a_state_the_load_took_unread_that_fails_to_decode_is_dead_lettered_once_and_starts_empty() -> None:
+    """A load reads only a record's head and lengths; a state whose head passes but whose reasons
+    do not decode is found when first read: dead-lettered (`corrupt_state`, once), unindexed, and the
+    subscriber starts empty, as a record the load cannot read at all."""
+    from sinks.deadletters import DeadLetterSink
+    from sinks.outbox import Outbox
+    from streams.runtime.codec import _uv
+    from streams.runtime.store import clock_key, encode_clock, partition_of
+
+    async def send(*_: object) -> None:
+        return None
+
+    good, bad = SubscriberState(), SubscriberState()
+    for s in (good, bad):
+        run(s, profile(photo=Photo("2026-09", 30_000, 6_000)))
+        s.light = "green"
+    data = encode_state(bad)
+    size, pos = _uv(data, 1)
+    head = orjson.loads(data[pos:pos + size])
+    head[14] = [["only_a_code"]]  # a reason of one item: decoding unpacks three
+    text = orjson.dumps(head)
+    broken = data[:1] + bytes((len(text),)) + text + data[pos + size:] if len(text) < 128 else b""
+    assert broken and scan_record(b"2", broken)[0] is not None
+    with pytest.raises(ValueError):
+        decode_state(broken)
+    store = Store(1)
+    outbox = Outbox(send)
+    store.load({0}, {0: {b"1": encode_state(good), b"2": broken, clock_key(0): encode_clock(PartitionClock())}},
+               "state-changelog", DeadLetterSink(outbox, "churn.deadletter"))
+    assert set(store.watched[0]) == {b"1", b"2"} and outbox.queued == []  # the load indexed both, unread
+    assert [key for key, _ in store.read(list(store.watched[0]))] == [b"1", b"2"]  # as a day close reads them
+    assert [(o[1], dict(o[3])["error"]) for o in outbox.queued] == [(b"2", b"corrupt_state")]
+    assert set(store.watched[0]) == {b"1"} and store.states.get(b"2") is None
+    assert b"2" in store.dirty[partition_of(b"2", 1)]  # its record becomes a tombstone at the next write
+    store.states.get(b"2")
+    assert len(outbox.queued) == 1

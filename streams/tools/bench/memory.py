@@ -34,7 +34,7 @@ from sinks.outbox import Outbox
 from streams import collector
 from streams.metrics import Metrics
 from streams.runtime.reader import Record
-from streams.runtime.store import Store, clock_key, encode_clock, partition_of
+from streams.runtime.store import META_PREFIX, Store, clock_key, encode_clock, partition_of
 from streams.settings import Settings
 from streams.tools.bench.workload import START_DAYS_AGO, Workload, records
 from streams.topics import DEADLETTER
@@ -97,11 +97,15 @@ def measure(settings: Settings, subscribers: int, sample: int) -> dict[str, Any]
     values, clocks = sample_states(settings, min(sample, subscribers))
     gc.collect()
     before = rss_bytes()
-    data: dict[bytes, bytes] = dict(clocks)
+    # Per partition, as a changelog read gives them.
+    data: dict[int, dict[bytes, bytes]] = {p: {} for p in range(settings.partitions)}
+    for key, value in clocks.items():
+        data[int(key[len(META_PREFIX):])][key] = value
     width = len(str(subscribers - 1))
     for i in range(subscribers):
+        key = b"199" + str(i).zfill(max(8, width)).encode()
         # A fresh bytes object each, as a changelog read gives.
-        data[b"199" + str(i).zfill(max(8, width)).encode()] = bytes(bytearray(values[i % len(values)]))
+        data[partition_of(key, settings.partitions)][key] = bytes(bytearray(values[i % len(values)]))
     store = Store(settings.partitions, settings.hot_states)
     dead = DeadLetterSink(Outbox(_done), DEADLETTER)
     started = time.monotonic()
