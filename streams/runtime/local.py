@@ -251,6 +251,14 @@ class LocalStore:
 
     # --- recovery -------------------------------------------------------------------------------
 
+    def held(self) -> set[int]:
+        """The partitions this store has a copy of (usable or not: `start` says), none if it cannot be read."""
+        try:
+            db = self._open()
+            return {p for p in range(self.partitions) if db.get(tag(p) + _MARK) is not None}
+        except Exception:
+            return set()
+
     def start(self, p: int, low: int, high: int) -> int | None:
         """Return the changelog offset from which partition `p`'s tail is to be read, or None (with a
         log line saying why) when the local copy cannot be used: the whole changelog is read."""

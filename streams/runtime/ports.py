@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from faust.types import TP
 
 from rules.tasks import Task
+
+if TYPE_CHECKING:
+    from streams.runtime.store import Store
 
 Headers = Sequence[tuple[str, bytes]] | None
 
@@ -105,11 +108,15 @@ class Batches(Protocol):
     def keepable(self) -> set[int]:
         """The loaded partitions whose state in memory is all written and acknowledged."""
 
+    def prebuild(self, owned: set[int], data: dict[int, dict[bytes, bytes]],
+                 ahead: dict[int, dict[bytes, dict[str, int]]]) -> Store | None:
+        """Load partitions `owned` into a store apart (in a thread); None when a plain load must see to them."""
+
     def load(self, owned: set[int], data: dict[int, dict[bytes, bytes]], generation: int | None, *,
              started: float | None = None, last_write: int = 0, kept: set[int] | frozenset[int] = frozenset(),
-             ahead: dict[int, dict[bytes, dict[str, int]]] | None = None) -> None:
+             ahead: dict[int, dict[bytes, dict[str, int]]] | None = None, store: Store | None = None) -> None:
         """Replace the state with what the changelog holds for partitions `owned`, except `kept`
-        (`ahead`: the subscribers read ahead of their partition's clock)."""
+        (`ahead`: the subscribers read ahead of their partition's clock), or with `store` (`prebuild`'s)."""
 
     def output_starts(self) -> dict[str, int]:
         """Per output partition, where the outputs of the loaded state may start."""

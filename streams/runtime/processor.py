@@ -177,11 +177,28 @@ class Processor:
             return set()
         return set(store.clocks)
 
+    def prebuild(self, owned: set[int], data: dict[int, dict[bytes, bytes]],
+                 ahead: dict[int, dict[bytes, dict[str, int]]]) -> Store | None:
+        """Load partitions `owned` into a store of their own, apart from this processor's (in a thread,
+        before the first assignment: streams.runtime.reader's preload); `load` takes it with `store`.
+        None when the records need more than a load (a record that cannot be read, parked records
+        of an older format): the assignment's own load reads them again and sees to them."""
+        store = Store(self.settings.partitions, self.settings.hot_states)
+        dead = DeadLetterSink(Outbox(self.outbox.send), DEADLETTER)
+        store.load(owned, data, self._changelog_name(), dead, ahead)
+        if dead.outbox.queued or store.dirty or store.dirty_clocks:
+            return None
+        return store
+
+    def _changelog_name(self) -> str:
+        return self.changelog.topic if self.changelog is not None else "state-changelog"
+
     def load(self, owned: set[int], data: dict[int, dict[bytes, bytes]], generation: int | None, *,
              started: float | None = None, last_write: int = 0, kept: set[int] | frozenset[int] = frozenset(),
-             ahead: dict[int, dict[bytes, dict[str, int]]] | None = None) -> None:
+             ahead: dict[int, dict[bytes, dict[str, int]]] | None = None, store: Store | None = None) -> None:
         """Replace the state with what the changelog holds for partitions `owned` (after a rebalance),
-        except partitions `kept` (of `keepable`), whose state, clock and indexes stay as they are.
+        except partitions `kept` (of `keepable`), whose state, clock and indexes stay as they are;
+        or with `store`, of partitions `owned` (from `prebuild`).
 
         `started` is when reading the changelog began (time.monotonic), for the log line; `ahead`:
         the subscribers ahead of their partition's clock (streams.runtime.recovery).
@@ -190,8 +207,10 @@ class Processor:
         kept = kept & owned
         self.outbox.queued.clear()
         self._outcomes_due.clear()
-        changelog = self.changelog.topic if self.changelog is not None else "state-changelog"
-        self.store.load(owned, data, changelog, self.dead, ahead, kept=kept)
+        if store is None:
+            self.store.load(owned, data, self._changelog_name(), self.dead, ahead, kept=kept)
+        else:
+            self.store.take(store, self.dead)
         self.checkpoint.loaded(last_write)
         self.sequencer.rewinds.clear()
         # A day close that waited for its records to age (FRESH_MS) is not in the changelog: every
@@ -202,6 +221,9 @@ class Processor:
         if self.runner is not None:
             self.runner.reset()
         self.generation = generation
+        if store is not None:
+            log.info("took %d preloaded subscribers of partitions %s", len(self.store.states), sorted(owned))
+            return
         how = f"; kept in memory {sorted(kept)}, read from the changelog {sorted(owned - kept)}" if kept else ""
         log.info("loaded %d subscribers of partitions %s in %.2f s%s", len(self.store.states), sorted(owned),
                  time.monotonic() - started, how)

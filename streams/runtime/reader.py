@@ -26,12 +26,14 @@ throttling both change; split, they would share that state through a second obje
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import heapq
 import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -43,6 +45,7 @@ from streams.runtime.ports import Batches, Group
 from streams.runtime.outputs import read_outputs
 from streams.runtime.local import LocalStore
 from streams.runtime.recovery import read_changelog
+from streams.runtime.store import Store
 from streams.settings import Settings
 from streams.topics import TICKS, changelog_topic, client_config
 
@@ -55,6 +58,19 @@ TICK_INTERVAL_S = 10.0
 CHUNK_BYTES = 256 * 1024
 # How long a partition's first records wait for a topic that has records but sent none yet.
 START_WAIT_S = 10.0
+
+
+# The generation a preloaded state is loaded for: none of the group's (streams.runtime.reader `_preload_local`).
+PRELOADED = -(1 << 31)
+
+
+@dataclass
+class Preloaded:
+    """The local store's partitions loaded before the first assignment, and their changelog's ends."""
+
+    store: Store
+    marks: dict[int, int]
+    last_write: int
 
 
 class Record:
@@ -134,8 +150,11 @@ class Reader:
         self._revoked = True
         self._revocations = 0
         # Per partition whose state was all written at the last revocation, the changelog's end
-        # (high watermark) asked right after that write; good until the reader reads again.
+        # (high watermark) asked right after that write; good until the reader reads again. (Or,
+        # before the first assignment, asked before the preload read it: `_preload_local`.)
         self._marks: dict[int, int] = {}
+        # The load of the local store's partitions while the worker first joins its group (`preload`).
+        self._preload: concurrent.futures.Future[Preloaded | None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
@@ -265,16 +284,17 @@ class Reader:
         def stale() -> bool:
             return self._revocations != revocations or self._stopping
 
+        await self._take_preload()
         # Partitions that come back with their state in memory whole and nothing written to their
-        # changelog since this worker wrote it stay as they are; the others are read. (A rebalance
+        # changelog since this worker wrote it (or read it) stay as they are; the others are read. (A rebalance
         # before this assignment is done keeps the marks: nothing was read since they were taken.)
         marks = self._marks
         candidates = {p for p in owned & self.processor.keepable() if p in marks}
         changelog_ends = await loop.run_in_executor(None, self._changelog_ends, candidates) if candidates else {}
         kept = {p for p in candidates if changelog_ends.get(p) == marks[p]}
         if candidates - kept:
-            log.info("partitions %s were written by another worker since this one let them go: read again",
-                     sorted(candidates - kept))
+            log.info("partitions %s were written by another worker since this one let them go (or read them): "
+                     "read again", sorted(candidates - kept))
         writes: dict[int, int] = {}
         ahead: dict[int, dict[bytes, dict[str, int]]] = {}
         data: dict[int, dict[bytes, bytes]] = {}
@@ -288,6 +308,7 @@ class Reader:
                             kept=kept, ahead=ahead)
         del data
         # What this state's records produced before a crash is on the output topics already.
+        loaded_at = time.monotonic()
         published, ends = await loop.run_in_executor(
             None, lambda: read_outputs(self.settings, self.processor.output_starts(), owned, cancelled=stale))
         if stale() or self.group.generation != generation:
@@ -304,6 +325,7 @@ class Reader:
         # Offset 0 rather than "the beginning": no offset look-up, so every partition's first fetch
         # goes out together (records deleted by retention reset to the earliest).
         wanted = [TopicPartition(tp.topic, tp.partition, offset) for tp, offset in sorted(offsets.items())]
+        outputs_read_at = time.monotonic()
         self.initial_high, self.initial_low = {}, {}
         for tp in offsets:
             try:
@@ -328,8 +350,58 @@ class Reader:
         self.generation = generation
         self._revoked = False
         self._marks = {}
-        log.info("the reader reads partitions %s of %d input topics from the state's offsets (ready in %.1f s)",
-                 sorted(owned), len(self.topics), time.monotonic() - started)
+        now = time.monotonic()
+        log.info("the reader reads partitions %s of %d input topics from the state's offsets (ready in %.1f s: "
+                 "state %.2f s, outputs read back %.2f s, input ends %.2f s)", sorted(owned), len(self.topics),
+                 now - started, loaded_at - started, outputs_read_at - loaded_at, now - outputs_read_at)
+
+    def preload(self) -> None:
+        """Start loading the local store's partitions in a thread of its own, now (as the worker starts,
+        before Faust joins the group: its tasks, `run` among them, start only once it has)."""
+        if self.local is not None and self._preload is None and self.generation is None:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="churnlight-preload")
+            self._preload = pool.submit(self._preload_local)
+            pool.shutdown(wait=False)
+
+    def _preload_local(self) -> Preloaded | None:
+        """Read the partitions the local store holds (and their changelog's tails) and index them,
+        in a thread, while the worker joins its group: a restart on the same disk then loads them
+        meanwhile, not after its assignment (issue 15). The changelog's ends asked before reading
+        them are their marks: the assignment keeps those of them it gives this worker that nobody
+        wrote since, as after a rebalance (`_assign`), and reads the others."""
+        assert self.local is not None
+        held = self.local.held()
+        if not held:
+            return None
+        started = time.monotonic()
+        writes: dict[int, int] = {}
+        ahead: dict[int, dict[bytes, dict[str, int]]] = {}
+        ends: dict[int, int] = {}
+        data = read_changelog(self.settings, held, cancelled=lambda: self._stopping, writes=writes, ahead=ahead,
+                              ends=ends, local=self.local, only_local=True)
+        if not data or self._stopping:
+            return None
+        store = self.processor.prebuild(set(data), data, ahead)
+        if store is None:
+            log.info("the local store's partitions %s need more than a load: read at the assignment", sorted(data))
+            return None
+        log.info("preloaded %d subscribers of partitions %s from the local store in %.2f s",
+                 len(store.states), sorted(data), time.monotonic() - started)
+        return Preloaded(store, {p: ends[p] for p in data if p in ends}, max(writes.values(), default=0))
+
+    async def _take_preload(self) -> None:
+        """Take the preload's state (`_preload_local`), once it is done, before the first assignment's load."""
+        preload, self._preload = self._preload, None
+        if preload is None:
+            return
+        try:
+            done = await asyncio.wrap_future(preload)
+        except Exception as exc:
+            log.warning("preloading the local store failed (%r): the assignment reads its partitions", exc)
+            return
+        if done is not None:
+            self.processor.load(set(done.store.clocks), {}, PRELOADED, last_write=done.last_write, store=done.store)
+            self._marks = done.marks
 
     def _changelog_ends(self, partitions: set[int]) -> dict[int, int]:
         """Ask the broker for the changelog's high watermark of each of `partitions` (absent: no answer)."""

@@ -77,13 +77,16 @@ class Sources:
 
 def read_changelog(settings: Settings, partitions: set[int], *, cancelled: Callable[[], bool] = lambda: False,
                    writes: dict[int, int] | None = None, local: LocalStore | None = None,
-                   ahead: dict[int, dict[bytes, dict[str, int]]] | None = None) -> dict[int, dict[bytes, bytes]]:
+                   ahead: dict[int, dict[bytes, dict[str, int]]] | None = None, ends: dict[int, int] | None = None,
+                   only_local: bool = False) -> dict[int, dict[bytes, bytes]]:
     """Return per partition of `partitions` the latest value of each key of the changelog (tombstones removed).
 
     `writes`, when given, receives per partition the number of the newest state write seen;
     `ahead`, per partition, the keys whose latest record reflects input offsets past the clock's.
     `local`, when given, is the worker's local store: a partition it holds a usable copy of is
     read from it and the changelog's tail only; afterwards the store is brought up to what was read.
+    With `only_local` the other partitions are not read (and not in the result). `ends`, when
+    given, receives per partition read the changelog's end (high watermark) asked before reading it.
 
     Reads each partition until librdkafka reports its end (the high watermark the broker gives
     with the fetched records; the changelog writer seals each flush with a lone tombstone, so that
@@ -93,7 +96,7 @@ def read_changelog(settings: Settings, partitions: set[int], *, cancelled: Calla
     started = time.monotonic()
     topic = changelog_topic(settings)
     sources = Sources()
-    folded = fold(_records(settings, topic, partitions, sources, local, cancelled))
+    folded = fold(_records(settings, topic, partitions, sources, local, cancelled, only_local))
     if cancelled():
         return {}
     log.info("read partitions %s of %s in %.2f s: %s", sorted(partitions), topic, time.monotonic() - started,
@@ -104,6 +107,8 @@ def read_changelog(settings: Settings, partitions: set[int], *, cancelled: Calla
         writes.update(folded.writes)
     if ahead is not None:
         ahead.update(folded.ahead)  # the store's load says how many
+    if ends is not None:
+        ends.update({p: sources.ends[p] for p in sources.local | sources.whole})
     return {p: {key: value_of(packed) for key, packed in records.items() if packed is not None}
             for p, records in folded.latest.items()}
 
@@ -131,35 +136,41 @@ def fold(records: Iterable[Record]) -> Folded:
     own: dict[int, dict[bytes, bytes]] = {}
     clocks: dict[int, bytes | None] = {}
     interned: dict[bytes, bytes] = {}  # one bytes object per distinct offsets (a write's records share one)
-    # The partition of the record before, and its keys' latest records.
-    last_p, of_partition = -1, cast(dict[bytes, bytes | None], {})
+    # The partition of the record before, its keys' latest records and its tail; the headers of the
+    # record before (the local store's records of one write share one list) and what they say.
+    last_p, of_partition, of_tail = -1, cast(dict[bytes, bytes | None], {}), cast(dict[bytes, bytes], {})
+    last_headers: object = None
+    offsets: bytes | None = None
+    mine = False
+    write = 0
     for m in records:
         key, p = m.key, m.partition
         if p != last_p:
-            last_p, of_partition = p, latest.setdefault(p, {})
+            last_p, of_partition, of_tail = p, latest.setdefault(p, {}), tail.setdefault(p, {})
         of_partition[key] = m.packed
         if key.startswith(b"~"):
             if key.startswith(CLOCK_PREFIX):
                 clocks[p] = m.value
-                tail.pop(p, None)
-                write = write_of(m.headers)
-                if write > newest.get(p, 0):
-                    newest[p] = write
+                of_tail = tail[p] = {}
+                clock_write = write_of(m.headers)
+                if clock_write > newest.get(p, 0):
+                    newest[p] = clock_write
             continue
-        offsets: bytes | None = None
-        mine = False
-        for name, raw in m.headers:
-            if name == OFFSETS_HEADER or name == OWN_OFFSETS_HEADER:
-                assert isinstance(raw, bytes)
-                offsets = interned.setdefault(raw, raw)
-                mine = name == OWN_OFFSETS_HEADER
-            elif name == WRITE_HEADER and raw:
-                write = int(raw)
-                if write > newest.get(p, 0):
-                    newest[p] = write
+        headers = m.headers
+        if headers is not last_headers:
+            last_headers, offsets, mine, write = headers, None, False, 0
+            for name, raw in headers:
+                if name == OFFSETS_HEADER or name == OWN_OFFSETS_HEADER:
+                    assert isinstance(raw, bytes)
+                    offsets = interned.setdefault(raw, raw)
+                    mine = name == OWN_OFFSETS_HEADER
+                elif name == WRITE_HEADER and raw:
+                    write = int(raw)
+        if write and write > newest.get(p, 0):
+            newest[p] = write
         if offsets is None:
             continue  # written before records said their offsets: never ahead
-        tail.setdefault(p, {})[key] = offsets
+        of_tail[key] = offsets
         if mine:
             own.setdefault(p, {})[key] = offsets
         elif p in own:
@@ -189,9 +200,10 @@ def fold(records: Iterable[Record]) -> Folded:
 
 
 def _records(settings: Settings, topic: str, partitions: set[int], sources: Sources, local: LocalStore | None,
-             cancelled: Callable[[], bool]) -> Iterator[Record]:
+             cancelled: Callable[[], bool], only_local: bool = False) -> Iterator[Record]:
     """Yield the records to fold: per partition the local store's (where usable), then the changelog
-    from the local copy's offset, or from its beginning (streams.runtime.topic_end)."""
+    from the local copy's offset, or from its beginning (streams.runtime.topic_end; not with
+    `only_local`)."""
     starts: dict[tuple[str, int], int] = {}
     group = f"{settings.topic_prefix}{settings.app_id}-recovery"
     consumer = Consumer({**client_config(settings), "group.id": group})  # for the watermarks only
@@ -216,15 +228,15 @@ def _records(settings: Settings, topic: str, partitions: set[int], sources: Sour
                     sources.tail_keys[p] = set()
                     sources.stored += count
                     yield from stored
-            if p not in sources.local:
+            if p not in sources.local and not only_local:
                 sources.whole.add(p)
                 sources.keys[p] = set()
             if cancelled():
                 return
     finally:
         consumer.close()
-    messages = read_messages(settings, {topic: partitions}, group_id=group, starts=starts, cancelled=cancelled,
-                             stall_s=STALL_S, batch=20000, config=READ_CONFIG)
+    messages = read_messages(settings, {topic: sources.local | sources.whole}, group_id=group, starts=starts,
+                             cancelled=cancelled, stall_s=STALL_S, batch=20000, config=READ_CONFIG)
     try:
         for m in messages:
             key = m.key()

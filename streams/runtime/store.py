@@ -348,6 +348,15 @@ class Store:
         log.error("the state of subscriber %s in %s/%d cannot be read (%s): it starts empty",
                   mask(key.decode("utf-8", "replace")), self._changelog, p, type(exc).__name__)
 
+    def take(self, other: Store, dead: DeadLetterSink) -> None:
+        """Hold what `other`, loaded apart (streams.runtime.reader's preload, in a thread), holds, in
+        place of what this store held; a state that fails to decode goes to `dead`."""
+        self.clocks, self.watched, self.dated, self.ahead = other.clocks, other.watched, other.dated, other.ahead
+        self._facets, self._facet_of = other._facets, other._facet_of
+        self.states.cold, self.states.hot = other.states.cold, other.states.hot
+        self.dirty, self.dirty_clocks = other.dirty, other.dirty_clocks
+        self._dead, self._changelog = dead, other._changelog
+
     def drop(self, partitions: set[int]) -> None:
         """Forget partitions `partitions` (let go in a rebalance): their clocks, indexes and states."""
         if not partitions:

@@ -90,6 +90,9 @@ def read_messages(settings: Settings, topics: Mapping[str, Collection[int] | Non
         "auto.offset.reset": "latest",
         # A broker without transactions may report a last stable offset short of the end.
         "isolation.level": "read_uncommitted",
+        # A partition read to its end says so when a fetch comes back empty: after this wait, not
+        # the default half second (a restart reads the output topics back to their ends).
+        "fetch.wait.max.ms": 10,
         **(config or {}),
     })
     consumer = Consumer(conf)

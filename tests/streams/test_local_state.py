@@ -28,8 +28,8 @@ def _reads(log: Path) -> list[str]:
 
 
 def _partitions(how: str, what: str) -> set[int]:
-    found = re.search(re.escape(what) + r": \[([\d, ]*)\]", how)
-    return {int(p) for p in found.group(1).split(",")} if found and found.group(1) else set()
+    """The partitions `how` (one or more reads' descriptions) says were read `what`."""
+    return {int(p) for found in re.findall(re.escape(what) + r": \[([\d, ]*)\]", how) for p in found.split(",") if p}
 
 
 def _local_records(how: str) -> tuple[int, int]:
@@ -70,6 +70,7 @@ def _intact(worker: WorkerProc) -> None:
 def test_a_restart_on_the_same_disk_reads_only_the_changelogs_tail(settings: Settings, tmp_path: Path) -> None:
     log = tmp_path / "worker.log"
     _run_once(settings, log)
+    since = len(log.read_text(errors="replace"))
     _restart_intact(settings, log)
     first, again = _reads(log)[:2]
     everything = set(range(settings.partitions))
@@ -80,6 +81,12 @@ def test_a_restart_on_the_same_disk_reads_only_the_changelogs_tail(settings: Set
     assert stored >= len(scripted.SUBS) + settings.partitions  # every subscriber and clock, from the disk
     # The changelog's end as a broker reports it may lie one record (the seal) short: at most that is read.
     assert tail <= settings.partitions
+    # Read and indexed while the worker joined its group (a thread of its own): the assignment read
+    # nothing more, and kept what the preload had loaded.
+    restart = log.read_text(errors="replace")[since:]
+    assert re.search(r"preloaded \d+ subscribers of partitions \[0, 1, 2, 3\] from the local store", restart), restart
+    assert len(_reads(log)) == 2
+    assert "kept in memory [0, 1, 2, 3], read from the changelog []" in restart
 
 
 def test_a_tail_written_by_another_worker_is_folded_onto_the_local_copy(settings: Settings, tmp_path: Path) -> None:
@@ -93,6 +100,7 @@ def test_a_tail_written_by_another_worker_is_folded_onto_the_local_copy(settings
     _restart_intact(settings, log)
     again = _reads(log)[-1]
     assert _partitions(again, "from the local store and the changelog's tail") == set(range(settings.partitions))
+    assert "from the whole changelog" not in " ".join(_reads(log)[2:])
     stored, tail = _local_records(again)
     assert stored > 0 and tail > settings.partitions
 
@@ -125,7 +133,7 @@ def test_a_mark_the_changelog_does_not_span_falls_back_to_the_changelog_for_that
     _restart_intact(settings, log)
     text = log.read_text(errors="replace")
     assert re.search(r"/1: the local state is stale: it covers the changelog up to offset 1000000000", text)
-    again = _reads(log)[-1]
+    again = " ".join(_reads(log)[1:])  # the restart's: its preload's and its assignment's
     assert _partitions(again, "from the whole changelog") == {1}
     assert _partitions(again, "from the local store and the changelog's tail") == set(range(settings.partitions)) - {1}
 

@@ -23,7 +23,7 @@ from streams.tools.harness import START_TIMEOUT_S, WorkerProcess
 _STAMP: Final = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO "
 LET_GO_RE: Final = re.compile(_STAMP + r"streams\.runtime\.reader: the reader let \d+ input partitions go", re.M)
 READING_RE: Final = re.compile(
-    _STAMP + r"streams\.runtime\.reader: the reader reads partitions \[([0-9, ]*)\].*\(ready in ([0-9.]+) s\)", re.M)
+    _STAMP + r"streams\.runtime\.reader: the reader reads partitions \[([0-9, ]*)\].*\(ready in ([0-9.]+) s\b", re.M)
 LOAD_RE: Final = re.compile(
     _STAMP + r"streams\.runtime\.processor: loaded (\d+) subscribers of partitions \[([0-9, ]*)\] in ([0-9.]+) s"
     r"(?:; kept in memory \[([0-9, ]*)\], read from the changelog \[([0-9, ]*)\])?", re.M)
