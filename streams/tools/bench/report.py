@@ -89,8 +89,11 @@ def _recovery_rows(table: Table, doc: dict[str, Any]) -> None:
     table.add_row("", "records: local store / changelog tail / whole changelog",
                   f"{_fmt(restart.get('local_records'))} / {_fmt(restart.get('tail_records'))} / "
                   f"{_fmt(restart.get('changelog_records'))}")
+    table.add_row("", "after its launch: preloaded / group's assignment",
+                  f"{_fmt(restart.get('preloaded_s'), ' s', 1)} / {_fmt(restart.get('assigned_s'), ' s', 1)}")
     table.add_row("7 recovery from the changelog", "seconds to healthy + fully loaded",
                   _fmt(rec.get("seconds"), " s", 1))
+    table.add_row("", "after its launch: the group's assignment", _fmt(rec.get("assigned_s"), " s", 1))
     table.add_row("", "of which to /health 200 (state loaded)", _fmt(rec.get("health_s"), " s", 1))
     table.add_row("", "subscribers loaded (worker's own load time)",
                   f"{_fmt(rec.get('subscribers_loaded'))} ({_fmt(rec.get('load_s_logged'), ' s', 2)})")

@@ -8,6 +8,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -28,6 +29,12 @@ STEPS: Final = 9  # the "n/9" of the progress lines
 LOADED_RE: Final = re.compile(r"loaded (\d+) subscribers of partitions \[([0-9, ]*)\] in ([0-9.]+) s")
 # streams.runtime.recovery's line: where a load's records came from.
 READ_RE: Final = re.compile(r"read partitions \[[0-9, ]*\] of \S+ in [0-9.]+ s: (.*)")
+_STAMP: Final = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO "
+PRELOADED_RE: Final = re.compile(_STAMP + r"streams\.runtime\.reader: preloaded \d+ subscribers", re.M)
+ASSIGNED_RE: Final = re.compile(_STAMP + r"faust\.app\.base: Executing _on_partitions_assigned", re.M)
+# The group identity of the single worker of steps 3 and 7 (a static member: its restart takes its
+# place in the group at once, as a StatefulSet pod's would; CHURNLIGHT_INSTANCE_ID).
+SINGLE: Final = "bench-single"
 
 
 @dataclass
@@ -48,13 +55,15 @@ class Run:
         self.prefixes.append(prefix)
         return self.base.model_copy(update={"topic_prefix": prefix, "partitions": self.partitions})
 
-    def worker(self, settings: Settings, name: str, *, log_level: str | None = None) -> WorkerProcess:
+    def worker(self, settings: Settings, name: str, *, log_level: str | None = None,
+               instance_id: str | None = None) -> WorkerProcess:
+        """A worker of its own data dir; `instance_id`: a static group member (CHURNLIGHT_INSTANCE_ID)."""
         from streams.embedded import free_port
 
         data_dir = self.work_dir / name
         own = settings.model_copy(update={
             "data_dir": data_dir, "web_port": free_port(), "web_host": "127.0.0.1",
-            "log_level": log_level or self.worker_log_level,
+            "log_level": log_level or self.worker_log_level, "instance_id": instance_id,
         })
         # Started in its data dir: a `.env` where the bench runs is not the bench's settings.
         w = WorkerProcess(own, data_dir / "worker.log", name=name, cwd=data_dir)
@@ -92,7 +101,7 @@ def step_produce(run: Run, settings: Settings, label: str) -> dict[str, Any]:
 
 def step_worker(run: Run, settings: Settings, expected: int) -> tuple[WorkerProcess, Throughput]:
     task = run.step(f"3/{STEPS} one churnlight worker (b)", expected)
-    w = run.worker(settings, "worker-1").launch()
+    w = run.worker(settings, "worker-1", instance_id=SINGLE).launch()
     result = measure_throughput([w], expected, lambda n: run.progress.update(task, completed=n),
                                 max_s=START_TIMEOUT_S + max(300.0, expected / 200))
     return w, result
@@ -142,8 +151,9 @@ def _recover(run: Run, settings: Settings, name: str, subscribers: int,
     """Start worker `name` (its data dir as a worker of that name left it) and time its recovery."""
     from streams.tools.replay import make_producer
 
-    w = run.worker(settings, name, log_level="info")
+    w = run.worker(settings, name, log_level="info", instance_id=SINGLE)
     since = len(w.log())  # the log of an earlier run on this data dir is appended to
+    launched = time.time()
     w.launch()
     limit = START_TIMEOUT_S + (run.workload.events + subscribers) / 1000
     wl = run.workload
@@ -185,7 +195,7 @@ def _recover(run: Run, settings: Settings, name: str, subscribers: int,
         "health_s": health_s, "complete_load_seen_s": loaded_s,
         "subscribers_loaded": loaded[0] if loaded else None, "subscribers_expected": subscribers,
         "partitions": loaded[1] if loaded else None, "load_s_logged": loaded[2] if loaded else None,
-        **sources,
+        **sources, **_timeline(text, launched),
     }
     if out["seconds"] is None:
         out["note"] = f"not complete within {limit:.0f} s"
@@ -193,22 +203,34 @@ def _recover(run: Run, settings: Settings, name: str, subscribers: int,
 
 
 def _sources(log: str) -> dict[str, Any]:
-    """Where the last recovery in `log` read its records: local store, changelog tail, whole changelog."""
+    """Where the recovery in `log` (one start's) read its records: local store, changelog tail, whole
+    changelog (its preload's reads and its assignment's together)."""
     out: dict[str, Any] = {"local_records": 0, "tail_records": 0, "changelog_records": 0,
                            "partitions_local": [], "partitions_whole": []}
-    found = READ_RE.findall(log)
-    if not found:
-        return out
-    how = found[-1]
-    local = re.search(r"the changelog's tail: \[([0-9, ]*)\] \((\d+) local records, (\d+) tail records\)", how)
-    if local:
-        out["partitions_local"] = [int(p) for p in local.group(1).replace(" ", "").split(",") if p]
-        out["local_records"], out["tail_records"] = int(local.group(2)), int(local.group(3))
-    whole = re.search(r"from the whole changelog: \[([0-9, ]*)\] \((\d+) records\)", how)
-    if whole:
-        out["partitions_whole"] = [int(p) for p in whole.group(1).replace(" ", "").split(",") if p]
-        out["changelog_records"] = int(whole.group(2))
+    for how in READ_RE.findall(log):
+        local = re.search(r"the changelog's tail: \[([0-9, ]*)\] \((\d+) local records, (\d+) tail records\)", how)
+        if local:
+            out["partitions_local"] += [int(p) for p in local.group(1).replace(" ", "").split(",") if p]
+            out["local_records"] += int(local.group(2))
+            out["tail_records"] += int(local.group(3))
+        whole = re.search(r"from the whole changelog: \[([0-9, ]*)\] \((\d+) records\)", how)
+        if whole:
+            out["partitions_whole"] += [int(p) for p in whole.group(1).replace(" ", "").split(",") if p]
+            out["changelog_records"] += int(whole.group(2))
     return out
+
+
+def _timeline(log: str, launched: float) -> dict[str, Any]:
+    """When, after the launch, the worker (one start's `log`) had preloaded its local store and
+    had its first assignment (seconds; None: not in the log)."""
+    def seconds(pattern: re.Pattern[str]) -> float | None:
+        found = pattern.search(log)
+        if found is None:
+            return None
+        at = datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        return round(at - launched, 2)
+
+    return {"preloaded_s": seconds(PRELOADED_RE), "assigned_s": seconds(ASSIGNED_RE)}
 
 
 def step_scaling(run: Run, rate_one: float | None) -> dict[str, Any]:
