@@ -165,7 +165,6 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
     processor = Processor(settings, metrics, rules, group=group, source=reader, send=sender.enqueue,
                          changelog=changelog, outcomes=outcomes, output_ends=sender.ends, faults=faults)
     reader.attach(processor)
-    reader.preload()  # the local store's partitions, while Faust starts and joins the group
     queries = Queries(processor)
     if store is not None:
         tasks = TaskSink(

@@ -242,7 +242,9 @@ class Reader:
     # --- the loop ------------------------------------------------------------------------------
 
     async def on_revoked(self) -> None:
-        """Faust is revoking partitions: finish the batch in flight, then let every partition go."""
+        """Faust is revoking partitions: finish the batch in flight, then let every partition go.
+        (Before the worker first joins its group, with none: the local store's preload starts.)"""
+        self.preload()
         self._revoked = True
         self._revocations += 1
         await self._idle.wait()
@@ -356,8 +358,9 @@ class Reader:
                  now - started, loaded_at - started, outputs_read_at - loaded_at, now - outputs_read_at)
 
     def preload(self) -> None:
-        """Start loading the local store's partitions in a thread of its own, now (as the worker starts,
-        before Faust joins the group: its tasks, `run` among them, start only once it has)."""
+        """Start loading the local store's partitions in a thread of its own, as the worker first joins
+        its group (Faust's tasks, `run` among them, start only once it has; started with the app,
+        the thread took the interpreter from Faust's own start-up, 1.3 s to 4.2 s at 1M)."""
         if self.local is not None and self._preload is None and self.generation is None:
             pool = ThreadPoolExecutor(1, thread_name_prefix="churnlight-preload")
             self._preload = pool.submit(self._preload_local)

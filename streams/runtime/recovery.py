@@ -237,12 +237,22 @@ def _records(settings: Settings, topic: str, partitions: set[int], sources: Sour
         consumer.close()
     messages = read_messages(settings, {topic: sources.local | sources.whole}, group_id=group, starts=starts,
                              cancelled=cancelled, stall_s=STALL_S, batch=20000, config=READ_CONFIG)
+    # Per distinct headers (the records of one state write share theirs): their packed block and one
+    # list of them, which the records share (the fold reads a write's headers once).
+    shapes: dict[tuple[tuple[str, str | bytes | None], ...], tuple[bytes, Headers]] = {}
     try:
         for m in messages:
             key = m.key()
             assert key is not None  # the changelog's records all have keys
             p = m.partition() or 0  # always set on a record
             value, headers = m.value(), cast(Headers, m.headers() or [])
+            shape = tuple(headers)
+            known = shapes.get(shape)
+            if known is None:
+                if len(shapes) >= 4096:
+                    shapes.clear()
+                known = shapes[shape] = (pack(b"", headers), headers)
+            head, headers = known
             tail = sources.tail_keys.get(p)
             if tail is not None:
                 tail.add(key)
@@ -250,7 +260,7 @@ def _records(settings: Settings, topic: str, partitions: set[int], sources: Sour
             else:
                 sources.keys[p].add(key)
                 sources.changelog += 1
-            yield Record(p, key, None if value is None else pack(value, headers), headers)
+            yield Record(p, key, None if value is None else head + value, headers)
     except TopicEndError as exc:
         raise RecoveryError(f"{topic}: {exc}") from exc
 

@@ -275,9 +275,11 @@ class Store:
         corrupt: list[tuple[int, bytes, bytes, str]] = []
         parked: dict[int, list[Parked]] = {}
         cold = self.states.cold
+        facets = self._facets
         for p, records in data.items():
             if p not in owned:
                 continue
+            watched, dated = self.watched[p], self.dated[p]
             for key, value in records.items():
                 if key.startswith(b"~"):
                     if key.startswith(META_PREFIX):
@@ -294,9 +296,19 @@ class Store:
                     continue
                 if held:
                     parked.setdefault(p, []).extend(held)
-                if head is not None:
-                    cold[key] = own  # decoded when first read (streams.runtime.states)
-                    self._index(p, key, head, head.watched, head.has_profile and head.dated)
+                if head is None:
+                    continue
+                cold[key] = own  # decoded when first read (streams.runtime.states)
+                # `index`, inline: a new partition's indexes hold nothing yet.
+                if head.watched:
+                    facet = (head.light, head.region, head.brand, steady_before_window(head))
+                    code = facets.get(facet)
+                    if code is None:
+                        code = facets[facet] = len(self._facet_of)
+                        self._facet_of.append(facet)
+                    watched[key] = code
+                if head.dated and head.has_profile:
+                    dated.add(key)
         lost_clocks: set[int] = set()
         for p, key, value, error in corrupt:
             dead.put(STATE, key, value, [], f"{changelog}/{p}", "corrupt_state", exception=error, identity_key=key)

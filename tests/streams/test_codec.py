@@ -16,9 +16,11 @@ from rules.subscriber import SubscriberState
 from rules.vocabulary import Reason
 from rules.events import BILLING, USAGE
 from rules.schedule import Parked, PartitionClock
-from streams.runtime.codec import decode_record, decode_state, encode_record, encode_state, scan_record
+from sinks.deadletters import DeadLetterSink
+from sinks.outbox import Outbox
+from streams.runtime.codec import _uv, decode_record, decode_state, encode_record, encode_state, scan_record
 from streams.runtime.changelog import HELD, OPENED
-from streams.runtime.store import Store
+from streams.runtime.store import Store, clock_key, encode_clock
 from tests.rules.test_state import MSISDN, OPEN, at, call, fee, life, profile, run, usage_events
 
 reason_values = st.one_of(st.none(), st.text(max_size=8), st.integers(-10**12, 10**12),
@@ -149,22 +151,31 @@ def test_a_load_reads_of_a_record_what_decoding_it_gives(s: SubscriberState | No
 
 @settings(max_examples=30)
 @given(states(), st.data())
-def test_a_cut_or_lengthened_state_is_refused_by_the_load_as_by_decoding(s: SubscriberState,
-                                                                        data: st.DataObject) -> None:
-    """Whatever a load takes unread (scan_record) decodes when first read: a state cut short or
-    with bytes after it is refused at the load already, as decoding refuses it."""
+def test_a_cut_or_lengthened_state_is_dead_lettered_once_by_the_load_or_when_first_read(
+        s: SubscriberState, data: st.DataObject) -> None:
+    """A load reads a record's head only (scan_record): a state cut short or with bytes after it is
+    refused there when its head shows it, else when the state is first read; either way it is
+    dead-lettered once (corrupt_state) and the subscriber starts empty, the others untouched."""
     whole = encode_state(s)
     cut = whole[:data.draw(st.integers(0, len(whole) - 1))]
     for bad in (cut, whole + b"\x00"):
         with pytest.raises(ValueError):
             decode_state(bad)
-        with pytest.raises(ValueError):
-            scan_record(KEY.encode(), bad)
+        store, outbox = _loaded({b"1": bad, b"2": whole})
+        assert store.states.get(b"1") is None
+        assert store.states.get(b"2") == s
+        assert [(o[1], dict(o[3])["error"]) for o in outbox.queued] == [(b"1", b"corrupt_state")]
 
 
-def test_trailing_bytes_are_rejected() -> None:
-    with pytest.raises(ValueError):
-        decode_state(encode_state(SubscriberState()) + b"\x00")
+def _loaded(records: dict[bytes, bytes]) -> tuple[Store, Outbox]:
+    """A one-partition store loaded with `records` (and a clock), and the outbox of its dead letters."""
+    async def send(*_: object) -> None:
+        return None
+
+    store, outbox = Store(1), Outbox(send)
+    store.load({0}, {0: {**records, clock_key(0): encode_clock(PartitionClock())}}, "state-changelog",
+               DeadLetterSink(outbox, "churn.deadletter"))
+    return store, outbox
 
 
 @settings(max_examples=10, deadline=None)
@@ -277,14 +288,6 @@ def test_a_state_the_load_took_unread_that_fails_to_decode_is_dead_lettered_once
     """A load reads only a record's head and lengths; a state whose head passes but whose reasons
     do not decode is found when first read: dead-lettered (`corrupt_state`, once), unindexed, and the
     subscriber starts empty, as a record the load cannot read at all."""
-    from sinks.deadletters import DeadLetterSink
-    from sinks.outbox import Outbox
-    from streams.runtime.codec import _uv
-    from streams.runtime.store import clock_key, encode_clock, partition_of
-
-    async def send(*_: object) -> None:
-        return None
-
     good, bad = SubscriberState(), SubscriberState()
     for s in (good, bad):
         run(s, profile(photo=Photo("2026-09", 30_000, 6_000)))
@@ -298,14 +301,11 @@ def test_a_state_the_load_took_unread_that_fails_to_decode_is_dead_lettered_once
     assert broken and scan_record(b"2", broken)[0] is not None
     with pytest.raises(ValueError):
         decode_state(broken)
-    store = Store(1)
-    outbox = Outbox(send)
-    store.load({0}, {0: {b"1": encode_state(good), b"2": broken, clock_key(0): encode_clock(PartitionClock())}},
-               "state-changelog", DeadLetterSink(outbox, "churn.deadletter"))
+    store, outbox = _loaded({b"1": encode_state(good), b"2": broken})
     assert set(store.watched[0]) == {b"1", b"2"} and outbox.queued == []  # the load indexed both, unread
     assert [key for key, _ in store.read(list(store.watched[0]))] == [b"1", b"2"]  # as a day close reads them
     assert [(o[1], dict(o[3])["error"]) for o in outbox.queued] == [(b"2", b"corrupt_state")]
     assert set(store.watched[0]) == {b"1"} and store.states.get(b"2") is None
-    assert b"2" in store.dirty[partition_of(b"2", 1)]  # its record becomes a tombstone at the next write
+    assert b"2" in store.dirty[0]  # its record becomes a tombstone at the next write
     store.states.get(b"2")
     assert len(outbox.queued) == 1
