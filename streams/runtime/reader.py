@@ -300,15 +300,18 @@ class Reader:
         writes: dict[int, int] = {}
         ahead: dict[int, dict[bytes, dict[str, int]]] = {}
         data: dict[int, dict[bytes, bytes]] = {}
+        refreshes: list[Callable[[], None]] = []  # the local store's, once the state is loaded
         if owned - kept:
             data = await loop.run_in_executor(
                 None, lambda: read_changelog(self.settings, owned - kept, cancelled=stale, writes=writes, ahead=ahead,
-                                             local=self.local))
+                                             local=self.local, refresh_later=refreshes))
         if stale() or self.group.generation != generation:
             return  # a rebalance came while reading: the next assignment loads again
         self.processor.load(owned, data, generation, started=started, last_write=max(writes.values(), default=0),
                             kept=kept, ahead=ahead)
         del data
+        for refresh in refreshes:
+            refresh()
         # What this state's records produced before a crash is on the output topics already.
         loaded_at = time.monotonic()
         published, ends = await loop.run_in_executor(

@@ -71,14 +71,15 @@ class Sources:
     changelog: int = 0  # changelog records of the partitions read whole
     # Per partition read from the local store, the keys its tail wrote (the store takes them after).
     tail_keys: dict[int, set[bytes]] = field(default_factory=dict)
-    # Per partition read whole, its keys (the store is made anew from them after).
+    # Per partition read whole, its keys (the store is made anew from them after; filled then).
     keys: dict[int, set[bytes]] = field(default_factory=dict)
 
 
 def read_changelog(settings: Settings, partitions: set[int], *, cancelled: Callable[[], bool] = lambda: False,
                    writes: dict[int, int] | None = None, local: LocalStore | None = None,
                    ahead: dict[int, dict[bytes, dict[str, int]]] | None = None, ends: dict[int, int] | None = None,
-                   only_local: bool = False) -> dict[int, dict[bytes, bytes]]:
+                   only_local: bool = False,
+                   refresh_later: list[Callable[[], None]] | None = None) -> dict[int, dict[bytes, bytes]]:
     """Return per partition of `partitions` the latest value of each key of the changelog (tombstones removed).
 
     `writes`, when given, receives per partition the number of the newest state write seen;
@@ -87,6 +88,9 @@ def read_changelog(settings: Settings, partitions: set[int], *, cancelled: Calla
     read from it and the changelog's tail only; afterwards the store is brought up to what was read.
     With `only_local` the other partitions are not read (and not in the result). `ends`, when
     given, receives per partition read the changelog's end (high watermark) asked before reading it.
+    `refresh_later`, when given, receives the local store's refresh instead of it being done now:
+    the caller runs it once it has loaded what was read (a partition read whole is a million
+    records to write, in a thread that competes for the interpreter with that load).
 
     Reads each partition until librdkafka reports its end (the high watermark the broker gives
     with the fetched records; the changelog writer seals each flush with a lone tombstone, so that
@@ -102,7 +106,10 @@ def read_changelog(settings: Settings, partitions: set[int], *, cancelled: Calla
     log.info("read partitions %s of %s in %.2f s: %s", sorted(partitions), topic, time.monotonic() - started,
              describe(sources))
     if local is not None:
-        _refresh(local, folded, sources)
+        if refresh_later is None:
+            _refresh(local, folded, sources)
+        else:
+            refresh_later.append(lambda: _refresh(local, folded, sources))
     if writes is not None:
         writes.update(folded.writes)
     if ahead is not None:
@@ -258,7 +265,6 @@ def _records(settings: Settings, topic: str, partitions: set[int], sources: Sour
                 tail.add(key)
                 sources.tail += 1
             else:
-                sources.keys[p].add(key)
                 sources.changelog += 1
             yield Record(p, key, None if value is None else head + value, headers)
     except TopicEndError as exc:
@@ -268,6 +274,8 @@ def _records(settings: Settings, topic: str, partitions: set[int], sources: Sour
 def _refresh(local: LocalStore, folded: Folded, sources: Sources) -> None:
     """Bring the local store up to what was read: the tail's keys, or a whole partition anew."""
     by_partition = folded.latest
+    for p in sources.keys:
+        sources.keys[p] = set(by_partition.get(p, ()))
     if sources.keys:
         latest = {key: packed for records in by_partition.values() for key, packed in records.items()}
     else:
