@@ -48,6 +48,9 @@ def passes(mine: dict[str, int], done: dict[str, int]) -> bool:
     return any(v > done.get(t, -1) for t, v in mine.items() if t != HELD)
 
 Headers = list[tuple[str, str | bytes | None]]
+# The records of a state write for the local store, in runs of one partition and one headers list
+# (a write's records share their partition's): (partition, headers, keys, values; None a tombstone).
+Run = tuple[int, Headers | None, list[bytes], list[bytes | None]]
 
 
 class ChangelogWriter:
@@ -81,7 +84,13 @@ class ChangelogWriter:
         self._fatal = False
         # The worker's local store (streams.runtime.local): it takes each write once the broker has it.
         self.local: LocalStore | None = None
-        self._written: list[tuple[int, bytes, bytes | None, Headers | None]] = []
+        # Runs, not a tuple a record: two appends are cheaper, and lists of bytes give the
+        # collector nothing to walk (a tuple holding the headers list is walked until freed).
+        self._written: list[Run] = []
+        self._run_partition = -1
+        self._run_headers: Headers | None = None
+        self._keys: list[bytes] = []
+        self._values: list[bytes | None] = []
 
     def write(self, partition: int, key: bytes, value: bytes | None, headers: Headers | None = None) -> None:
         """Queue one changelog record (None = tombstone) with `headers` (module constants)."""
@@ -89,13 +98,23 @@ class ChangelogWriter:
         if key.startswith(CLOCK_PREFIX):
             self._clocks[partition] = (key, value, headers)
         if self.local is not None and key != SEAL_KEY:
-            self._written.append((partition, key, value, headers))
+            if headers is not self._run_headers or partition != self._run_partition:
+                self._run_partition, self._run_headers, self._keys, self._values = partition, headers, [], []
+                self._written.append((partition, headers, self._keys, self._values))
+            self._keys.append(key)
+            self._values.append(value)
         while True:
             try:
                 self.producer.produce(self.topic, key=key, value=value, partition=partition, headers=headers)
                 return
             except BufferError:
                 self.producer.poll(0.01)
+
+    def _take(self) -> list[Run]:
+        """Hand over the runs written so far; the next record starts a run of its own."""
+        written, self._written = self._written, []
+        self._run_partition = -1
+        return written
 
     def _done(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
@@ -119,12 +138,12 @@ class ChangelogWriter:
             self._touched.clear()
             await self._flush()
         except BaseException:
-            written, self._written = self._written, []
+            written = self._take()
             if self.local is not None:  # the store must never go past records the changelog may hold
                 self.local.forget({p for p, _, _, _ in written})
             raise
         # The records of this write (re-sent ones too): the local store takes them now the broker has them all.
-        written, self._written = self._written, []
+        written = self._take()
         if self.local is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.local.put, written)
 

@@ -9,11 +9,17 @@ So the store is never ahead of the changelog, and a restart reads only the chang
 that offset (streams.runtime.recovery); a missing, stale or unreadable copy is not used, with a
 log line saying why, and the partition is read from the whole changelog.
 
+The store's writes skip RocksDB's write-ahead log and are flushed to table files right after, in
+RocksDB's threads; a state write goes in as it came (runs of records that share their headers,
+each run's packed once), in a few batches, its marks in the last. A crash may lose the last
+writes, or the end of one: the copy is then as of an earlier mark, and what was written past it
+is read again from the changelog's tail.
+
 Layout: every key behind two bytes of its partition (a partition is one prefix scan); per
 partition a mark `<p>\\x00` = JSON {"offset", "at_ms"}; one header `\\xff\\xff` naming the changelog
 topic, its partition count and the format, so that another deployment's store is never read.
 
-The module is over the size guide (about 420 lines, `LocalStore` about 270): the store is the one
+The module is over the size guide (about 500 lines, `LocalStore` about 300): the store is the one
 owner of its RocksDB handle and of the thread that writes it in order; its checks of a copy
 (stale, another deployment, unreadable) and its reads and writes share that handle's state.
 """
@@ -25,16 +31,17 @@ import shutil
 import struct
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
 from confluent_kafka import Consumer, TopicPartition
-from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, MemtableFactory, Options, Rdict, WriteBatch, WriteOptions
 
-from streams.runtime.changelog import CLOCK_PREFIX, Headers, write_of
+from streams.runtime.changelog import CLOCK_PREFIX, Headers, Run, write_of
 from streams.settings import Settings
 from streams.topics import client_config
 
@@ -51,6 +58,9 @@ BLOCK_CACHE_BYTES: Final = 8 << 20
 # delete.retention.ms (Kafka's default, one day; the changelog does not set it): a mark older
 # than that, with records after it, may miss a deletion.
 DELETE_RETENTION_MS: Final = 24 * 3600 * 1000
+# Records a write batch: a state write is stored in a few (a batch is a copy of its records in
+# RocksDB's memory, and the store's write holds the GIL until it is done).
+_BATCH: Final = 16384
 _NONE: Final = 0xFFFFFFFF
 _U32: Final = struct.Struct(">I")
 
@@ -143,11 +153,25 @@ class Record:
         return self._headers
 
 
+def _fill(batch: Any, prefix: bytes, head: bytes, keys: list[bytes], values: list[bytes | None]) -> None:
+    """Put records of one partition and header block in `batch` (a value None: delete its key)."""
+    if None in values:
+        for key, value in zip(keys, values):
+            if value is None:
+                batch.delete(prefix + key)
+            else:
+                batch.put(prefix + key, head + value)
+        return
+    # In C: a loop in Python over the records was most of the store's work in the interpreter.
+    deque(map(batch.put, map(prefix.__add__, keys), map(head.__add__, cast(list[bytes], values))), maxlen=0)
+
+
 def tag(p: int) -> bytes:
     return p.to_bytes(2, "big")
 
 
-def _options() -> Options:
+def options() -> Options:
+    """Return the store's RocksDB options (what opens it: its memtable takes no concurrent writes)."""
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
     opts.set_write_buffer_size(WRITE_BUFFER_BYTES)
@@ -155,7 +179,26 @@ def _options() -> Options:
     table = BlockBasedOptions()
     table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
     opts.set_block_based_table_factory(table)
+    # An unsorted memtable: a state write's keys come in no order, and putting each in its place
+    # in RocksDB's default skip list was most of the store's write (which holds the GIL); a vector
+    # is sorted when it is flushed, in RocksDB's own thread. A read of it sorts a copy: the store
+    # reads at a load only (its marks it keeps), just after opening (an empty memtable) or rarely.
+    opts.set_memtable_factory(MemtableFactory.vector())
+    opts.set_allow_concurrent_memtable_write(False)
     return opts
+
+
+def _rdict(path: Path) -> Any:
+    """Open the store at `path`, its table's options these and not those it was made with."""
+    db = Rdict(str(path), options(), column_families={"default": options()})
+    # No write-ahead log: writing it was most of what was left of a state write's time in RocksDB,
+    # with the GIL held. Each write of the store is flushed to a table file instead, right after,
+    # in RocksDB's threads (`_flushed`); a crash before that leaves the store as it was after an
+    # earlier batch (RocksDB flushes its memtables in order): its marks never claim records it lacks.
+    skip = WriteOptions()
+    skip.disable_wal = True  # type: ignore[method-assign,assignment]  # a property (its stub says a method)
+    db.set_write_options(skip)
+    return db
 
 
 class LocalStore:
@@ -170,6 +213,8 @@ class LocalStore:
         self._unusable = False  # another process holds it: this worker goes without
         self._lock = threading.Lock()
         self._watermarks: Consumer | None = None
+        # The marks as the open store holds them: a read of the store's memtable sorts it (below).
+        self._marks: dict[int, bytes] = {}
         # The store's writes, in the order they are asked for: what a load read, then each state write.
         self._serial = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-state")
 
@@ -183,7 +228,7 @@ class LocalStore:
         header = orjson.dumps({"topic": self.topic, "partitions": self.partitions, "format": FORMAT})
         self.path.mkdir(parents=True, exist_ok=True)
         try:
-            db = Rdict(str(self.path), _options())
+            db = _rdict(self.path)
         except Exception as exc:
             if "lock" in str(exc).lower():
                 # Another process has it open (two workers on one data dir): not ours to empty.
@@ -210,13 +255,16 @@ class LocalStore:
                                 bytes(found).decode("utf-8", "replace"), header.decode())
                     db = self._wipe_and_open()
         db[_HEADER] = header
+        marks = (db.get(tag(p) + _MARK) for p in range(self.partitions))
+        self._marks = {p: bytes(mark) for p, mark in enumerate(marks) if mark is not None}
         self._db = db
         return db
 
     def _wipe_and_open(self) -> Any:
+        self._marks = {}
         shutil.rmtree(self.path, ignore_errors=True)
         self.path.mkdir(parents=True, exist_ok=True)
-        return Rdict(str(self.path), _options())
+        return _rdict(self.path)
 
     def broken(self, exc: BaseException) -> None:
         """Give up the store after an error: log it and start it empty."""
@@ -263,7 +311,8 @@ class LocalStore:
         """Return the changelog offset from which partition `p`'s tail is to be read, or None (with a
         log line saying why) when the local copy cannot be used: the whole changelog is read."""
         try:
-            found = self._open().get(tag(p) + _MARK)
+            self._open()
+            found = self._marks.get(p)
             if found is None:
                 log.info("%s/%d: no local state: reading the whole changelog", self.topic, p)
                 return None
@@ -341,14 +390,17 @@ class LocalStore:
         try:
             with self._lock:
                 db = self._open()
+                marks: dict[int, bytes] = {}
                 for p, keys in [*tails.items(), *wholes.items()]:
                     # One batch a partition: each is atomic, with its mark.
                     batch = WriteBatch(raw_mode=True)
                     if p in wholes:
                         batch.delete_range(tag(p), tag(p + 1))
                     self._batch(batch, p, ((key, latest.get(key)) for key in keys))
-                    batch.put(tag(p) + _MARK, orjson.dumps({"offset": ends[p], "at_ms": now_ms}))
+                    marks[p] = orjson.dumps({"offset": ends[p], "at_ms": now_ms})
+                    batch.put(tag(p) + _MARK, marks[p])
                     db.write(batch)
+                self._flushed(db, marks, ())
         except Exception as exc:
             self.broken(exc)
 
@@ -363,48 +415,64 @@ class LocalStore:
 
     # --- state writes ---------------------------------------------------------------------------
 
-    def put(self, written: list[tuple[int, bytes, bytes | None, Headers | None]]) -> None:
-        """Take one state write the broker acknowledged with its seal: its records (partition, key,
-        value, headers), in the partitions the store holds, and their marks moved to the changelog's
-        end asked now. A partition whose end cannot be asked loses its mark (read whole next time)."""
+    def put(self, written: list[Run]) -> None:
+        """Take one state write the broker acknowledged with its seal: its records (runs of a
+        partition's keys and values with their headers), in the partitions the store holds, and
+        their marks moved to the changelog's end asked now. A partition whose end cannot be asked
+        loses its mark (read whole next time). The runs are emptied as they are stored."""
         if self._unusable or not written:
             return
         self._serial.submit(self._put, written).result()
 
-    def _put(self, written: list[tuple[int, bytes, bytes | None, Headers | None]]) -> None:
-        partitions = {p for p, _, _, _ in written}
+    def _put(self, written: list[Run]) -> None:
         try:
             with self._lock:
                 db = self._open()
-                held = {p for p in partitions if db.get(tag(p) + _MARK) is not None}
+                held = {p for p, _, _, _ in written} & self._marks.keys()
                 if not held:
+                    written.clear()
                     return
                 ends = self._ends(held)
                 now_ms = int(time.time() * 1000)
+                marks = {p: orjson.dumps({"offset": ends[p], "at_ms": now_ms}) for p in held if p in ends}
+                # Batches of about _BATCH records, the marks in the last: a write lands in a few
+                # batches, so what the store holds past its marks until they move is records the
+                # changelog holds from the marks on (a restart reads them again from its tail).
                 batch = WriteBatch(raw_mode=True)
-                # The records of one write share their headers (its number): each is packed once.
+                # The records of a run share their headers: each run's are packed once.
                 heads: dict[object, bytes] = {}
-                tags = {p: tag(p) for p in held}
-                for p, key, value, headers in written:
-                    prefix = tags.get(p)
-                    if prefix is None:
-                        continue
-                    if value is None:
-                        batch.delete(prefix + key)
+                written.reverse()
+                while written:
+                    p, headers, keys, values = written.pop()  # the run is let go as it is stored
+                    if p not in held:
                         continue
                     shared = tuple(headers) if headers else ()
                     head = heads.get(shared)
                     if head is None:
                         head = heads[shared] = _head(headers)
-                    batch.put(prefix + key, head + value)
+                    for at in range(0, len(keys), _BATCH):
+                        _fill(batch, tag(p), head, keys[at:at + _BATCH], values[at:at + _BATCH])
+                        if batch.len() >= _BATCH:
+                            db.write(batch)
+                            batch = WriteBatch(raw_mode=True)
+                    del keys[:], values[:]
                 for p in held:
-                    if p in ends:
-                        batch.put(tag(p) + _MARK, orjson.dumps({"offset": ends[p], "at_ms": now_ms}))
+                    if p in marks:
+                        batch.put(tag(p) + _MARK, marks[p])
                     else:
                         batch.delete(tag(p) + _MARK)
                 db.write(batch)
+                self._flushed(db, marks, held - marks.keys())
         except Exception as exc:
             self.broken(exc)
+
+    def _flushed(self, db: Any, marks: dict[int, bytes], dropped: Iterable[int]) -> None:
+        """Note the marks written (`marks`) and deleted (`dropped`), and have RocksDB flush the writes
+        to a table file in its own threads (they skip the write-ahead log)."""
+        self._marks.update(marks)
+        for p in dropped:
+            self._marks.pop(p, None)
+        db.flush(wait=False)
 
     def forget(self, partitions: set[int]) -> None:
         """Drop the marks of `partitions` (a state write of theirs failed): read whole next time."""
@@ -418,7 +486,9 @@ class LocalStore:
                 batch = WriteBatch(raw_mode=True)
                 for p in partitions:
                     batch.delete(tag(p) + _MARK)
-                self._open().write(batch)
+                db = self._open()
+                db.write(batch)
+                self._flushed(db, {}, partitions)
         except Exception as exc:
             self.broken(exc)
 
