@@ -302,10 +302,10 @@ class LocalStore:
     def held(self) -> set[int]:
         """The partitions this store has a copy of (usable or not: `start` says), none if it cannot be read."""
         try:
-            db = self._open()
-            return {p for p in range(self.partitions) if db.get(tag(p) + _MARK) is not None}
+            self._open()
         except Exception:
             return set()
+        return set(self._marks)
 
     def start(self, p: int, low: int, high: int) -> int | None:
         """Return the changelog offset from which partition `p`'s tail is to be read, or None (with a
