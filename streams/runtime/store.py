@@ -31,7 +31,7 @@ from rules.state import SubscriberState
 from sinks.deadletters import DeadLetterSink
 from streams.runtime.changelog import CLOCK_PREFIX, HELD, OPENED, passes, reflects
 # The storage codec of a subscriber's record (and streams.runtime.states' of its state).
-from streams.runtime.codec import Head, decode_state as decode_state, encode_record as encode_record, scan_record
+from streams.runtime.codec import decode_state as decode_state, encode_record as encode_record, scan_record
 from streams.runtime.codec import encode_state as encode_state
 from streams.runtime.states import States
 
@@ -147,12 +147,8 @@ class Store:
     def index(self, p: int, key: bytes, state: SubscriberState) -> None:
         """Note whether `key` is watched (photographed), with its light, region and brand, and dated
         (a profile with a contract or birthday)."""
-        self._index(p, key, state, state.photo is not None,
-                    state.has_profile and (state.contract is not None or state.birthday is not None))
-
-    def _index(self, p: int, key: bytes, facts: SubscriberState | Head, watched: bool, dated: bool) -> None:
-        if watched:
-            facet = (facts.light, facts.region, facts.brand, steady_before_window(facts))
+        if state.photo is not None:
+            facet = (state.light, state.region, state.brand, steady_before_window(state))
             code = self._facets.get(facet)
             if code is None:
                 code = self._facets[facet] = len(self._facet_of)
@@ -160,6 +156,7 @@ class Store:
             self.watched[p][key] = code
         else:
             self.watched[p].pop(key, None)
+        dated = state.has_profile and (state.contract is not None or state.birthday is not None)
         (self.dated[p].add if dated else self.dated[p].discard)(key)
 
     def watched_facets(self, partitions: set[int]) -> dict[tuple[str | None, str | None, str | None], int]:
