@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 from faust.types import TP
 
@@ -13,6 +13,10 @@ from rules.tasks import Task
 
 if TYPE_CHECKING:
     from streams.runtime.store import Store
+
+# The generation a state preloaded before the first assignment is loaded for: none of the group's
+# (streams.runtime.reader `preload`).
+PRELOADED: Final = -(1 << 31)
 
 Headers = Sequence[tuple[str, bytes]] | None
 

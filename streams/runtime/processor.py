@@ -44,7 +44,7 @@ from streams.metrics import Metrics
 from streams.runtime.changelog import ChangelogWriter
 from streams.runtime.checkpoint import Checkpoint
 from streams.runtime.handoff import Handoff
-from streams.runtime.ports import Group, Headers, InputRecord, Source, TaskHandler
+from streams.runtime.ports import PRELOADED, Group, Headers, InputRecord, Source, TaskHandler
 from streams.runtime.progress import Progress
 from streams.runtime.sequencer import Sequencer
 from streams.runtime.suspects import Suspects
@@ -198,7 +198,7 @@ class Processor:
              ahead: dict[int, dict[bytes, dict[str, int]]] | None = None, store: Store | None = None) -> None:
         """Replace the state with what the changelog holds for partitions `owned` (after a rebalance),
         except partitions `kept` (of `keepable`), whose state, clock and indexes stay as they are;
-        or with `store`, of partitions `owned` (from `prebuild`).
+        or with `store`, of partitions `owned` but `kept` (from `prebuild`).
 
         `started` is when reading the changelog began (time.monotonic), for the log line; `ahead`:
         the subscribers ahead of their partition's clock (streams.runtime.recovery).
@@ -210,7 +210,7 @@ class Processor:
         if store is None:
             self.store.load(owned, data, self._changelog_name(), self.dead, ahead, kept=kept)
         else:
-            self.store.take(store, self.dead)
+            self.store.take(store, self.dead, kept)
         self.checkpoint.loaded(last_write)
         self.sequencer.rewinds.clear()
         # A day close that waited for its records to age (FRESH_MS) is not in the changelog: every
@@ -221,7 +221,7 @@ class Processor:
         if self.runner is not None:
             self.runner.reset()
         self.generation = generation
-        if store is not None:
+        if store is not None and generation == PRELOADED:
             log.info("took %d preloaded subscribers of partitions %s", len(self.store.states), sorted(owned))
             return
         how = f"; kept in memory {sorted(kept)}, read from the changelog {sorted(owned - kept)}" if kept else ""

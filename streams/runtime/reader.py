@@ -41,7 +41,7 @@ from faust.types import TP
 
 from rules.events import INPUT_TOPICS, PROFILES
 from streams import collector
-from streams.runtime.ports import Batches, Group
+from streams.runtime.ports import PRELOADED, Batches, Group
 from streams.runtime.outputs import read_outputs
 from streams.runtime.local import LocalStore
 from streams.runtime.recovery import read_changelog
@@ -58,10 +58,6 @@ TICK_INTERVAL_S = 10.0
 CHUNK_BYTES = 256 * 1024
 # How long a partition's first records wait for a topic that has records but sent none yet.
 START_WAIT_S = 10.0
-
-
-# The generation a preloaded state is loaded for: none of the group's (streams.runtime.reader `_preload_local`).
-PRELOADED = -(1 << 31)
 
 
 @dataclass
@@ -308,9 +304,15 @@ class Reader:
                                              local=self.local, refresh_later=refreshes))
         if stale() or self.group.generation != generation:
             return  # a rebalance came while reading: the next assignment loads again
-        self.processor.load(owned, data, generation, started=started, last_write=max(writes.values(), default=0),
-                            kept=kept, ahead=ahead)
-        del data
+        # Indexed in a thread (the event loop answers /health and /metrics meanwhile), unless the
+        # records need more than that (an unreadable one): then here, as the load dead-letters them.
+        prebuilt = await loop.run_in_executor(
+            None, self.processor.prebuild, owned - kept, data, ahead) if owned - kept else None
+        if stale() or self.group.generation != generation:
+            return
+        self.processor.load(owned, {} if prebuilt is not None else data, generation, started=started,
+                            last_write=max(writes.values(), default=0), kept=kept, ahead=ahead, store=prebuilt)
+        del data, prebuilt
         for refresh in refreshes:
             refresh()
         # What this state's records produced before a crash is on the output topics already.

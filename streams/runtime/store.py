@@ -357,14 +357,36 @@ class Store:
         log.error("the state of subscriber %s in %s/%d cannot be read (%s): it starts empty",
                   mask(key.decode("utf-8", "replace")), self._changelog, p, type(exc).__name__)
 
-    def take(self, other: Store, dead: DeadLetterSink) -> None:
-        """Hold what `other`, loaded apart (streams.runtime.reader's preload, in a thread), holds, in
-        place of what this store held; a state that fails to decode goes to `dead`."""
-        self.clocks, self.watched, self.dated, self.ahead = other.clocks, other.watched, other.dated, other.ahead
-        self._facets, self._facet_of = other._facets, other._facet_of
-        self.states.cold, self.states.hot = other.states.cold, other.states.hot
-        self.dirty, self.dirty_clocks = other.dirty, other.dirty_clocks
+    def take(self, other: Store, dead: DeadLetterSink, kept: set[int] | frozenset[int] = frozenset()) -> None:
+        """Hold what `other`, loaded apart (in a thread: streams.runtime.processor `prebuild`), holds,
+        in place of what this store held, except partitions `kept`, which stay as they are; a state
+        that fails to decode goes to `dead`. `other` has nothing to write (`prebuild` says so)."""
         self._dead, self._changelog = dead, other._changelog
+        if not kept:
+            self.clocks, self.watched, self.dated, self.ahead = other.clocks, other.watched, other.dated, other.ahead
+            self._facets, self._facet_of = other._facets, other._facet_of
+            self.states.cold, self.states.hot = other.states.cold, other.states.hot
+            self.dirty, self.dirty_clocks = other.dirty, other.dirty_clocks
+            return
+        self.drop((set(self.clocks) | set(self.watched)) - kept)
+        self.dirty.clear()
+        self.dirty_clocks.clear()
+        code_of = [self._code(facet) for facet in other._facet_of]  # its facets' codes here
+        for p, codes in other.watched.items():
+            self.watched[p] = {key: code_of[code] for key, code in codes.items()}
+        self.dated.update(other.dated)
+        self.clocks.update(other.clocks)
+        self.ahead = {**{p: keys for p, keys in self.ahead.items() if p in kept}, **other.ahead}
+        self.states.cold.update(other.states.cold)
+        for key, state in other.states.hot.items():
+            self.states.keep(key, state)
+
+    def _code(self, facet: Facet) -> int:
+        code = self._facets.get(facet)
+        if code is None:
+            code = self._facets[facet] = len(self._facet_of)
+            self._facet_of.append(facet)
+        return code
 
     def drop(self, partitions: set[int]) -> None:
         """Forget partitions `partitions` (let go in a rebalance): their clocks, indexes and states."""

@@ -309,3 +309,34 @@ def test_a_state_the_load_took_unread_that_fails_to_decode_is_dead_lettered_once
     assert b"2" in store.dirty[0]  # its record becomes a tombstone at the next write
     store.states.get(b"2")
     assert len(outbox.queued) == 1
+
+
+def test_a_store_loaded_apart_is_taken_beside_the_partitions_kept() -> None:
+    """The assignment's load indexes in a thread, into a store of its own (Processor.prebuild); the
+    worker's store takes it beside the partitions it kept, whose states and lights stay as they were."""
+    from streams.runtime.store import partition_of
+
+    def subscriber(light: str, region: str) -> bytes:
+        s = SubscriberState()
+        run(s, profile(photo=Photo("2026-09", 30_000, 6_000), region=region))
+        s.light = light  # type: ignore[assignment]
+        return encode_state(s)
+
+    keys = [f"1390000{i:04d}".encode() for i in range(40)]
+    by_p = {p: [k for k in keys if partition_of(k, 2) == p] for p in (0, 1)}
+    assert by_p[0] and by_p[1]
+    async def send(*_: object) -> None:
+        return None
+
+    mine, outbox = Store(2), Outbox(send)
+    mine.load({0, 1}, {p: {k: subscriber("green", "zunyi") for k in by_p[p]} for p in (0, 1)}, "state-changelog",
+              DeadLetterSink(outbox, "churn.deadletter"))
+    apart = Store(2)
+    apart.load({1}, {1: {k: subscriber("red", "guiyang") for k in by_p[1]}}, "state-changelog",
+               DeadLetterSink(outbox, "churn.deadletter"))
+    mine.take(apart, DeadLetterSink(outbox, "churn.deadletter"), kept={0})
+    assert mine.watched_facets({0}) == {("green", "zunyi", "gotone"): len(by_p[0])}
+    assert mine.watched_facets({1}) == {("red", "guiyang", "gotone"): len(by_p[1])}
+    assert all(mine.states.get(k).region == "zunyi" for k in by_p[0])  # type: ignore[union-attr]
+    assert all(mine.states.get(k).light == "red" for k in by_p[1])  # type: ignore[union-attr]
+    assert set(mine.clocks) == {0, 1} and outbox.queued == []
