@@ -93,8 +93,10 @@ def previous_window(state: SubscriberState, open_day: date, window_days: int) ->
     return fen, sec
 
 
-def _last_usage(state: SubscriberState, o: int, last_use_ord: int) -> int | None:
-    """The latest local day before ordinal `o` with usage, as far as the state still tells it."""
+def _last_usage(state: SubscriberState, o: int, last_use_ord: int, window_days: int) -> int | None:
+    """The latest local day before ordinal `o` with usage, as far as the state still tells it: its
+    usage memory, else its day buckets of the window before `o` (an older bucket is there or not
+    as the state was last pruned, which depends on whether usage came ahead of this close)."""
     if 0 < last_use_ord < o:
         return last_use_ord
     best = None
@@ -102,7 +104,8 @@ def _last_usage(state: SubscriberState, o: int, last_use_ord: int) -> int | None
     for k in state.day_off:  # the usage days with revenue or outgoing minutes, oldest first
         if first + k >= o:
             break
-        best = first + k
+        if first + k >= o - window_days:
+            best = first + k
     return best
 
 
@@ -132,7 +135,7 @@ def row(state: SubscriberState, open_day: date, rules: RuleSet, tz: ZoneInfo) ->
     # Usage the worker applied ahead of its day's close is left out (SubscriberState.use_ahead).
     in_sec, in_ord, last_use_ord = state.usage_memory(o)
     incoming = decayed(in_sec, in_ord, o - 1) / 60 if in_ord and in_ord < o else 0.0
-    last_use = _last_usage(state, o, last_use_ord)
+    last_use = _last_usage(state, o, last_use_ord, w)
     topup = state.topup_ord if 0 < state.topup_ord < o else None
     activated = state.activated_on
     contract = state.contract
