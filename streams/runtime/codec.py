@@ -17,7 +17,9 @@ A changelog record (`encode_record`, `decode_record`) is a state as above, or, f
 with parked records (rules.schedule.Parked: held for the watermark, or waiting for a profile),
 the byte 0x7F, the parked records as one orjson array (its length a varint) and then the state,
 if any: a subscriber's record says all there is of it at one instant, so that a crash between two
-records of a state write leaves every record whole (streams.runtime.recovery).
+records of a state write leaves every record whole (streams.runtime.recovery). A load reads only
+a record's head (`scan_record`: the scalar array, what the store indexes) and leaves the state
+to be decoded when first read.
 """
 
 from __future__ import annotations
