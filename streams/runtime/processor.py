@@ -179,10 +179,10 @@ class Processor:
 
     def prebuild(self, owned: set[int], data: dict[int, dict[bytes, bytes]],
                  ahead: dict[int, dict[bytes, dict[str, int]]]) -> Store | None:
-        """Load partitions `owned` into a store of their own, apart from this processor's (in a thread,
-        before the first assignment: streams.runtime.reader's preload); `load` takes it with `store`.
-        None when the records need more than a load (a record that cannot be read, parked records
-        of an older format): the assignment's own load reads them again and sees to them."""
+        """Load partitions `owned` into a store of their own, apart from this processor's (in a thread:
+        streams.runtime.reader's preload and assignments); `load` takes it with `store`. None when
+        the records need more than a load (a record that cannot be read, parked records of an older
+        format): `load` of the records themselves sees to them, in the event loop."""
         store = Store(self.settings.partitions, self.settings.hot_states)
         dead = DeadLetterSink(Outbox(self.outbox.send), DEADLETTER)
         store.load(owned, data, self._changelog_name(), dead, ahead)

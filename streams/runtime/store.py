@@ -148,12 +148,7 @@ class Store:
         """Note whether `key` is watched (photographed), with its light, region and brand, and dated
         (a profile with a contract or birthday)."""
         if state.photo is not None:
-            facet = (state.light, state.region, state.brand, steady_before_window(state))
-            code = self._facets.get(facet)
-            if code is None:
-                code = self._facets[facet] = len(self._facet_of)
-                self._facet_of.append(facet)
-            self.watched[p][key] = code
+            self.watched[p][key] = self._code((state.light, state.region, state.brand, steady_before_window(state)))
         else:
             self.watched[p].pop(key, None)
         dated = state.has_profile and (state.contract is not None or state.birthday is not None)
@@ -272,7 +267,6 @@ class Store:
         corrupt: list[tuple[int, bytes, bytes, str]] = []
         parked: dict[int, list[Parked]] = {}
         cold = self.states.cold
-        facets = self._facets
         for p, records in data.items():
             if p not in owned:
                 continue
@@ -298,12 +292,7 @@ class Store:
                 cold[key] = own  # decoded when first read (streams.runtime.states)
                 # `index`, inline: a new partition's indexes hold nothing yet.
                 if head.watched:
-                    facet = (head.light, head.region, head.brand, steady_before_window(head))
-                    code = facets.get(facet)
-                    if code is None:
-                        code = facets[facet] = len(self._facet_of)
-                        self._facet_of.append(facet)
-                    watched[key] = code
+                    watched[key] = self._code((head.light, head.region, head.brand, steady_before_window(head)))
                 if head.dated and head.has_profile:
                     dated.add(key)
         lost_clocks: set[int] = set()
@@ -382,6 +371,7 @@ class Store:
             self.states.keep(key, state)
 
     def _code(self, facet: Facet) -> int:
+        """The code of `facet` in the watched index (a new one for a facet not seen before)."""
         code = self._facets.get(facet)
         if code is None:
             code = self._facets[facet] = len(self._facet_of)
