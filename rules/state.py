@@ -105,18 +105,21 @@ def apply_usage(state: SubscriberState, event: Usage, *, open_day: date | None, 
     opened = o if open_day is None else open_day.toordinal()
     if o < opened - window_days:
         return "late_dropped"
+    # Before its partition's first day opens, the worker reads usage it cannot place yet against the
+    # closes to come (they start from that first day): it is all kept as if ahead of the open day.
+    ahead = open_day is None or o > opened
     seconds = 0
     if event.type == "voice":
         if event.direction == "out":
             seconds = event.seconds
-        elif event.seconds and o <= opened:
+        elif event.seconds and not ahead:
             if o == state.in_ord:  # the usual case: another call of the same day
                 state.in_sec += event.seconds
             else:
                 state.in_sec, state.in_ord = decayed_add(state.in_sec, state.in_ord, event.seconds, o)
     if event.charge_fen or seconds:
         state.add_to_day(o, event.charge_fen, seconds)
-    if o > opened:
+    if ahead:
         state.remember_ahead(o, event.seconds if event.type == "voice" and event.direction != "out" else 0)
     elif o > state.last_use_ord:
         state.last_use_ord = o
