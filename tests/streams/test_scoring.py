@@ -26,7 +26,9 @@ from rules import features
 from rules.risk import load_model
 from rules.ruleset import RULES_DIR, load_rule_set
 from rules.state import SubscriberState
+from rules.task_message import RISK_SCALE
 from streams.history import fold
+from streams.scoring import to_bp
 from streams.tools.replay import iter_file, replay
 from streams.settings import Settings
 from streams.tools.sim import SimConfig
@@ -101,9 +103,12 @@ def test_a_scored_worker_shows_risk_on_tasks_lights_and_subscribers_and_calls_th
     # a first judgement) and some later, from below.
     first = [r for (m, day), (light, r) in offline.items() if day == scored_days[0] and light == "green"]
     threshold = round(float(np.quantile(first, 0.9)), 4)
-    crossings = {(m, day) for (m, day), (light, r) in offline.items() if light == "green" and r >= threshold and (
+    # The worker keeps a risk in basis points and compares it so with the threshold: a risk of 0.12346
+    # is shown as 0.1235 and crosses 0.1235. The fold's risks are judged the same way.
+    limit = round(threshold * RISK_SCALE)
+    crossings = {(m, day) for (m, day), (light, r) in offline.items() if light == "green" and to_bp(r) >= limit and (
         day == scored_days[0] or day > scored_days[0]
-        and offline.get((m, day - timedelta(days=1)), (None, 1.0))[1] < threshold)}
+        and to_bp(offline.get((m, day - timedelta(days=1)), (None, 1.0))[1]) < limit)}
     assert any(day > scored_days[0] for _, day in crossings), "no crossing from below in the run"
 
     # The rule file names the model relative to its own folder; the worker runs elsewhere.
