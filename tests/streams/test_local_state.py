@@ -175,6 +175,28 @@ def test_a_store_of_another_deployment_is_emptied_and_not_read(tmp_path: Path,
     eight.close()
 
 
+def test_a_mark_older_than_a_day_is_used_only_when_nothing_was_written_after_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tombstone written after the mark may be compacted away a day later (delete.retention.ms):
+    an old copy with records after its mark could keep a subscriber the changelog deleted."""
+    import streams.runtime.local as local
+
+    settings = Settings(kafka="127.0.0.1:9", data_dir=tmp_path, partitions=4)
+    store = LocalStore(settings, "a-state-changelog")
+    store.refresh({b"13900000001": pack(b"state", [("w", b"3")])}, {}, {0: {b"13900000001"}}, {0: 7})
+    store.close()
+    store = LocalStore(settings, "a-state-changelog")
+    assert store.start(0, 0, 9) == 7  # young: the tail from 7 is read, deletions included
+    now = local.time.time()
+    monkeypatch.setattr(local.time, "time", lambda: now + 25 * 3600)
+    caplog.set_level(logging.INFO, "streams.runtime.local")
+    assert store.start(0, 0, 8) == 7  # old, but nothing after the mark: no deletion to miss
+    assert "stale" not in caplog.text
+    assert store.start(0, 0, 9) is None
+    assert re.search(r"/0: the local state is stale: it is 25\.0 h old", caplog.text)
+    store.close()
+
+
 def test_a_state_write_keeps_each_record_with_its_own_headers_and_deletes_tombstoned_keys(
         settings: Settings) -> None:
     ensure_topics(settings)
