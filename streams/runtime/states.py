@@ -95,13 +95,9 @@ class States:
         else:
             self._keep(key, state)
 
-    def put(self, key: bytes, data: bytes, state: SubscriberState | None = None) -> None:
-        """Take the serialised state of `key` as loaded (the changelog's value), and `state`, its
-        decoding, when there is one at hand: that one is kept decoded while the cache has room."""
-        if state is not None and len(self.hot) < self.hot_max:
-            self.cold.pop(key, None)
-            self.hot[key] = state
-            return
+    def put(self, key: bytes, data: bytes) -> None:
+        """Take the serialised state of `key` as a load gives it (the changelog's value), to be
+        decoded when first read. (streams.runtime.store's load fills `cold` so, inline.)"""
         self.hot.pop(key, None)
         self.cold[key] = data
 
