@@ -272,9 +272,21 @@ class SubscriberState:
 
     def remember_ahead(self, day: int, in_sec: int) -> None:
         """Remember usage of local day ordinal `day`, after the open day, until that day opens."""
-        ahead = dict(self.use_ahead)
-        ahead[day] = ahead.get(day, 0) + in_sec
-        self.use_ahead = tuple(sorted(ahead.items()))
+        ahead = self.use_ahead
+        if not ahead:
+            self.use_ahead = ((day, in_sec),)
+            return
+        last, last_sec = ahead[-1]
+        if last == day:  # the usual case: another event of the latest day read
+            if in_sec:
+                self.use_ahead = (*ahead[:-1], (day, last_sec + in_sec))
+            return
+        if last < day:
+            self.use_ahead = (*ahead, (day, in_sec))
+            return
+        merged = dict(ahead)
+        merged[day] = merged.get(day, 0) + in_sec
+        self.use_ahead = tuple(sorted(merged.items()))
 
     def _settle_ahead(self, open_ord: int) -> None:
         """Take the usage of the days now open into the memory, as if it had come on time."""

@@ -472,3 +472,14 @@ def test_topups_complaints_and_port_out_requests_are_remembered() -> None:
     run(s, life("port_out_request", at(OPEN)))
     run(s, life("port_out_request", at(OPEN)))  # a resend
     assert s.port_requests == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(739_000, 739_040), st.integers(0, 3600)), max_size=60))
+def test_usage_remembered_ahead_is_one_sum_a_day_in_day_order(usage: list[tuple[int, int]]) -> None:
+    s = SubscriberState()
+    want: dict[int, int] = {}
+    for day, seconds in usage:
+        s.remember_ahead(day, seconds)
+        want[day] = want.get(day, 0) + seconds
+    assert s.use_ahead == tuple(sorted(want.items()))
