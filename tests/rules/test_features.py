@@ -232,9 +232,10 @@ def test_usage_the_worker_reads_ahead_of_a_day_close_is_not_seen_by_that_close(e
 @given(histories(), st.integers(-20, 5))
 def test_usage_read_before_the_partitions_first_day_opened_is_not_seen_by_an_earlier_close(
         events: list[Event], back: int) -> None:
-    """A worker's partition opens its first day only once every input topic has given a record; the
-    usage read before that (a replay's backlog can hold weeks of it) is not seen by the closes of
-    the days before it, which come later (found in CI: incoming_share 0 at the first scored close)."""
+    """A worker's partition opens its first day once its watermark starts, which waits for every
+    input topic's first record and for the profiles topic's records left to read; the usage read
+    before that (a replay's backlog can hold weeks of it) is not seen by the closes of the days
+    before it, which come later (found in CI: incoming_share 0 at the first scored close)."""
     close = OPEN + timedelta(days=back)
 
     def own_day(e: Event) -> date | None:
