@@ -15,12 +15,14 @@ bounded number decoded.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import date
 from typing import Any
 
+import numpy as np
 import orjson
 from aiokafka.partitioner import murmur2
 
@@ -49,6 +51,42 @@ Offsets = dict[str, int]
 def partition_of(key: bytes, partitions: int) -> int:
     """Return the partition Kafka's default (murmur2) partitioner gives `key`."""
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def partitions_of(keys: Sequence[bytes], partitions: int) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """Return `partition_of` of every key, computed over all keys of one length at once (numpy):
+    a partition let go in a rebalance drops its subscribers while the others wait, and the
+    per-key murmur2 took 3.5 us a key."""
+    out = np.empty(len(keys), dtype=np.int64)
+    if not keys:
+        return out
+    lengths = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+    m = np.uint32(0x5BD1E995)
+    for length in np.unique(lengths).tolist():
+        at = np.flatnonzero(lengths == length)
+        group = keys if len(at) == len(keys) else [keys[i] for i in at.tolist()]
+        data = np.frombuffer(b"".join(group), dtype=np.uint8).reshape(len(at), length).astype(np.uint32)
+        h = np.full(len(at), 0x9747B28C ^ length, dtype=np.uint32)
+        for i in range(0, length - length % 4, 4):
+            k = data[:, i] | (data[:, i + 1] << 8) | (data[:, i + 2] << 16) | (data[:, i + 3] << 24)
+            k *= m
+            k ^= k >> 24
+            k *= m
+            h *= m
+            h ^= k
+        tail = length & ~3
+        if length % 4 >= 3:
+            h ^= data[:, tail + 2] << 16
+        if length % 4 >= 2:
+            h ^= data[:, tail + 1] << 8
+        if length % 4 >= 1:
+            h ^= data[:, tail]
+            h *= m
+        h ^= h >> 13
+        h *= m
+        h ^= h >> 15
+        out[at] = (h & 0x7FFFFFFF) % partitions
+    return out
 
 
 def clock_key(p: int) -> bytes:
@@ -386,6 +424,7 @@ class Store:
             self.clocks.pop(p, None)
             self.watched.pop(p, None)
             self.dated.pop(p, None)
-        n = self.partitions
-        for key in [k for k in self.states if partition_of(k, n) in partitions]:
+        keys = list(self.states)
+        gone = np.isin(partitions_of(keys, self.partitions), sorted(partitions))
+        for key in itertools.compress(keys, gone.tolist()):
             del self.states[key]

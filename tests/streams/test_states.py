@@ -11,6 +11,7 @@ from rules.ruleset import load_rule_set
 from rules.subscriber import SubscriberState
 from streams.runtime.codec import decode_state, encode_state
 from streams.runtime.states import States
+from streams.runtime.store import Store, partition_of, partitions_of
 from streams.settings import Settings
 from streams.tools import backtest
 from streams.tools.sim import SimConfig
@@ -99,3 +100,19 @@ def test_a_worker_with_a_tiny_cache_gives_the_lights_and_tasks_of_one_that_keeps
     assert tiny.changes == whole.changes
     assert [d.task.task_id for d in tiny.decisions] == [d.task.task_id for d in whole.decisions]
     assert (tiny.final_lights, tiny.events, tiny.watched) == (whole.final_lights, whole.events, whole.watched)
+
+
+@given(st.lists(st.binary(max_size=24), max_size=60), st.integers(1, 64))
+def test_partitions_of_many_keys_are_kafkas_default_partitioner(keys: list[bytes], partitions: int) -> None:
+    assert partitions_of(keys, partitions).tolist() == [partition_of(key, partitions) for key in keys]
+
+
+def test_a_store_drops_exactly_the_subscribers_of_the_partitions_let_go() -> None:
+    store = Store(4, 10)
+    keys = [b"1380000%04d" % i for i in range(400)] + [b"86138%d" % i for i in range(7)]
+    for key in keys:
+        store.states.put(key, encode_state(SubscriberState()))
+    for key in keys[::40]:
+        store.states.get(key)  # some decoded too
+    store.drop({1, 3})
+    assert sorted(store.states) == sorted(k for k in keys if partition_of(k, 4) in (0, 2))
