@@ -30,6 +30,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from streams.runtime.changelog import (
     CLOCK_PREFIX, OFFSETS_HEADER, OWN_OFFSETS_HEADER, WRITE_HEADER, Headers, passes, reflects, write_of,
 )
+from streams.runtime.claims import Claim, decode_claim, owner_key
 from streams.runtime.local import LocalStore, Record, StoreError, pack, value_of
 from streams.runtime.topic_end import TopicEndError, read_messages
 from streams.settings import Settings
@@ -78,8 +79,8 @@ class Sources:
 def read_changelog(settings: Settings, partitions: set[int], *, cancelled: Callable[[], bool] = lambda: False,
                    writes: dict[int, int] | None = None, local: LocalStore | None = None,
                    ahead: dict[int, dict[bytes, dict[str, int]]] | None = None, ends: dict[int, int] | None = None,
-                   only_local: bool = False,
-                   refresh_later: list[Callable[[], None]] | None = None) -> dict[int, dict[bytes, bytes]]:
+                   only_local: bool = False, refresh_later: list[Callable[[], None]] | None = None,
+                   waits: Callable[[int, Claim | None], bool] | None = None) -> dict[int, dict[bytes, bytes]]:
     """Return per partition of `partitions` the latest value of each key of the changelog (tombstones removed).
 
     `writes`, when given, receives per partition the number of the newest state write seen;
@@ -100,7 +101,16 @@ def read_changelog(settings: Settings, partitions: set[int], *, cancelled: Calla
     started = time.monotonic()
     topic = changelog_topic(settings)
     sources = Sources()
-    folded = fold(_records(settings, topic, partitions, sources, local, cancelled, only_local))
+    folded = Folded()
+    hold: Callable[[tuple[str, int]], bool] | None = None
+    if waits is not None:
+        asks = waits
+
+        def hold(where: tuple[str, int]) -> bool:
+            # The fold has taken every record before the end of the partition: its latest claim is the last one.
+            packed = folded.latest.get(where[1], {}).get(owner_key(where[1]))
+            return asks(where[1], decode_claim(None if packed is None else value_of(packed)))
+    fold(_records(settings, topic, partitions, sources, local, cancelled, only_local, hold), folded)
     if cancelled():
         return {}
     log.info("read partitions %s of %s in %.2f s: %s", sorted(partitions), topic, time.monotonic() - started,
@@ -131,10 +141,11 @@ def describe(sources: Sources) -> str:
     return "; ".join(parts) or "nothing to read"
 
 
-def fold(records: Iterable[Record]) -> Folded:
+def fold(records: Iterable[Record], out: Folded | None = None) -> Folded:
     """Keep the latest record of every key, a partition's records in changelog order; find the
-    keys a state write cut short left ahead of their partition's clock."""
-    out = Folded()
+    keys a state write cut short left ahead of their partition's clock (into `out` when given,
+    which a reader of the records may look at meanwhile)."""
+    out = Folded() if out is None else out
     latest = out.latest
     newest = out.writes
     # Per partition: the offsets of the latest record of each key written since its last clock
@@ -207,7 +218,8 @@ def fold(records: Iterable[Record]) -> Folded:
 
 
 def _records(settings: Settings, topic: str, partitions: set[int], sources: Sources, local: LocalStore | None,
-             cancelled: Callable[[], bool], only_local: bool = False) -> Iterator[Record]:
+             cancelled: Callable[[], bool], only_local: bool = False,
+             hold: Callable[[tuple[str, int]], bool] | None = None) -> Iterator[Record]:
     """Yield the records to fold: per partition the local store's (where usable), then the changelog
     from the local copy's offset, or from its beginning (streams.runtime.topic_end; not with
     `only_local`)."""
@@ -243,7 +255,7 @@ def _records(settings: Settings, topic: str, partitions: set[int], sources: Sour
     finally:
         consumer.close()
     messages = read_messages(settings, {topic: sources.local | sources.whole}, group_id=group, starts=starts,
-                             cancelled=cancelled, stall_s=STALL_S, batch=20000, config=READ_CONFIG)
+                             cancelled=cancelled, stall_s=STALL_S, batch=20000, config=READ_CONFIG, hold=hold)
     # Per distinct headers (the records of one state write share theirs): their packed block and one
     # list of them, which the records share (the fold reads a write's headers once).
     shapes: dict[tuple[tuple[str, str | bytes | None], ...], tuple[bytes, Headers]] = {}

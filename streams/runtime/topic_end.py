@@ -69,8 +69,8 @@ def read_to_end(settings: Settings, topics: Mapping[str, Collection[int] | None]
 def read_messages(settings: Settings, topics: Mapping[str, Collection[int] | None], *, group_id: str,
                   starts: Mapping[Where, int] | None = None, cancelled: Callable[[], bool] = _never,
                   stall_s: float = STALL_S, settle_s: float = 0.0, batch: int = 10000,
-                  config: Mapping[str, Any] | None = None,
-                  begun: dict[Where, int] | None = None) -> Iterator[Message]:
+                  config: Mapping[str, Any] | None = None, begun: dict[Where, int] | None = None,
+                  hold: Callable[[Where], bool] | None = None) -> Iterator[Message]:
     """Yield the records (confluent_kafka.Message) of `topics` from `starts` to their end.
 
     A topic that does not exist has no records. Stops once every partition has signalled its end
@@ -79,6 +79,9 @@ def read_messages(settings: Settings, topics: Mapping[str, Collection[int] | Non
     with what it yielded, once `cancelled()` says so. Raises TopicEndError when no record came for
     `stall_s` while a partition is short of its end. `begun`, when given, receives per partition
     the offset its reading began at. `config` adds to the consumer's configuration (fetch sizes).
+    `hold`, when given, is asked at each end of a partition, and again at every consume while it
+    said yes, whether to wait there for more records (it decides when to stop waiting: no stall is
+    raised meanwhile).
     """
     conf = client_config(settings)
     conf.update({
@@ -106,9 +109,12 @@ def read_messages(settings: Settings, topics: Mapping[str, Collection[int] | Non
         # An empty partition too: records may come while the read settles.
         consumer.assign([TopicPartition(topic, p, offset) for (topic, p), offset in first.items()])
         last_record = last_progress = time.monotonic()
+        held: set[Where] = set()
         while not cancelled():
             now = time.monotonic()
-            if not pending and now - last_record >= settle_s:
+            if held and hold is not None:
+                held = {where for where in held if hold(where)}
+            if not pending and not held and now - last_record >= settle_s:
                 return
             messages = consumer.consume(batch, WAIT_S)
             if messages:
@@ -121,12 +127,15 @@ def read_messages(settings: Settings, topics: Mapping[str, Collection[int] | Non
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
                         pending.discard(where)
+                        if hold is not None and hold(where):
+                            held.add(where)
                     else:
                         log.warning("reading %s/%d: %s", *where, err)
                     continue
                 if cast(int, m.offset()) < first[where]:
                     continue  # before the start (a broker that answers with the whole record batch)
                 pending.add(where)
+                held.discard(where)
                 last_record = time.monotonic()
                 yield m
     finally:
