@@ -18,6 +18,7 @@ from rules.events import MSISDN_RE
 from rules.ruleset import RuleSet
 from streams.auth import Authenticator
 from streams.runtime.changelog import ChangelogWriter
+from streams.runtime.claims import Claims
 from streams.runtime.local import LocalStore
 from streams.faults import Faults
 from streams.metrics import Metrics
@@ -97,6 +98,24 @@ class FaustGroup:
         """The partitions Faust assigned this worker (of the ticks topic)."""
         return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.ticks_topic}
 
+    @property
+    def me(self) -> str:
+        return str(self.app.conf.canonical_url)
+
+    @property
+    def member(self) -> bool:
+        # aiokafka resets its generation when the coordinator no longer knows the member (its
+        # session expired); a rebalance the member takes part in keeps it until the new one.
+        try:
+            generation = self.app.consumer._thread._ensure_consumer()._coordinator.generation
+        except Exception:
+            return False
+        return bool(generation != -1)
+
+    def members(self) -> set[str]:
+        # Every member's URL with its share of the assignment (Faust's, for topic_route), empty shares too.
+        return set(self.app.assignor.external_topic_distribution)
+
 
 def _window_days(processor: Processor, rules: RuleSet, msisdn: str, found: dict[str, Any]) -> None:
     """Add the window's daily figures and the rule set's thresholds to a /subscribers answer."""
@@ -161,8 +180,9 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
     faults = Faults(settings.fault)
     group = FaustGroup(app, settings.topic(TICKS))
     reader = Reader(settings, group)
-    reader.local = local
-    processor = Processor(settings, metrics, rules, group=group, source=reader, send=sender.enqueue,
+    reader.local, reader.claims = local, Claims(group, changelog, faults)
+    # The processor's partitions are those the reader reads: through a rebalance too (streams.runtime.claims).
+    processor = Processor(settings, metrics, rules, group=reader, source=reader, send=sender.enqueue,
                          changelog=changelog, outcomes=outcomes, output_ends=sender.ends, faults=faults)
     reader.attach(processor)
     queries = Queries(processor)
@@ -237,7 +257,7 @@ def create_app(settings: Settings, metrics: Metrics, rules: RuleSet,
             totals: dict[str, int] = {}
             for (light, _, _), n in counts.items():
                 totals[light] = totals.get(light, 0) + n
-            return self.json({"partitions": sorted(group.owned()), "totals": totals, "counts": rows})
+            return self.json({"partitions": sorted(processor.owned()), "totals": totals, "counts": rows})
 
     def authenticated(view: Any) -> Any:
         # Checked before the request is routed to the owner (which checks the forwarded header again).

@@ -24,6 +24,8 @@ POINTS: Final = (
     "state_record",      # a state write's records up to this one with the broker (n counts them all)
     "state_before_clock",  # a partition's records of a state write with the broker, its clock record not
     "state_written",     # a state write acknowledged by the broker
+    "claimed",           # a worker's claims of the partitions it loaded with the broker, no input read
+    "released",          # a worker's releases of the partitions it lost with the broker, their inputs still assigned
 )
 
 

@@ -80,6 +80,19 @@ class Group(Protocol):
         """The partitions assigned to this worker."""
 
 
+class Membership(Group, Protocol):
+    """What the reader also needs of the group: who this worker and the other members are."""
+
+    @property
+    def me(self) -> str: ...
+    @property
+    def member(self) -> bool:
+        """Whether this worker still holds its membership (False once the group dropped it)."""
+
+    def members(self) -> set[str]:
+        """The canonical URLs of the group's members in the current assignment."""
+
+
 class TaskHandler(Protocol):
     """The decision and delivery side of tasks (sinks.tasks.TaskSink; the backtest's MemoryTasks)."""
 
@@ -145,3 +158,6 @@ class Batches(Protocol):
 
     async def write_state(self, *, wait: bool = True) -> bool:
         """Write the state touched since the last write."""
+
+    async def flushed(self) -> None:
+        """Return once the broker has every state written so far."""

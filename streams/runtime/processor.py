@@ -168,6 +168,9 @@ class Processor:
     async def write_state(self, *, wait: bool = True) -> bool:
         return await self.checkpoint.write_state(wait=wait)
 
+    async def flushed(self) -> None:
+        await self.checkpoint.flushed()
+
     def keepable(self) -> set[int]:
         """The loaded partitions whose state in memory is all written to the changelog and
         acknowledged (none while a batch's effects or a write are pending): a rebalance that gives

@@ -9,15 +9,19 @@ reader loads those partitions' state from the changelog (streams.runtime.recover
 their input partitions at the state's own next offsets (the state records them with every
 write, so no committed offset is needed to resume) and hands the processor batches of records.
 
-Around a rebalance: Faust's revocation waits for the batch in flight, the state is written, and
-the reader lets the partitions go; after the new assignment it loads their state and assigns them.
-Faust's group protocol is eager (every partition is revoked at every rebalance): a partition that
-comes back to this worker keeps its state in memory, with no reload, when that state was all
-written and acknowledged at the revocation and the changelog's end is where it was right after
-that write (no other worker wrote it since); only the partitions new to the worker are read from
-the changelog.
+Around a rebalance: Faust's group protocol is eager (every partition is revoked at every
+rebalance), and Tansu answers a rejoin only after seconds. The reader reads its partitions on
+meanwhile; at the new assignment it writes the state, releases the partitions it lost and stops
+reading them, and goes on with the others untouched. A worker given a partition another member
+still claims waits for that member's release before it reads the partition (streams.runtime.claims).
+When it cannot read on (it lost its membership, or the new assignment is long in coming) the
+reader finishes the batch in flight, writes the state and lets every partition go; after the new
+assignment it loads their state and assigns them. A partition that comes back to this worker then
+keeps its state in memory, with no reload, when that state was all written and acknowledged as it
+was let go and the changelog's end is where it was right after that write (no other worker wrote
+it since); only the partitions new to the worker are read from the changelog.
 
-The module is over the size guide (about 590 lines, `Reader` about 480): the Reader is the one
+The module is over the size guide (about 810 lines, `Reader` about 690): the Reader is the one
 owner of the confluent-kafka consumer and of what it knows of it (assignment, pauses, ends of
 partitions, what was delivered), which the holding back of unstarted partitions and the
 throttling both change; split, they would share that state through a second object.
@@ -41,7 +45,8 @@ from faust.types import TP
 
 from rules.events import INPUT_TOPICS, PROFILES
 from streams import collector
-from streams.runtime.ports import PRELOADED, Batches, Group
+from streams.runtime.claims import Claim, Claims, decode_claim, owner_key
+from streams.runtime.ports import PRELOADED, Batches, Membership
 from streams.runtime.outputs import read_outputs
 from streams.runtime.local import LocalStore
 from streams.runtime.recovery import read_changelog
@@ -67,6 +72,7 @@ class Preloaded:
     store: Store
     marks: dict[int, int]
     last_write: int
+    claims: dict[int, Claim | None]  # the latest claim of each partition (streams.runtime.claims)
 
 
 class Record:
@@ -95,7 +101,7 @@ class Reader:
     # What the reader drives, given once built (it is the processor's source in turn: `attach`).
     processor: Batches
 
-    def __init__(self, settings: Settings, group: Group) -> None:
+    def __init__(self, settings: Settings, group: Membership) -> None:
         self.settings = settings
         self.group = group
         self.topics = [settings.topic(t) for t in INPUT_TOPICS]
@@ -103,6 +109,8 @@ class Reader:
         self.profiles_topic = settings.topic(PROFILES)
         # The worker's local store (streams.runtime.local), which a load reads before the changelog's tail.
         self.local: LocalStore | None = None
+        # This worker's claims of the partitions it reads (streams.runtime.claims; none without a changelog).
+        self.claims = Claims(group, None)
         conf = client_config(settings)
         conf.update({
             # Assigned by hand, never subscribed: the group id only names the client to the broker.
@@ -161,6 +169,11 @@ class Reader:
         # Whether a read since the last assignment found nothing more to take (streams.runtime.processor
         # looks at the loaded partitions' days again only then).
         self.caught_up = False
+        # The latest claim of each partition the preload read.
+        self._preload_claims: dict[int, Claim | None] = {}
+        # Since when the reader reads on through a rebalance (None: not doing so), and for how long at most.
+        self._through_since: float | None = None
+        self._through_s = settings.session_timeout_s + settings.rebalance_timeout_s
 
     def attach(self, processor: Batches) -> None:
         """Hand the batches to `processor`."""
@@ -236,19 +249,55 @@ class Reader:
     def consuming(self) -> bool:
         return not self._revoked and not self._stopping
 
+    # --- the group as the processor sees it: the partitions read now ----------------------------
+
+    @property
+    def rebalancing(self) -> bool:
+        return self.group.rebalancing
+
+    def owned(self) -> set[int]:
+        """The partitions whose inputs the reader reads (through a rebalance too)."""
+        return {tp.partition for tp in self.assigned}
+
     # --- the loop ------------------------------------------------------------------------------
 
     async def on_revoked(self) -> None:
-        """Faust is revoking partitions: finish the batch in flight, then let every partition go.
-        (Before the worker first joins its group, with none: the local store's preload starts.)"""
+        """Faust is revoking partitions: read them on until the new assignment says which stay
+        (`_hand_over`); or, when this worker lost its membership or reads nothing loaded, finish
+        the batch in flight and let every partition go. (Before the worker first joins its group,
+        with none: the local store's preload starts.)"""
         self.preload()
-        self._revoked = True
         self._revocations += 1
+        if self._stopping:
+            return  # the stop wrote the state and released the partitions
+        async with self.claims.writing:
+            pass  # claims being written land first
+        if self.assigned and not self._revoked and self.generation is not None:
+            if self.group.member:
+                if self._through_since is None:
+                    self._through_since = time.monotonic()
+                log.info("the group is rebalancing: the reader reads partitions %s on until the new assignment",
+                         sorted(self.owned()))
+                return
+            # The group dropped this worker (its session expired): others may read its partitions
+            # already, without waiting for a release. It stops at once and releases none.
+            log.warning("this worker is no longer a member of its group: it stops reading partitions %s",
+                        sorted(self.owned()))
+            self.claims.held.clear()
+        await self._let_go(release=False)
+
+    async def _let_go(self, *, release: bool) -> None:
+        """Finish the batch in flight, write the state, let every input partition go (and with
+        `release`, release the claimed ones: their next owner waits for nothing else)."""
+        self._revoked = True
+        self._through_since = None
         await self._idle.wait()
         if self.assigned:
             # The next owner starts from the changelog: it must hold everything applied here.
             self._marks = {}
             written = await self.processor.write_state()
+            if release and written:
+                await self._release(set(self.claims.held))
             self.consumer.unassign()
             log.info("the reader let %d input partitions go", len(self.assigned))
             if written:
@@ -264,6 +313,60 @@ class Reader:
         self.eof.clear()
         self._held, self._paused, self._waiting_since, self._throttled = [], set(), {}, set()
         self._backlog = []
+
+    async def _release(self, partitions: set[int]) -> None:
+        """Release `partitions` once the state written before is with the broker (its seal stays last)."""
+        if partitions:
+            await self.processor.flushed()
+            await self.claims.release(partitions)
+
+    async def _hand_over(self, owned: set[int], generation: int | None, started: float) -> bool:
+        """After reading on through a rebalance: write the state, release the partitions this
+        worker lost and stop reading them; the others read on, untouched. True when that is all;
+        False when partitions new to this worker are to be loaded (every partition let go, the
+        kept ones with their marks, as after a revocation)."""
+        reading = self.owned()
+        lost, new, kept = reading - owned, owned - reading, reading & owned
+        gone = {tp for tp in self.assigned if tp.partition in lost}
+        log.info("the reader let %d input partitions go (partitions %s) and reads partitions %s on",
+                 len(gone), sorted(lost), sorted(kept))
+        began = time.monotonic()
+        written = await self.processor.write_state()
+        if written:
+            await self._release(lost)
+        if new or not written:
+            if not written:
+                log.warning("the state could not be written (a batch failed): every partition is loaded again")
+            loop = asyncio.get_running_loop()
+            self._marks = await loop.run_in_executor(None, self._changelog_ends, kept) if written else {}
+            self._revoked = True
+            self.consumer.unassign()
+            self.assigned = set()
+            self.delivered.clear()
+            self.eof.clear()
+            self._held, self._paused, self._waiting_since, self._throttled = [], set(), {}, set()
+            self._backlog = []
+            return False
+        if gone:
+            self.consumer.incremental_unassign([TopicPartition(tp.topic, tp.partition) for tp in gone])
+        self.assigned -= gone
+        for tp in gone:
+            self.delivered.pop(tp, None)
+            self.initial_high.pop(tp, None)
+            self.initial_low.pop(tp, None)
+        self.eof -= gone
+        self._paused -= gone
+        self._throttled -= gone
+        self._held = [r for r in self._held if r.partition not in lost]
+        self._backlog = [r for r in self._backlog if r.partition not in lost]
+        for p in lost:
+            self._waiting_since.pop(p, None)
+        self.processor.load(kept, {}, generation, started=started, kept=kept)
+        self.generation = generation
+        self._marks = {}
+        log.info("the reader reads partitions %s of %d input topics from the state's offsets (ready in %.3f s: "
+                 "read on through the rebalance)", sorted(kept), len(self.topics), time.monotonic() - began)
+        return True
 
     def _ready(self) -> bool:
         return not self.group.rebalancing
@@ -283,7 +386,13 @@ class Reader:
         def stale() -> bool:
             return self._revocations != revocations or self._stopping
 
+        if self._through_since is not None:
+            self._through_since = None
+            if await self._hand_over(owned, generation, started):
+                return
         await self._take_preload()
+        # Claimed here and not owned now (a load cut short, a failed batch): read here no more.
+        await self._release(self.claims.held - owned)
         # Partitions that come back with their state in memory whole and nothing written to their
         # changelog since this worker wrote it (or read it) stay as they are; the others are read.
         # (A rebalance before this assignment is done keeps the marks: nothing was read since.)
@@ -294,14 +403,22 @@ class Reader:
         if candidates - kept:
             log.info("partitions %s were written by another worker since this one let them go (or read them): "
                      "read again", sorted(candidates - kept))
+        # A preloaded partition that another member still claims is read once that member releases it.
+        claims, self._preload_claims = self._preload_claims, {}
+        busy = self.claims.busy(kept, claims)
+        if busy:
+            log.info("partitions %s of the local store are still claimed by another worker: read once released",
+                     sorted(busy))
+            kept -= busy
         writes: dict[int, int] = {}
         ahead: dict[int, dict[bytes, dict[str, int]]] = {}
         data: dict[int, dict[bytes, bytes]] = {}
         refreshes: list[Callable[[], None]] = []  # the local store's, once the state is loaded
         if owned - kept:
+            waits = self.claims.waits(stale, 2 * self._through_s)
             data = await loop.run_in_executor(
                 None, lambda: read_changelog(self.settings, owned - kept, cancelled=stale, writes=writes, ahead=ahead,
-                                             local=self.local, refresh_later=refreshes))
+                                             local=self.local, refresh_later=refreshes, waits=waits))
         if stale() or self.group.generation != generation:
             return  # a rebalance came while reading: the next assignment loads again
         # Indexed in a thread (the event loop answers /health and /metrics meanwhile), unless the
@@ -315,6 +432,13 @@ class Reader:
         del data, prebuilt
         for refresh in refreshes:
             refresh()
+        # Claimed before any input is read (and after the local store took what was read: its
+        # marks must not pass records it does not hold).
+        async with self.claims.writing:
+            if stale() or self.group.generation != generation:
+                return
+            await self.processor.flushed()
+            await self.claims.claim(owned - self.claims.held)
         # What this state's records produced before a crash is on the output topics already.
         loaded_at = time.monotonic()
         published, ends = await loop.run_in_executor(
@@ -397,7 +521,8 @@ class Reader:
             return None
         log.info("preloaded %d subscribers of partitions %s from the local store in %.2f s",
                  len(store.states), sorted(data), time.monotonic() - started)
-        return Preloaded(store, {p: ends[p] for p in data if p in ends}, max(writes.values(), default=0))
+        claims = {p: decode_claim(records.get(owner_key(p))) for p, records in data.items()}
+        return Preloaded(store, {p: ends[p] for p in data if p in ends}, max(writes.values(), default=0), claims)
 
     async def _take_preload(self) -> None:
         """Take the preload's state (`_preload_local`), once it is done, before the first assignment's load."""
@@ -412,6 +537,7 @@ class Reader:
         if done is not None:
             self.processor.load(set(done.store.clocks), {}, PRELOADED, last_write=done.last_write, store=done.store)
             self._marks = done.marks
+            self._preload_claims = done.claims
 
     def _changelog_ends(self, partitions: set[int]) -> dict[int, int]:
         """Ask the broker for the changelog's high watermark of each of `partitions` (absent: no answer)."""
@@ -431,15 +557,29 @@ class Reader:
         batch_max, within = self.settings.batch_max, self.settings.batch_within_s
         while not self._stopping:
             if not self._ready():
-                await asyncio.sleep(0.05)
-                continue
-            if self.generation != self.group.generation:
+                if self._through_since is None or self._revoked or not self.assigned:
+                    await asyncio.sleep(0.05)
+                    continue
+                if time.monotonic() - self._through_since > self._through_s:
+                    # A rebalance this long is not the usual rejoin: stop reading, so that nothing
+                    # of a partition given to another worker is processed past its wait (`Claims.waits`).
+                    log.warning("no new assignment %.0f s after the revocation: the reader lets its partitions "
+                                "go meanwhile", self._through_s)
+                    try:
+                        await self._let_go(release=True)
+                    except Exception:
+                        log.exception("letting the partitions go failed; they are loaded again at the assignment")
+                        self.generation = None
+                    continue
+            elif self.generation != self.group.generation:
                 try:
                     await self._assign()
                 except Exception:
                     log.exception("loading the state failed; trying again")
                     await asyncio.sleep(1.0)
                 continue
+            else:
+                self._through_since = None  # a rebalance that left the generation as it was
             if self._revoked or not self.assigned:
                 await asyncio.sleep(0.05)
                 continue
@@ -475,6 +615,7 @@ class Reader:
                 # A batch that failed is read again: the state's offsets were not advanced past it.
                 log.exception("a batch failed; reading its partitions again from the state's offsets")
                 self.generation = None
+                self._through_since = None  # its effects in memory are partial: nothing is read on
                 await asyncio.sleep(1.0)
             finally:
                 self._idle.set()
@@ -623,8 +764,9 @@ class Reader:
         if self.assigned:
             try:
                 # Unless the last batch was given up (then its records are read again from the
-                # state written before it).
-                await asyncio.wait_for(self.processor.write_state(), grace_s)
+                # state written before it). Released once written: the next owner need not wait.
+                if await asyncio.wait_for(self.processor.write_state(), grace_s):
+                    await asyncio.wait_for(self._release(set(self.claims.held)), grace_s)
             except TimeoutError:
                 log.warning("the state touched since the last write did not reach the changelog within %.0f s of "
                             "the stop: its records are read again at the next start", grace_s)

@@ -253,13 +253,15 @@ def test_a_crash_between_publishing_a_task_and_marking_it_sent_changes_nothing_a
 @pytest.mark.faults
 @pytest.mark.parametrize("seed", [1, 2, 3])
 # task_released needs a rule set with a call-centre capacity: tests/streams/test_capacity_stream.py.
-@pytest.mark.parametrize("point", [p for p in POINTS if p != "task_released"])
+# A lone worker claims its partitions once and releases none: the rebalances below have those points.
+@pytest.mark.parametrize("point", [p for p in POINTS if p not in ("task_released", "claimed", "released")])
 def test_fault_battery(point: str, seed: int, reference: dict[int, Outputs], stack: EmbeddedStack,
                        tmp_path: Path) -> None:
     _check(f"{point}:{1 + seed}", seed, reference, stack, tmp_path)
 
 
-DISTURBANCES = ["redis_paused", "broker_paused", "second_worker_joins", "joiner_killed"]
+DISTURBANCES = ["redis_paused", "broker_paused", "second_worker_joins", "joiner_killed", "joiner_killed_at_claim",
+                "first_killed_at_release", "second_worker_joins_redis_paused"]
 
 
 @pytest.mark.faults
@@ -267,15 +269,18 @@ DISTURBANCES = ["redis_paused", "broker_paused", "second_worker_joins", "joiner_
 def test_outages_and_rebalances_change_nothing(disturbance: str, reference: dict[int, Outputs],
                                                stack: EmbeddedStack, tmp_path: Path) -> None:
     """The first half of the history read, the second half comes while Redis or the broker does
-    not answer for 8 s, while a second worker joins, or with a joiner killed (SIGKILL) at its second
-    state write: the outputs are the uninterrupted run's, nothing twice."""
+    not answer for 8 s, while a second worker joins (with Redis away meanwhile too), with a joiner
+    killed (SIGKILL) at its second state write or right after its claims, or with the first worker
+    killed right after releasing the partitions the joiner takes (and started again): the outputs
+    are the uninterrupted run's, nothing twice."""
     expected = _reference(0, reference, stack, tmp_path)
     settings = _tenant(stack, tmp_path, disturbance)
     records = _history(0)
     half = len(records) // 2
     client = _redis(settings)
     produce(settings, records[:half])
-    first = WorkerProc(settings, tmp_path / "first.log").start()
+    fault = "released:1" if disturbance == "first_killed_at_release" else None
+    first = WorkerProc(settings.model_copy(update={"fault": fault}), tmp_path / "first.log").start()
     others: list[WorkerProc] = []
     try:
         _settle(first, client, settings)
@@ -297,17 +302,41 @@ def test_outages_and_rebalances_change_nothing(disturbance: str, reference: dict
             produce(settings, records[half:])
             others.append(WorkerProc(settings.model_copy(update={"web_port": free_port()}),
                                      tmp_path / "second.log").start())
+        elif disturbance == "second_worker_joins_redis_paused":
+            # Redis stops as the rebalance begins and the second half comes: the first worker reads on
+            # through the rebalance, and its batches with tasks wait for Redis, so that it may hold the
+            # partitions it loses past the assignment (the joiner then waits for their release).
+            redis_server = stack._redis_proc
+            assert redis_server is not None
+            second = WorkerProc(settings.model_copy(update={"web_port": free_port()}), tmp_path / "second.log")
+            others.append(second.launch())
+            wait_for(lambda: "the group is rebalancing" in first.log(), timeout_s=60, what="the rebalance")
+            os.kill(redis_server.pid, signal.SIGSTOP)
+            try:
+                produce(settings, records[half:])
+                time.sleep(8.0)
+            finally:
+                os.kill(redis_server.pid, signal.SIGCONT)
+            second.wait_healthy(90)
+        elif disturbance == "first_killed_at_release":
+            produce(settings, records[half:])
+            others.append(WorkerProc(settings.model_copy(update={"web_port": free_port()}),
+                                     tmp_path / "second.log").launch())
+            assert first.proc is not None
+            assert first.proc.wait(120) == -9, "the first worker never released a partition"
+            first = WorkerProc(settings, tmp_path / "first.log").start()  # its own disk and port again
         else:
-            joiner = settings.model_copy(update={"web_port": free_port(), "fault": "state_written:2",
+            fault = "state_written:2" if disturbance == "joiner_killed" else "claimed:1"
+            joiner = settings.model_copy(update={"web_port": free_port(), "fault": fault,
                                                  "data_dir": tmp_path / "joiner"})
             with (tmp_path / "joiner.log").open("ab") as out:
                 proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"],
                                         env={**env_of(joiner), "PYTHONUNBUFFERED": "1"},
                                         stdout=out, stderr=subprocess.STDOUT)
-                wait_for(lambda: "the reader reads partitions" in (tmp_path / "joiner.log").read_text(),
-                         timeout_s=60, what="the joiner reading its partitions")
+                wait_for(lambda: proc.poll() is not None or "the reader reads partitions" in (
+                    tmp_path / "joiner.log").read_text(), timeout_s=60, what="the joiner reading its partitions")
                 produce(settings, records[half:])
-                assert proc.wait(120) == -9, "the joiner never reached its second state write"
+                assert proc.wait(120) == -9, f"the joiner never reached {fault}"
             # Until the group notices the joiner gone (its session timeout), its partitions wait.
             wait_for(lambda: first.get("/health")[1].get("partitions") == [0, 1, 2, 3], timeout_s=60,
                      what="the first worker owning every partition again")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,16 @@ from tests.streams import scripted_tasks as st
 TASK_TOPICS = ("retention.tasks.callcentre", "retention.tasks.sms")
 LOADED = re.compile(r"loaded \d+ subscribers of partitions \[([\d, ]*)\] in [\d.]+ s"
                     r"(?:; kept in memory \[([\d, ]*)\], read from the changelog \[([\d, ]*)\])?")
+
+
+STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO streams\.runtime\.claims: "
+RELEASED = re.compile(STAMP + r"released partitions \[([\d, ]*)\]", re.M)
+CLAIMED = re.compile(STAMP + r"claimed partitions \[([\d, ]*)\]", re.M)
+
+
+def _stamped(pattern: re.Pattern[str], log: Path) -> list[tuple[datetime, set[int]]]:
+    return [(datetime.strptime(at, "%Y-%m-%d %H:%M:%S,%f"), _parts(parts))
+            for at, parts in pattern.findall(log.read_text(errors="replace"))]
 
 
 def _parts(text: str) -> set[int]:
@@ -77,6 +88,15 @@ def test_a_joining_worker_takes_partitions_and_the_first_keeps_the_others_withou
         assert joined, "the first worker never took a new assignment"
         assert joined[-1][0] == kept and joined[-1][1] == kept, joined
         assert all(not (read & kept) for _, _, read in joined), joined
+        # It read on through the rebalance, and the second worker claimed each partition it took
+        # only once the first had released it: one worker at a time reads a partition.
+        text = log.read_text(errors="replace")
+        assert "the group is rebalancing: the reader reads partitions [0, 1, 2, 3] on" in text
+        assert f"and reads partitions {sorted(kept)} on" in text, text[-2000:]
+        released, claimed = _stamped(RELEASED, log), _stamped(CLAIMED, tmp_path / "second.log")
+        assert claimed and claimed[0][1] == everything - kept, claimed
+        for p in claimed[0][1]:
+            assert any(p in parts and at <= claimed[0][0] for at, parts in released), (p, released, claimed)
 
         # The second worker leaves: the first keeps its own partitions and reads only the others.
         before = len(_loads(log))
