@@ -2,11 +2,14 @@
 
 The first worker starts on the bulk topics, loads every partition's state from the changelog and
 reads to the end; then a second worker of the same group starts. Faust's rebalance is eager
-(every partition is revoked), and the first worker keeps the partitions that stay with it without
+(every partition is revoked): the first worker reads its partitions on through it, and at the new
+assignment releases those it loses and goes on with the others (streams.runtime.claims); when it
+cannot (it lost its membership), it lets them all go, and keeps those that come back without
 reading them again. From the first worker's log (info level): for each revocation, the time from
 letting its input partitions go to reading again (the stall of the partitions it keeps), the
-worker's own part of it (its `ready in` figure, the rest being the group's join and sync), and
-which partitions its load kept in memory and which it read from the changelog.
+worker's own part of it (its `ready in` figure; when it let all go, the rest is the group's join
+and sync), whether it read on through the rebalance, and which partitions its load kept in memory
+and which it read from the changelog.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ _STAMP: Final = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO "
 LET_GO_RE: Final = re.compile(_STAMP + r"streams\.runtime\.reader: the reader let \d+ input partitions go", re.M)
 READING_RE: Final = re.compile(
     _STAMP + r"streams\.runtime\.reader: the reader reads partitions \[([0-9, ]*)\].*\(ready in ([0-9.]+) s\b", re.M)
+READ_ON_RE: Final = re.compile(_STAMP + r"streams\.runtime\.reader: the group is rebalancing: the reader reads "
+                              r"partitions \[[0-9, ]*\] on", re.M)
 LOAD_RE: Final = re.compile(
     _STAMP + r"streams\.runtime\.processor: loaded (\d+) subscribers of partitions \[([0-9, ]*)\] in ([0-9.]+) s"
     r"(?:; kept in memory \[([0-9, ]*)\], read from the changelog \[([0-9, ]*)\])?", re.M)
@@ -42,6 +47,7 @@ def _parts(text: str | None) -> list[int]:
 def rebalances(log: str) -> list[dict[str, Any]]:
     """Each revocation in `log` (a worker's, info level) with the load and the reading after it."""
     let_go = [_at(m.group(1)) for m in LET_GO_RE.finditer(log)]
+    read_on = [_at(m.group(1)) for m in READ_ON_RE.finditer(log)]
     reads = [(_at(m.group(1)), _parts(m.group(2)), float(m.group(3))) for m in READING_RE.finditer(log)]
     loads = [(_at(m.group(1)), int(m.group(2)), _parts(m.group(3)), float(m.group(4)), m.group(5) is not None,
               _parts(m.group(5)), _parts(m.group(6))) for m in LOAD_RE.finditer(log)]
@@ -50,8 +56,10 @@ def rebalances(log: str) -> list[dict[str, Any]]:
         end = let_go[i + 1] if i + 1 < len(let_go) else float("inf")
         read = next((r for r in reads if start <= r[0] < end), None)
         load = next((x for x in loads if start <= x[0] < end), None)
+        begun = let_go[i - 1] if i else float("-inf")
         entry: dict[str, Any] = {"stall_s": None if read is None else round(read[0] - start, 3),
                                  "reader_ready_s": None if read is None else read[2],
+                                 "read_on": any(begun <= at <= start for at in read_on),
                                  "partitions": None if read is None else read[1]}
         if load is not None:
             _, n, owned, load_s, partial, kept, fresh = load
@@ -108,6 +116,8 @@ def step_join(run: Run, settings: Settings, subscribers: int) -> dict[str, Any]:
         # The kept partitions are not read from letting go to reading again, at each rebalance.
         "stall_s": round(sum(stalls), 3) if stalls and len(stalls) == len(steps) else None,
         "reader_ready_s": round(sum(s["reader_ready_s"] for s in steps if s["reader_ready_s"] is not None), 3),
+        # Whether the first worker read its partitions on through every rebalance.
+        "read_on": bool(steps) and all(s["read_on"] for s in steps),
         "kept": sorted(set(owned[0]) & {p for s in steps for p in s.get("kept", [])}),
         "reloaded_by_first": sorted({p for s in steps for p in s.get("reloaded", [])}),
     }

@@ -129,8 +129,9 @@ def _join_rows(table: Table, doc: dict[str, Any]) -> None:
         table.add_row("7b join", "[red]INCOMPLETE[/red]", f"[red]{jn['note']}[/red]")
         return
     table.add_row("7b join", "kept partitions' stall (let go to reading again)",
-                  f"{_fmt(jn.get('stall_s'), ' s', 2)} over {len(jn['rebalances'])} rebalance(s)")
-    table.add_row("", "of which the worker's own part (load, outputs, assign)", _fmt(jn.get("reader_ready_s"), " s", 2))
+                  f"{_fmt(jn.get('stall_s'), ' s', 3)} over {len(jn['rebalances'])} rebalance(s)")
+    table.add_row("", "of which the worker's own part (load, outputs, assign)", _fmt(jn.get("reader_ready_s"), " s", 3))
+    table.add_row("", "read on through the rebalance", "yes" if jn.get("read_on") else "no")
     table.add_row("", "first keeps / reloads / second takes",
                   f"{jn['kept']} / {jn['reloaded_by_first']} / {jn['partitions_after']['second']}")
 
