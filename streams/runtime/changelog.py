@@ -121,8 +121,14 @@ class ChangelogWriter:
             self._failed.append((msg.partition(), msg.key(), msg.value(), msg.headers()))
             self._fatal = self._fatal or err.fatal()
 
-    async def flush(self) -> None:
-        """Return once the broker acknowledged every queued record, then seal the partitions."""
+    async def flush(self, *, store: bool = True) -> None:
+        """Return once the broker acknowledged every queued record, then seal the partitions.
+
+        With `store` False the local store takes these records with the next flush instead (it
+        lags the changelog, from its marks on, as after a crash): the claims written right after a
+        load (streams.runtime.claims) must not wait behind the store's refresh of what the load
+        read, about 5 s a million records.
+        """
         if not self._touched and not self._failed and len(self.producer) == 0:
             return
         try:
@@ -142,6 +148,8 @@ class ChangelogWriter:
             if self.local is not None:  # the store must never go past records the changelog may hold
                 self.local.forget({p for p, _, _, _ in written})
             raise
+        if not store:
+            return
         # The records of this write (re-sent ones too): the local store takes them now the broker has them all.
         written = self._take()
         if self.local is not None:

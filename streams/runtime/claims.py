@@ -94,7 +94,9 @@ class Claims:
         """Write this worker's claim of each of `partitions` (no state write in flight: its seal stays last)."""
         if not partitions or self.changelog is None:
             return
-        await self._write(partitions, Claim(self.group.me))
+        # Written right after a load, whose local store refresh may take seconds: the local store
+        # takes them with the next write instead.
+        await self._write(partitions, Claim(self.group.me), store=False)
         self.held |= partitions
         log.info("claimed partitions %s", sorted(partitions))
         self.faults.reached("claimed")
@@ -104,17 +106,17 @@ class Claims:
         and outputs written first): their next owner reads them once it sees it."""
         if not partitions or self.changelog is None:
             return
-        await self._write(partitions, Claim(self.group.me, released=True))
+        await self._write(partitions, Claim(self.group.me, released=True), store=True)
         self.held -= partitions
         log.info("released partitions %s to their next owner", sorted(partitions))
         self.faults.reached("released")
 
-    async def _write(self, partitions: set[int], claim: Claim) -> None:
+    async def _write(self, partitions: set[int], claim: Claim, *, store: bool) -> None:
         assert self.changelog is not None
         value = encode_claim(claim)
         for p in sorted(partitions):
             self.changelog.write(p, owner_key(p), value)
-        await self.changelog.flush()
+        await self.changelog.flush(store=store)
 
     def busy(self, partitions: set[int], claims: dict[int, Claim | None]) -> set[int]:
         """The partitions of `partitions` not held here whose latest claim (`claims`) is another member's."""
