@@ -308,7 +308,11 @@ class Reader:
                 # reports it short the same way twice.
                 loop = asyncio.get_running_loop()
                 self._marks = await loop.run_in_executor(None, self._changelog_ends, self.processor.keepable())
-        self.assigned = set()
+        self._reading(set())
+
+    def _reading(self, assigned: set[TP]) -> None:
+        """Start over with input partitions `assigned`: nothing delivered, held back or paused yet."""
+        self.assigned = assigned
         self.delivered.clear()
         self.eof.clear()
         self._held, self._paused, self._waiting_since, self._throttled = [], set(), {}, set()
@@ -341,11 +345,7 @@ class Reader:
             self._marks = await loop.run_in_executor(None, self._changelog_ends, kept) if written else {}
             self._revoked = True
             self.consumer.unassign()
-            self.assigned = set()
-            self.delivered.clear()
-            self.eof.clear()
-            self._held, self._paused, self._waiting_since, self._throttled = [], set(), {}, set()
-            self._backlog = []
+            self._reading(set())
             return False
         if gone:
             self.consumer.incremental_unassign([TopicPartition(tp.topic, tp.partition) for tp in gone])
@@ -473,12 +473,8 @@ class Reader:
         # A partition paused before (held back or throttled) and assigned again without a
         # revocation (after a failed batch) would stay paused, with nothing here to resume it.
         self.consumer.resume(wanted)
-        self.assigned = set(offsets)
+        self._reading(set(offsets))
         self.caught_up = False
-        self.delivered.clear()
-        self.eof.clear()
-        self._held, self._paused, self._waiting_since, self._throttled = [], set(), {}, set()
-        self._backlog = []
         self.generation = generation
         self._revoked = False
         self._marks = {}
